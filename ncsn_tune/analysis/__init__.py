@@ -1,0 +1,41 @@
+"""The theory of Song & Ermon (2020), in NumPy/SciPy only (torch is never imported).
+
+One module per technique:
+
+- :mod:`.initial_noise_scale` -- Technique 1: sigma_max is the largest pairwise
+  distance of the training set, computed exactly.
+- :mod:`.noise_schedule` -- Technique 2: the ratio gamma from the overlap
+  equation, the number of scales and the geometric schedule.
+- :mod:`.step_size` -- Technique 4: Proposition 3's variance ratio and the
+  step size eps that brings it closest to 1 for M steps per scale.
+"""
+
+from .initial_noise_scale import FarthestPair, brute_force_max_distance, max_pairwise_distance
+from .noise_schedule import (
+    NoiseSchedule,
+    geometric_sigmas,
+    num_scales_for_ratio,
+    overlap,
+    ratio_for_num_scales,
+    schedule_from_overlap,
+    schedule_from_num_scales,
+    solve_gamma,
+)
+from .step_size import StepSize, optimal_step_size, variance_ratio
+
+__all__ = [
+    "FarthestPair",
+    "NoiseSchedule",
+    "StepSize",
+    "brute_force_max_distance",
+    "geometric_sigmas",
+    "max_pairwise_distance",
+    "num_scales_for_ratio",
+    "optimal_step_size",
+    "overlap",
+    "ratio_for_num_scales",
+    "schedule_from_num_scales",
+    "schedule_from_overlap",
+    "solve_gamma",
+    "variance_ratio",
+]

@@ -1,0 +1,393 @@
+"""The ``ncsn-tune`` command: formatting and files only; the numbers come from :mod:`ncsn_tune.analysis`.
+
+Each step saves what the next needs in the work folder (``.ncsn-tune/`` or
+``$NCSN_TUNE_WORKDIR``) and says which file it wrote or read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .analysis import noise_schedule as t2
+from .analysis.initial_noise_scale import max_pairwise_distance
+from .analysis.noise_schedule import NoiseSchedule
+from .analysis.step_size import optimal_step_size, variance_ratio
+from .config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
+from .data import SPLITS, Dataset, load_dataset
+from .errors import NcsnTuneError
+from .files import load_schedule, save_schedule, save_step_size
+
+DEFAULTS = AnalysisConfig()
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class CleanErrors(click.Group):
+    """Bad input ends with one line on stderr and exit status 2, never a traceback."""
+
+    def main(self, args=None, prog_name=None, **kwargs):  # noqa: D401
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            err.print("Aborted.")
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        except NcsnTuneError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err.print("Interrupted.")
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=CleanErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ncsn-tune")
+def main() -> None:
+    """Noise scales and Langevin step sizes for score-based models, from theory (Song & Ermon 2020).
+
+    \b
+    ncsn-tune sigmas --data cifar10     Techniques 1-2: sigma_max, gamma, L, the schedule
+    ncsn-tune step-size --M 5           Technique 4: the Langevin step size eps for M steps
+    """
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def positive_float(name: str, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise NcsnTuneError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def parse_steps(text: str) -> list[int]:
+    """'5' or '1,3,5,10' -> [5] or [1, 3, 5, 10]."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            m = int(part)
+        except ValueError:
+            raise NcsnTuneError(f"--M takes whole numbers separated by commas (e.g. 5 or 1,3,5,10), got {text!r}") from None
+        if m < 1:
+            raise NcsnTuneError(f"--M must be at least 1 (Langevin steps per scale), got {m}")
+        values.append(m)
+    return values
+
+
+@contextmanager
+def progress_bar(enabled: bool = True):
+    """A rich progress bar on stderr; yields a callback(done, total, description)."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(done: int, total: int | None, description: str = "working") -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], completed=done, total=total)
+
+        yield update
+
+
+def data_options(f):
+    f = click.option("--no-rescale", is_flag=True, help="Use array values as stored instead of scaling them to [0, 1].")(f)
+    f = click.option("--no-download", is_flag=True, help="Never download CIFAR-10; fail if it is not on disk.")(f)
+    f = click.option(
+        "--split", type=click.Choice(SPLITS), default=DEFAULTS.split, show_default=True, help="CIFAR-10 split to read."
+    )(f)
+    f = click.option(
+        "--data-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder holding cifar-10-batches-py/ (else $NCSN_TUNE_DATA, else the cache).",
+    )(f)
+    f = click.option("--data", "data_spec", metavar="cifar10|FILE|DIR", help="Data set: cifar10, a .npy/.npz array or an image folder.")(f)
+    return f
+
+
+def read_data(spec: str, data_root, split, no_download, no_rescale, quiet) -> Dataset:
+    with progress_bar(not quiet) as cb:
+        dataset = load_dataset(spec, data_root, split, download=not no_download, rescale=not no_rescale, progress=cb)
+    return dataset
+
+
+def measure_sigma_max(dataset: Dataset, quiet: bool) -> dict[str, Any]:
+    with progress_bar(not quiet) as cb:
+        result = max_pairwise_distance(
+            dataset.points(),
+            scale=dataset.scale,
+            block_size=DEFAULTS.block_size,
+            progress=None if cb is None else (lambda done, total: cb(done, total, "pairs (exact sigma_max)")),
+        )
+    return {
+        **dataset.describe(),
+        "sigma_max": result.distance,
+        "pair": list(result.pair),
+        "pairs_evaluated": result.pairs_evaluated,
+        "pairs_total": result.pairs_total,
+        "method": result.method,
+        "seconds": result.seconds,
+    }
+
+
+def schedule_summary(schedule: NoiseSchedule) -> dict[str, Any]:
+    return {
+        "sigma_max": schedule.sigma_max,
+        "sigma_min": schedule.sigma_min,
+        "num_scales": schedule.num_scales,
+        "gamma": schedule.gamma,
+        "ratio": schedule.ratio,
+        "overlap": schedule.overlap,
+        "target_overlap": schedule.target_overlap,
+        "dim": schedule.dim,
+    }
+
+
+def fmt(value: Any, digits: int = 6) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- sigmas
+
+
+@main.command()
+@data_options
+@click.option("--sigma-max", type=float, help="Use this sigma_max instead of computing it from --data.")
+@click.option("--dim", type=int, help="Data dimension D = C*H*W (with --sigma-max and no --data).")
+@click.option("--sigma-min", type=float, default=DEFAULTS.sigma_min, show_default=True, help="Smallest noise scale.")
+@click.option("--overlap", "target_overlap", type=float, default=DEFAULTS.target_overlap, show_default=True, help="Target overlap C of adjacent scales.")
+@click.option("--num-scales", type=int, help="Use L scales instead of the equation's L; the overlap they achieve is reported.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help=f"Schedule file to write [default: WORKDIR/{SCHEDULE_FILE}].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def sigmas(data_spec, data_root, split, no_download, no_rescale, sigma_max, dim, sigma_min, target_overlap, num_scales, output, as_json):
+    """Techniques 1 and 2: sigma_max (exact), gamma, the number of scales L and the schedule.
+
+    \b
+    ncsn-tune sigmas --data cifar10
+    ncsn-tune sigmas --sigma-max 50 --dim 3072 --num-scales 232
+    """
+    positive_float("--sigma-max", sigma_max)
+    positive_float("--sigma-min", sigma_min)
+    if not (math.isfinite(target_overlap) and 0 < target_overlap < 1):
+        raise NcsnTuneError(f"--overlap must lie strictly between 0 and 1 (the paper uses 0.5), got {target_overlap}")
+    if num_scales is not None and num_scales < 2:
+        raise NcsnTuneError(f"--num-scales must be at least 2, got {num_scales}")
+    if dim is not None and dim < 1:
+        raise NcsnTuneError(f"--dim must be at least 1, got {dim}")
+    if data_spec is None and (sigma_max is None or dim is None):
+        raise NcsnTuneError("give --data (e.g. --data cifar10) or both --sigma-max and --dim")
+
+    source: dict[str, Any] = {}
+    if data_spec is not None:
+        dataset = read_data(data_spec, data_root, split, no_download, no_rescale, as_json)
+        if dim is not None and dim != dataset.dim:
+            raise NcsnTuneError(f"--dim {dim} contradicts the data's dimension {dataset.dim}; leave --dim out")
+        dim = dataset.dim
+        if sigma_max is None:
+            source = measure_sigma_max(dataset, as_json)
+            sigma_max = source["sigma_max"]
+        else:
+            source = {**dataset.describe(), "sigma_max_given": True}
+    else:
+        source = {"sigma_max_given": True}
+    if sigma_min >= sigma_max:
+        raise NcsnTuneError(f"--sigma-min ({sigma_min:g}) must be smaller than sigma_max ({sigma_max:g})")
+
+    try:
+        gamma = t2.solve_gamma(dim, target_overlap)
+    except NcsnTuneError:
+        if num_scales is None:
+            raise
+        gamma = None
+    if num_scales is None:
+        schedule = t2.schedule_from_overlap(sigma_max, dim, sigma_min, target_overlap, source)
+        equation_scales = schedule.num_scales
+    else:
+        equation_scales = None if gamma is None else t2.num_scales_for_ratio(sigma_max, sigma_min, gamma)
+        schedule = NoiseSchedule(sigma_max, sigma_min, num_scales, dim, target_overlap, gamma, {**source, "num_scales_given": True})
+
+    path = output or workdir() / SCHEDULE_FILE
+    save_schedule(schedule, path)
+
+    summary = schedule_summary(schedule)
+    if data_spec is not None:
+        summary.update(num_points=source.get("num_points"), pair=source.get("pair"), pixel_scale=source.get("pixel_scale"))
+    summary.update(equation_num_scales=equation_scales, schedule_file=str(path), sigmas=schedule.sigmas.tolist())
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+
+    table = Table(title="Noise schedule (Song & Ermon 2020, Techniques 1-2)", show_lines=False)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("how", style="dim")
+    if data_spec is not None:
+        table.add_row("data", str(source.get("name")), f"{source.get('source')} ({source.get('split') or 'all files'})")
+        table.add_row("points N", fmt(source.get("num_points")), f"pixel scale: {source.get('pixel_scale')}")
+    table.add_row("dimension D", fmt(dim), "C*H*W")
+    if "pair" in source:
+        table.add_row(
+            "sigma_max", f"{sigma_max:.6f}",
+            f"T1: exact max distance, pair {tuple(source['pair'])}, {source['pairs_evaluated']:,} pairs in {source['seconds']:.2f} s",
+        )
+    else:
+        table.add_row("sigma_max", f"{sigma_max:.6g}", "given")
+    table.add_row("sigma_min", fmt(sigma_min), "given" if sigma_min != DEFAULTS.sigma_min else "paper default")
+    table.add_row("target overlap C", fmt(target_overlap), "T2 equation target")
+    table.add_row("gamma", fmt(gamma, 8), "T2: root of Phi(sqrt(2D)(g-1)+3g) - Phi(sqrt(2D)(g-1)-3g) = C")
+    if num_scales is None:
+        table.add_row("num_scales L", str(schedule.num_scales), "ceil(log(sigma_max/sigma_min)/log gamma) + 1")
+    else:
+        table.add_row("num_scales L", str(schedule.num_scales), f"given (the equation gives {fmt(equation_scales)})")
+    table.add_row("realised ratio", fmt(schedule.ratio, 8), "(sigma_max/sigma_min)^(1/(L-1))")
+    table.add_row("realised overlap", fmt(schedule.overlap, 6), "what the realised ratio achieves")
+    sig = schedule.sigmas
+    shown = ", ".join(f"{s:.4g}" for s in sig[:3]) + ", ..., " + ", ".join(f"{s:.4g}" for s in sig[-3:])
+    table.add_row("sigmas", shown, "descending, geometric")
+    out.print(table)
+    out.print(f"Saved the schedule to [bold]{path}[/bold]; next: ncsn-tune step-size --M {DEFAULTS.steps_per_scale}")
+
+
+# --------------------------------------------------------------------------- step-size
+
+
+def resolve_schedule(schedule_file, sigma_max, sigma_min, num_scales, gamma, data_args, target_overlap, quiet):
+    """(gamma, sigma_min, description, schedule-or-None, schedule_file-or-None) from whichever source was given."""
+    data_spec = data_args[0]
+    if gamma is not None:
+        if not (math.isfinite(gamma) and gamma > 1):
+            raise NcsnTuneError(f"--gamma must be a finite number > 1, got {gamma}")
+        return gamma, sigma_min or DEFAULTS.sigma_min, "--gamma", None, None
+    if sigma_max is not None or num_scales is not None:
+        if sigma_max is None or num_scales is None:
+            raise NcsnTuneError("give --sigma-max and --num-scales together (or --gamma, --schedule or --data)")
+        sm = sigma_min or DEFAULTS.sigma_min
+        if sm >= sigma_max:
+            raise NcsnTuneError(f"--sigma-min ({sm:g}) must be smaller than --sigma-max ({sigma_max:g})")
+        ratio = t2.ratio_for_num_scales(sigma_max, sm, num_scales)
+        return ratio, sm, f"sigma_max {sigma_max:g}, sigma_min {sm:g}, L = {num_scales}", None, None
+    if data_spec is not None:
+        dataset = read_data(*data_args, quiet)
+        source = measure_sigma_max(dataset, quiet)
+        sm = sigma_min or DEFAULTS.sigma_min
+        schedule = t2.schedule_from_overlap(source["sigma_max"], dataset.dim, sm, target_overlap, source)
+        return schedule.ratio, sm, f"derived from {data_spec}", schedule, None
+    path = schedule_file or workdir() / SCHEDULE_FILE
+    if not Path(path).exists():
+        if schedule_file is None:
+            raise NcsnTuneError(
+                f"no schedule given and {path} does not exist: run 'ncsn-tune sigmas --data ...' first, "
+                "or give --schedule FILE, --sigma-max with --num-scales, --gamma, or --data"
+            )
+        raise NcsnTuneError(f"schedule file {path} does not exist")
+    schedule = load_schedule(Path(path))
+    if sigma_min is not None and sigma_min != schedule.sigma_min:
+        raise NcsnTuneError(f"--sigma-min {sigma_min:g} contradicts the schedule's sigma_min {schedule.sigma_min:g}; leave it out")
+    return schedule.ratio, schedule.sigma_min, f"schedule file {path}", schedule, Path(path)
+
+
+@main.command("step-size")
+@click.option("--M", "steps", default=str(DEFAULTS.steps_per_scale), show_default=True, help="Langevin steps per scale: one value or a list, e.g. 1,3,5,10.")
+@click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False, path_type=Path), help=f"Schedule file [default: WORKDIR/{SCHEDULE_FILE}].")
+@click.option("--sigma-max", type=float, help="With --num-scales: the schedule from numbers.")
+@click.option("--sigma-min", type=float, help=f"Smallest scale [default: the schedule's, else {DEFAULTS.sigma_min}].")
+@click.option("--num-scales", type=int, help="Number of scales L (with --sigma-max).")
+@click.option("--gamma", type=float, help="Ratio of adjacent scales, instead of a schedule.")
+@data_options
+@click.option("--overlap", "target_overlap", type=float, default=DEFAULTS.target_overlap, show_default=True, help="Target overlap C (with --data).")
+@click.option("--step-size", "given_step", type=float, help="Also report the ratio at this eps (e.g. a published 6.2e-6).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help=f"Step-size file to write (one M) [default: WORKDIR/{STEP_SIZE_FILE}].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def step_size(steps, schedule_file, sigma_max, sigma_min, num_scales, gamma, data_spec, data_root, split, no_download, no_rescale, target_overlap, given_step, output, as_json):
+    """Technique 4: the eps that brings Proposition 3's s^2/sigma^2 closest to 1 for M steps per scale.
+
+    \b
+    ncsn-tune step-size --M 5                     (uses the schedule 'sigmas' saved)
+    ncsn-tune step-size --M 1,3,5,10 --sigma-max 50 --num-scales 232
+    """
+    ms = parse_steps(steps)
+    positive_float("--sigma-max", sigma_max)
+    positive_float("--sigma-min", sigma_min)
+    positive_float("--step-size", given_step)
+    if num_scales is not None and num_scales < 2:
+        raise NcsnTuneError(f"--num-scales must be at least 2, got {num_scales}")
+    data_args = (data_spec, data_root, split, no_download, no_rescale)
+    ratio, sm, described, schedule, used_file = resolve_schedule(
+        schedule_file, sigma_max, sigma_min, num_scales, gamma, data_args, target_overlap, as_json
+    )
+    results = [optimal_step_size(ratio, m, sm) for m in ms]
+    saved = None
+    if len(ms) == 1:
+        saved = save_step_size(results[0], output or workdir() / STEP_SIZE_FILE, used_file)
+
+    if as_json:
+        rows = []
+        for r in results:
+            row = r.to_dict()
+            if given_step is not None:
+                row["given_step_size"] = given_step
+                row["given_variance_ratio"] = variance_ratio(given_step, ratio, r.steps_per_scale, sm)
+            rows.append(row)
+        click.echo(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return
+
+    if used_file is not None:
+        out.print(f"Using the schedule in [bold]{used_file}[/bold]")
+    table = Table(title=f"Langevin step size (Technique 4), gamma = {ratio:.8g}, sigma_min = {sm:g}")
+    table.add_column("M", justify="right")
+    table.add_column("eps (optimal)", justify="right")
+    table.add_column("s^2/sigma^2 at eps", justify="right")
+    if schedule is not None:
+        table.add_column("alpha at sigma_max", justify="right")
+    if given_step is not None:
+        table.add_column(f"s^2/sigma^2 at eps = {given_step:g}", justify="right")
+    for r in results:
+        row = [str(r.steps_per_scale), f"{r.step_size:.6e}", f"{r.variance_ratio:.6f}"]
+        if schedule is not None:
+            row.append(f"{r.step_size * (schedule.sigma_max / sm) ** 2:.4g}")
+        if given_step is not None:
+            row.append(f"{variance_ratio(given_step, ratio, r.steps_per_scale, sm):.6f}")
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"Schedule: {described}.")
+    out.print(
+        "For gamma > 1 the ratio s^2/sigma^2 stays above 1 for every eps, so the optimum is its minimum "
+        "(Proposition 3: a single-Gaussian model, exact under that assumption)."
+    )
+    if saved is not None:
+        out.print(f"Saved the step size to [bold]{saved}[/bold].")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

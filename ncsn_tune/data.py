@@ -1,0 +1,419 @@
+"""Finding and reading data sets: one module for every command that reads data.
+
+``load_dataset("cifar10", ...)`` reads the official CIFAR-10 python format,
+found in ``--data-root``, else ``$NCSN_TUNE_DATA``, else the cache
+(``$NCSN_TUNE_CACHE``, else ``$XDG_CACHE_HOME/ncsn_tune``, else
+``~/.cache/ncsn_tune``), downloading the official archive there when it is
+missing. ``load_dataset(PATH)`` reads a ``.npy``/``.npz`` array or a folder of
+PNG/JPEG images. Values are kept as stored (uint8 stays uint8, ``.npy`` files
+are memory-mapped); ``Dataset.scale`` and ``Dataset.offset`` map them to [0, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import DataError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILES = ("test_batch",)
+SPLITS = ("train", "test", "all")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+#: progress(bytes_or_items_done, total_or_None, description)
+Progress = Callable[[int, "int | None", str], None]
+
+
+@dataclass
+class Dataset:
+    """Images (or vectors) as stored, and how to map their values to [0, 1].
+
+    ``values`` has shape (N, C, H, W) for images, (N, D) for plain vectors; the
+    point x_i in [0, 1]**D is ``values[i] * scale + offset``.
+    """
+
+    name: str
+    values: np.ndarray
+    scale: float
+    offset: float
+    scale_note: str
+    source: str
+    split: str | None = None
+    labels: np.ndarray | None = None
+
+    @property
+    def num_points(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.values.shape[1:]))
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) for images, (D,) for vectors."""
+        return tuple(int(s) for s in self.values.shape[1:])
+
+    def points(self) -> np.ndarray:
+        """The raw values as an (N, D) matrix (a view where possible); multiply distances by ``scale``."""
+        return self.values.reshape(self.num_points, -1)
+
+    def unit_float32(self, index=slice(None)) -> np.ndarray:
+        """The selected points mapped to [0, 1], as float32, in their stored shape."""
+        out = np.asarray(self.values[index], dtype=np.float32) * np.float32(self.scale)
+        if self.offset:
+            out += np.float32(self.offset)
+        return out
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "split": self.split,
+            "num_points": self.num_points,
+            "dim": self.dim,
+            "shape": list(self.image_shape),
+            "pixel_scale": self.scale_note,
+        }
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+def cache_dir() -> Path:
+    """$NCSN_TUNE_CACHE, else $XDG_CACHE_HOME/ncsn_tune, else ~/.cache/ncsn_tune."""
+    if os.environ.get("NCSN_TUNE_CACHE"):
+        return Path(os.environ["NCSN_TUNE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ncsn_tune"
+
+
+def _cifar_files(split: str) -> tuple[str, ...]:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return {"train": CIFAR10_TRAIN_FILES, "test": CIFAR10_TEST_FILES, "all": CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES}[split]
+
+
+def _cifar_folder_in(root: Path, split: str) -> Path | None:
+    """``root`` itself or ``root/cifar-10-batches-py``, whichever holds the split's files."""
+    for folder in (root, root / CIFAR10_FOLDER):
+        if all((folder / name).is_file() for name in _cifar_files(split)):
+            return folder
+    return None
+
+
+def cifar10_search_roots(data_root: str | os.PathLike | None) -> list[tuple[str, Path]]:
+    """Where CIFAR-10 is looked for, in order, with the reason for each place."""
+    if data_root is not None:
+        return [("--data-root", Path(data_root).expanduser())]
+    roots = []
+    if os.environ.get("NCSN_TUNE_DATA"):
+        roots.append(("$NCSN_TUNE_DATA", Path(os.environ["NCSN_TUNE_DATA"]).expanduser()))
+    roots.append(("cache", cache_dir()))
+    return roots
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_cifar10(target: Path, progress: Progress | None = None, url: str | None = None, md5: str | None = None) -> Path:
+    """Download and unpack the official archive into ``target``; returns the folder with the batches.
+
+    The archive is written to a temporary file and renamed only after its md5
+    matches; unpacking goes to a temporary folder renamed into place, so an
+    interruption never leaves a half-written data set behind.
+    """
+    url = url or CIFAR10_URL
+    md5 = md5 or CIFAR10_MD5
+    target.mkdir(parents=True, exist_ok=True)
+    archive = target / "cifar-10-python.tar.gz"
+    if not (archive.is_file() and _md5(archive) == md5):
+        fd, tmp_name = tempfile.mkstemp(prefix=".cifar-10-python.", suffix=".part", dir=target)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+                total = response.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                done = 0
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total, "downloading CIFAR-10")
+            got = _md5(tmp)
+            if got != md5:
+                raise DataError(f"the downloaded CIFAR-10 archive from {url} has md5 {got}, expected {md5}; try again")
+            os.replace(tmp, archive)
+        finally:
+            tmp.unlink(missing_ok=True)
+    unpack = Path(tempfile.mkdtemp(prefix=".cifar-10-unpack.", dir=target))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(unpack, filter="data")
+        unpacked = unpack / CIFAR10_FOLDER
+        if not unpacked.is_dir():
+            raise DataError(f"the archive {archive} holds no {CIFAR10_FOLDER}/ folder; delete it and try again")
+        final = target / CIFAR10_FOLDER
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(unpacked, final)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"could not unpack {archive} ({err}); delete it and try again") from None
+    finally:
+        shutil.rmtree(unpack, ignore_errors=True)
+    return target / CIFAR10_FOLDER
+
+
+def find_cifar10(
+    data_root: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool = True,
+    progress: Progress | None = None,
+) -> Path:
+    """The folder holding the CIFAR-10 batches of ``split``, downloading it when allowed."""
+    roots = cifar10_search_roots(data_root)
+    for _, root in roots:
+        found = _cifar_folder_in(root, split)
+        if found is not None:
+            return found
+    target = roots[0][1]
+    places = "; ".join(f"{why}: {root}" for why, root in roots)
+    how = (
+        f"download {CIFAR10_URL} (md5 {CIFAR10_MD5}), unpack it so that DIR/{CIFAR10_FOLDER}/data_batch_1 exists, "
+        "then pass --data-root DIR or set NCSN_TUNE_DATA=DIR"
+    )
+    if not download:
+        raise DataError(f"CIFAR-10 ({split} split) was not found ({places}); {how}")
+    try:
+        download_cifar10(target, progress)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise DataError(f"CIFAR-10 was not found ({places}) and could not be downloaded ({reason}); {how}") from None
+    found = _cifar_folder_in(target, split)
+    if found is None:
+        raise DataError(f"the downloaded CIFAR-10 in {target} lacks files of the {split} split; delete it and try again")
+    return found
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts, lists, NumPy arrays) and refuses any other object."""
+
+    _allowed = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("_codecs", "encode"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._allowed:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayOnlyUnpickler(io.BufferedReader(f), encoding="bytes").load()
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); replace the file") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected uint8 rows of 3072 values, got {data.dtype} {data.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(
+    data_root: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool = True,
+    progress: Progress | None = None,
+) -> Dataset:
+    """CIFAR-10 as uint8 (N, 3, 32, 32) with labels; ``split`` is train, test or all."""
+    folder = find_cifar10(data_root, split, download, progress)
+    parts = [_read_cifar_batch(folder / name) for name in _cifar_files(split)]
+    values = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    if len(values) == 0:
+        raise DataError(f"the CIFAR-10 batches in {folder} hold no images")
+    return Dataset("cifar10", values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder), split, labels)
+
+
+# --------------------------------------------------------------------------- arrays and folders
+
+
+def _value_range(values: np.ndarray, chunk_rows: int = 4096) -> tuple[float, float]:
+    """Min and max, read in chunks (memory-mapped files stay on disk); NaN/inf is an error."""
+    lo, hi = np.inf, -np.inf
+    for start in range(0, values.shape[0], chunk_rows):
+        block = np.asarray(values[start : start + chunk_rows])
+        if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0])
+            raise DataError(f"item {bad} holds a NaN or infinite value; clean the data first")
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return lo, hi
+
+
+def pixel_scale(values: np.ndarray, rescale: bool = True) -> tuple[float, float, str]:
+    """(scale, offset, note) that map ``values`` to [0, 1], chosen from the dtype and the range.
+
+    uint8 -> /255, uint16 -> /65535, bool -> as is; floats in [0, 1] as is, in
+    [-1, 1] -> (x + 1) / 2, in [0, 255] -> /255; anything else is an error
+    unless ``rescale`` is False (values used as they are).
+    """
+    if values.dtype == np.uint8:
+        return 1.0 / 255.0, 0.0, "uint8 / 255"
+    if values.dtype == np.uint16:
+        return 1.0 / 65535.0, 0.0, "uint16 / 65535"
+    if values.dtype == np.bool_:
+        return 1.0, 0.0, "bool as 0/1"
+    lo, hi = _value_range(values)
+    if not rescale:
+        return 1.0, 0.0, f"as stored (range [{lo:g}, {hi:g}], not rescaled)"
+    if lo >= 0 and hi <= 1:
+        return 1.0, 0.0, "already in [0, 1]"
+    if lo >= -1 and hi <= 1:
+        return 0.5, 0.5, "[-1, 1] -> (x + 1) / 2"
+    if lo >= 0 and hi <= 255:
+        return 1.0 / 255.0, 0.0, "[0, 255] / 255"
+    raise DataError(
+        f"values span [{lo:g}, {hi:g}]: pixels are scaled to [0, 1] from uint8, [0, 1], [-1, 1] or [0, 255] data; "
+        "rescale the data, or pass --no-rescale to use the values as they are"
+    )
+
+
+def _as_images(values: np.ndarray, name: str) -> np.ndarray:
+    """(N, C, H, W) for image arrays (NHWC moved, without copying), (N, D) for vectors."""
+    if values.ndim == 2:
+        return values
+    if values.ndim == 3:
+        return values[:, None, :, :]
+    if values.ndim == 4:
+        if values.shape[-1] in (1, 3, 4):
+            return np.moveaxis(values, -1, 1)
+        if values.shape[1] in (1, 3, 4):
+            return values
+        raise DataError(
+            f"{name}: cannot tell the channel axis of shape {values.shape}; expected N,H,W,C or N,C,H,W with 1, 3 or 4 channels"
+        )
+    raise DataError(f"{name}: expected an array of shape N,H,W,C or N,C,H,W (or N,H,W or N,D), got {values.shape}")
+
+
+def load_array(path: Path, rescale: bool = True) -> Dataset:
+    """A ``.npy`` (memory-mapped) or ``.npz`` array of images or vectors."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                preferred = [k for k in ("images", "x", "data", "arr_0") if k in keys]
+                if len(keys) == 1 or preferred:
+                    key = keys[0] if len(keys) == 1 else preferred[0]
+                else:
+                    raise DataError(
+                        f"{path} holds several arrays ({', '.join(keys)}); name the images 'images' or save only them"
+                    )
+                values = archive[key]
+        else:
+            values = np.load(path, mmap_mode="r", allow_pickle=False)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path} is not a readable NumPy array file ({err})") from None
+    if values.ndim == 0 or values.shape[0] == 0 or values.size == 0:
+        raise DataError(f"{path} holds no data (shape {values.shape})")
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_) or np.issubdtype(values.dtype, np.complexfloating):
+        raise DataError(f"{path} holds {values.dtype} values; expected real numbers")
+    values = _as_images(values, str(path))
+    scale, offset, note = pixel_scale(values, rescale)
+    return Dataset(path.stem, values, scale, offset, note, str(path))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """PNG/JPEG files below ``folder``, recursively, in sorted order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_image_folder(folder: Path, progress: Progress | None = None) -> Dataset:
+    """Every PNG/JPEG below ``folder`` as uint8 (N, C, H, W); all must share one size."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = image_files(folder)
+    if not files:
+        raise DataError(f"{folder} holds no PNG or JPEG images (searched recursively)")
+    size, modes = None, set()
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                this = img.size
+                modes.add(img.mode)
+        except (OSError, UnidentifiedImageError) as err:
+            raise DataError(f"{path} is not a readable image ({err})") from None
+        if size is None:
+            size, first = this, path
+        elif this != size:
+            raise DataError(
+                f"images differ in size: {first} is {size[0]}x{size[1]}, {path} is {this[0]}x{this[1]}; resize them to one size"
+            )
+    mode = "L" if modes <= {"L", "1"} else "RGB"
+    channels = 1 if mode == "L" else 3
+    values = np.empty((len(files), channels, size[1], size[0]), dtype=np.uint8)
+    for k, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert(mode), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as err:
+            raise DataError(f"{path} is not a readable image ({err})") from None
+        values[k] = arr[None] if channels == 1 else np.moveaxis(arr, -1, 0)
+        if progress is not None and (k % 256 == 255 or k == len(files) - 1):
+            progress(k + 1, len(files), "reading images")
+    return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder))
+
+
+def load_dataset(
+    spec: str,
+    data_root: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool = True,
+    rescale: bool = True,
+    progress: Progress | None = None,
+) -> Dataset:
+    """``cifar10`` (the official python format), a ``.npy``/``.npz`` file, or a folder of images."""
+    if spec.lower() in ("cifar10", "cifar-10"):
+        return load_cifar10(data_root, split, download, progress)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"no data set {spec!r}: give 'cifar10', a .npy/.npz file or a folder of PNG/JPEG images ({path} does not exist)"
+        )
+    if path.is_dir():
+        if _cifar_folder_in(path, split) is not None:
+            return load_cifar10(path, split, download=False)
+        return load_image_folder(path, progress)
+    if path.suffix in (".npy", ".npz"):
+        return load_array(path, rescale)
+    raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz or a folder of PNG/JPEG images")

@@ -1,0 +1,113 @@
+"""Reading and writing the files commands hand to each other (JSON or YAML by suffix).
+
+Writes are atomic: a temporary file in the same folder, flushed and renamed
+over the target, so an interrupted write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .analysis.noise_schedule import NoiseSchedule
+from .analysis.step_size import StepSize
+from .errors import NcsnTuneError, ScheduleError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and tuples to plain Python, for JSON and YAML."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def write_mapping(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as YAML (.yml/.yaml) or JSON (anything else), atomically."""
+    data = _plain(data)
+    if Path(path).suffix.lower() in (".yml", ".yaml"):
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
+    return atomic_write_bytes(Path(path), text.encode())
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """Read a JSON or YAML mapping; a missing or unreadable file is an :class:`NcsnTuneError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise NcsnTuneError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise NcsnTuneError(f"{path} cannot be read ({err})") from None
+    try:
+        if path.suffix.lower() in (".yml", ".yaml"):
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise NcsnTuneError(f"{path} is not valid {'YAML' if path.suffix.lower() in ('.yml', '.yaml') else 'JSON'} ({err})") from None
+    if not isinstance(data, dict):
+        raise NcsnTuneError(f"{path} does not hold a mapping of settings")
+    return data
+
+
+def save_schedule(schedule: NoiseSchedule, path: Path) -> Path:
+    return write_mapping(path, schedule.to_dict())
+
+
+def load_schedule(path: Path) -> NoiseSchedule:
+    try:
+        return NoiseSchedule.from_dict(read_mapping(path))
+    except ScheduleError as err:
+        raise ScheduleError(f"{path} is not a usable schedule file: {err}") from None
+
+
+def save_step_size(step: StepSize, path: Path, schedule_file: Path | None = None) -> Path:
+    data = step.to_dict()
+    if schedule_file is not None:
+        data["schedule_file"] = str(schedule_file)
+    return write_mapping(path, data)
+
+
+def load_step_size(path: Path) -> StepSize:
+    data = read_mapping(path)
+    try:
+        step = StepSize(
+            steps_per_scale=int(data["steps_per_scale"]),
+            step_size=float(data["step_size"]),
+            variance_ratio=float(data["variance_ratio"]),
+            gamma=float(data["gamma"]),
+            sigma_min=float(data["sigma_min"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise NcsnTuneError(f"{path} is not a step-size file ({err!r} missing or malformed)") from None
+    if not (step.steps_per_scale >= 1 and math.isfinite(step.step_size) and step.step_size > 0):
+        raise NcsnTuneError(f"{path}: the step size must be positive and M >= 1")
+    return step
