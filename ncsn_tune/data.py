@@ -314,9 +314,13 @@ def _as_images(values: np.ndarray, name: str) -> np.ndarray:
     if values.ndim == 3:
         return values[:, None, :, :]
     if values.ndim == 4:
-        if values.shape[-1] in (1, 3, 4):
+        last, second = values.shape[-1] in (1, 3, 4), values.shape[1] in (1, 3, 4)
+        if last and second:  # e.g. (N, 3, 32, 4): RGB is the likelier reading
+            last = values.shape[-1] == 3 or values.shape[1] != 3
+            second = not last
+        if last:
             return np.moveaxis(values, -1, 1)
-        if values.shape[1] in (1, 3, 4):
+        if second:
             return values
         raise DataError(
             f"{name}: cannot tell the channel axis of shape {values.shape}; expected N,H,W,C or N,C,H,W with 1, 3 or 4 channels"

@@ -127,19 +127,31 @@ class _Best:
             self.d2, self.pair = float(top), pair
 
 
-def exact_squared_distances(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """sum((x_i - x_j)**2) in float64 for each (rows[k], cols[k]), ``chunk`` pairs at a time."""
+def exact_squared_distances(
+    x: np.ndarray, rows: np.ndarray, cols: np.ndarray, unit: float = 1.0, chunk: int = 256
+) -> np.ndarray:
+    """sum(((x_i - x_j) / unit)**2) in float64 for each (rows[k], cols[k]), ``chunk`` pairs at a time.
+
+    ``unit`` is a power of two, so dividing by it is exact; it keeps huge or
+    tiny values clear of overflow and underflow.
+    """
     out = np.empty(len(rows), dtype=np.float64)
     order = np.argsort(rows, kind="stable")  # sorted rows read memory-mapped data in order
     for start in range(0, len(rows), chunk):
         sel = order[start : start + chunk]
         diff = np.asarray(x[rows[sel]], dtype=np.float64) - np.asarray(x[cols[sel]], dtype=np.float64)
+        if unit != 1.0:
+            diff /= unit
         out[sel] = np.einsum("ij,ij->i", diff, diff)
     return out
 
 
 class CentredPoints:
-    """Points centred on their mean, in float32, with float64 squared norms and the error band."""
+    """Points centred on their mean and divided by ``unit`` (a power of two), in float32.
+
+    Squared norms are kept in float64, and ``tolerance`` bounds the error of a
+    float32 squared-distance estimate; all are in units of ``unit**2``.
+    """
 
     def __init__(self, x: np.ndarray, chunk_rows: int = 4096) -> None:
         n, dim = x.shape
@@ -147,9 +159,14 @@ class CentredPoints:
         for start in range(0, n, chunk_rows):
             total += np.asarray(x[start : start + chunk_rows], dtype=np.float64).sum(axis=0)
         self.mean = total / n
+        largest = 0.0
+        for start in range(0, n, chunk_rows):
+            largest = max(largest, float(np.abs(np.asarray(x[start : start + chunk_rows], dtype=np.float64) - self.mean).max()))
+        self.unit = 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
         self.values = np.empty((n, dim), dtype=np.float32)
         for start in range(0, n, chunk_rows):
-            self.values[start : start + chunk_rows] = np.asarray(x[start : start + chunk_rows], dtype=np.float64) - self.mean
+            block = np.asarray(x[start : start + chunk_rows], dtype=np.float64) - self.mean
+            self.values[start : start + chunk_rows] = block / self.unit
         self.norms2 = np.einsum("ij,ij->i", self.values, self.values, dtype=np.float64)
         self.norms2_f32 = self.norms2.astype(np.float32)
         self.tolerance = float32_error_bound(dim, float(self.norms2.max()))
@@ -183,7 +200,7 @@ def farthest_point_sweeps(
             evaluated += len(est) - 1
             nxt = int(np.argmax(est))
             pair_rows, pair_cols = np.array([current]), np.array([nxt])
-            best.offer(exact_squared_distances(x, pair_rows, pair_cols), pair_rows, pair_cols)
+            best.offer(exact_squared_distances(x, pair_rows, pair_cols, centred.unit), pair_rows, pair_cols)
             current = nxt
     return evaluated
 
@@ -212,10 +229,10 @@ def scan_block(
     # Tighten the bound with the block's own best estimate before selecting candidates.
     r, c = np.unravel_index(k, est.shape)
     top_rows, top_cols = rows[[r]], cols[[c]]
-    best.offer(exact_squared_distances(x, top_rows, top_cols), top_rows, top_cols)
+    best.offer(exact_squared_distances(x, top_rows, top_cols, centred.unit), top_rows, top_cols)
     r, c = np.nonzero(est >= _lower_float32(best.d2 - tol))
     cand_rows, cand_cols = rows[r], cols[c]
-    best.offer(exact_squared_distances(x, cand_rows, cand_cols), cand_rows, cand_cols)
+    best.offer(exact_squared_distances(x, cand_rows, cand_cols, centred.unit), cand_rows, cand_cols)
     return evaluated, len(r) + 1
 
 
@@ -260,7 +277,7 @@ def max_pairwise_distance(
             rechecked += r
         if progress is not None:
             progress(evaluated, total)
-    distance = math.sqrt(best.d2) * scale
+    distance = math.sqrt(best.d2) * centred.unit * scale
     return FarthestPair(distance, best.pair, n, dim, evaluated, total, rechecked, "blocked", time.perf_counter() - t0)
 
 

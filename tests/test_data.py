@@ -1,0 +1,186 @@
+"""The data module: CIFAR-10 (found, downloaded, refused), arrays and image folders."""
+
+import hashlib
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ncsn_tune import data as data_mod
+from ncsn_tune.data import load_cifar10, load_dataset
+from ncsn_tune.errors import DataError
+
+
+def test_real_subset(real_subset):
+    train = load_cifar10(real_subset, "train", download=False)
+    assert train.values.shape == (5085, 3, 32, 32) and train.values.dtype == np.uint8
+    assert train.labels.shape == (5085,) and train.scale == 1 / 255 and train.dim == 3072
+    means = train.unit_float32().mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(means, [0.494, 0.485, 0.449], atol=1e-3)
+    assert load_cifar10(real_subset, "test", download=False).num_points == 1017
+    assert load_cifar10(real_subset / "cifar-10-batches-py", "all", download=False).num_points == 6102
+
+
+def test_cifar_layout_is_channel_first(fake_cifar):
+    d = load_cifar10(fake_cifar, download=False)
+    raw = np.concatenate([
+        data_mod._read_cifar_batch(fake_cifar / "cifar-10-batches-py" / f"data_batch_{i}")[0] for i in range(1, 6)
+    ])
+    assert d.num_points == 20 and d.split == "train"
+    np.testing.assert_array_equal(d.values[:, 0].reshape(20, -1), raw.reshape(20, -1)[:, :1024])
+
+
+def test_found_through_the_environment_and_the_cache(fake_cifar, monkeypatch, tmp_path):
+    monkeypatch.setenv("NCSN_TUNE_DATA", str(fake_cifar))
+    assert load_cifar10(download=False).num_points == 20
+    monkeypatch.delenv("NCSN_TUNE_DATA")
+    monkeypatch.setenv("NCSN_TUNE_CACHE", str(fake_cifar))
+    assert load_cifar10(split="test", download=False).num_points == 3
+
+
+def test_missing_offline_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    with pytest.raises(DataError) as err:
+        load_cifar10(tmp_path / "empty")
+    msg = str(err.value)
+    assert "could not be downloaded" in msg and "--data-root" in msg and "NCSN_TUNE_DATA" in msg
+    with pytest.raises(DataError, match="was not found"):
+        load_cifar10(tmp_path / "empty", download=False)
+
+
+def make_archive(fake_cifar, path):
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(fake_cifar / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_download_checks_md5_and_unpacks(fake_cifar, tmp_path, monkeypatch):
+    archive = tmp_path / "served.tar.gz"
+    md5 = make_archive(fake_cifar, archive)
+    monkeypatch.setattr(data_mod, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(data_mod, "CIFAR10_MD5", md5)
+    seen = []
+    d = load_cifar10(progress=lambda done, total, what: seen.append(done))
+    assert d.num_points == 20 and seen and seen[-1] == archive.stat().st_size
+    cache = tmp_path / "cache"
+    assert (cache / "cifar-10-batches-py" / "data_batch_5").is_file()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_download_with_wrong_md5_keeps_nothing(fake_cifar, tmp_path, monkeypatch):
+    archive = tmp_path / "served.tar.gz"
+    make_archive(fake_cifar, archive)
+    monkeypatch.setattr(data_mod, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(data_mod, "CIFAR10_MD5", "0" * 32)
+    with pytest.raises(DataError, match="md5"):
+        load_cifar10()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_corrupt_batch_names_the_file(fake_cifar):
+    bad = fake_cifar / "cifar-10-batches-py" / "data_batch_3"
+    bad.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_cifar10(fake_cifar, download=False)
+
+
+def test_pickle_with_foreign_objects_is_refused(fake_cifar):
+    import pickle
+
+    bad = fake_cifar / "cifar-10-batches-py" / "data_batch_2"
+    bad.write_bytes(pickle.dumps({b"data": io.BytesIO(b"x")}, protocol=2))
+    with pytest.raises(DataError, match="data_batch_2"):
+        load_cifar10(fake_cifar, download=False)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_npy_layouts_and_uint8(tmp_path, layout):
+    rng = np.random.default_rng(0)
+    nchw = rng.integers(0, 256, (6, 3, 5, 4), dtype=np.uint8)
+    arr = nchw if layout == "NCHW" else np.moveaxis(nchw, 1, -1)
+    np.save(tmp_path / "x.npy", arr)
+    d = load_dataset(str(tmp_path / "x.npy"))
+    np.testing.assert_array_equal(d.values, nchw)
+    assert d.scale_note == "uint8 / 255" and d.dim == 60
+
+
+@pytest.mark.parametrize(
+    "lo,hi,note,first",
+    [(0.0, 1.0, "already in [0, 1]", 0.25), (-1.0, 1.0, "[-1, 1] -> (x + 1) / 2", 0.625), (0.0, 255.0, "[0, 255] / 255", 0.25 / 255)],
+)
+def test_float_ranges_are_scaled(tmp_path, lo, hi, note, first):
+    x = np.full((3, 2, 2, 3), 0.25, dtype=np.float32)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = lo, hi
+    np.savez(tmp_path / "x.npz", images=x)
+    d = load_dataset(str(tmp_path / "x.npz"))
+    assert d.scale_note == note
+    assert d.unit_float32()[2, 0, 0, 0] == pytest.approx(first)
+
+
+def test_out_of_range_floats_and_no_rescale(tmp_path):
+    np.save(tmp_path / "x.npy", np.array([[0.0, 300.0], [1.0, 2.0]]))
+    with pytest.raises(DataError, match="--no-rescale"):
+        load_dataset(str(tmp_path / "x.npy"))
+    assert load_dataset(str(tmp_path / "x.npy"), rescale=False).scale == 1.0
+
+
+def test_nan_and_empty_arrays(tmp_path):
+    x = np.zeros((4, 3, 2, 2), dtype=np.float32)
+    x[2, 1, 0, 0] = np.inf
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(DataError, match="item 2"):
+        load_dataset(str(tmp_path / "nan.npy"))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3, 2, 2)))
+    with pytest.raises(DataError, match="no data"):
+        load_dataset(str(tmp_path / "empty.npy"))
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="bad.npy"):
+        load_dataset(str(tmp_path / "bad.npy"))
+
+
+def test_npz_with_several_arrays_needs_a_name(tmp_path):
+    np.savez(tmp_path / "x.npz", a=np.zeros((2, 3)), b=np.zeros((2, 3)))
+    with pytest.raises(DataError, match="several arrays"):
+        load_dataset(str(tmp_path / "x.npz"))
+
+
+def test_image_folder_recursive(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    Image.fromarray(imgs[0]).save(tmp_path / "imgs" / "a.png")
+    Image.fromarray(imgs[1]).save(tmp_path / "imgs" / "sub" / "b.PNG")
+    Image.fromarray(imgs[2]).save(tmp_path / "imgs" / "sub" / "c.jpg", quality=100)
+    (tmp_path / "imgs" / "notes.txt").write_text("ignored")
+    d = load_dataset(str(tmp_path / "imgs"))
+    assert d.values.shape == (3, 3, 4, 5)
+    np.testing.assert_array_equal(d.values[0], np.moveaxis(imgs[0], -1, 0))
+    np.testing.assert_array_equal(d.values[1], np.moveaxis(imgs[1], -1, 0))
+
+
+def test_image_folder_errors(tmp_path):
+    (tmp_path / "e").mkdir()
+    with pytest.raises(DataError, match="no PNG or JPEG"):
+        load_dataset(str(tmp_path / "e"))
+    (tmp_path / "m").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "m" / "a.png")
+    Image.new("RGB", (5, 4)).save(tmp_path / "m" / "b.png")
+    with pytest.raises(DataError, match="b.png is 5x4"):
+        load_dataset(str(tmp_path / "m"))
+    (tmp_path / "c").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "c" / "a.png")
+    (tmp_path / "c" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png"):
+        load_dataset(str(tmp_path / "c"))
+
+
+def test_unknown_specs(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(str(tmp_path / "nope"))
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(DataError, match="unsupported"):
+        load_dataset(str(tmp_path / "x.csv"))
+    with pytest.raises(DataError, match="unknown split"):
+        load_cifar10(tmp_path, split="valid", download=False)

@@ -1,0 +1,132 @@
+"""Technique 1: the exact farthest pair against a float64 brute force."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ncsn_tune.analysis import brute_force_max_distance, max_pairwise_distance
+from ncsn_tune.analysis.initial_noise_scale import float32_error_bound
+from ncsn_tune.errors import DataError
+
+
+def check(x, block_size=7, scale=1.0):
+    got = max_pairwise_distance(x, block_size=block_size, scale=scale)
+    ref = brute_force_max_distance(x, scale=scale)
+    assert got.distance == pytest.approx(ref.distance, rel=1e-9, abs=1e-300)
+    assert got.pair == ref.pair
+    assert got.pair[0] <= got.pair[1]
+    return got
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 40), st.integers(1, 12)),
+        elements=st.floats(-1e3, 1e3, allow_nan=False, width=64),
+    ),
+    st.integers(1, 16),
+)
+def test_matches_brute_force_on_arbitrary_sets(x, block_size):
+    # Rounded to 1e-6: the float64 brute force itself underflows on values like 1e-236.
+    check(np.round(x, 6), block_size)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 60), st.integers(1, 50), st.integers(0, 2**32 - 1))
+def test_matches_brute_force_on_clustered_uint8_images(n, dim, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 256, (3, dim))
+    x = np.clip(centres[rng.integers(0, 3, n)] + rng.integers(-5, 6, (n, dim)), 0, 255).astype(np.uint8)
+    got = check(x, block_size=5, scale=1 / 255)
+    assert got.distance <= np.sqrt(dim) + 1e-12
+
+
+def test_single_point_and_two_points():
+    one = max_pairwise_distance(np.ones((1, 5)))
+    assert one.distance == 0.0 and one.pair == (0, 0) and one.pairs_total == 0
+    two = max_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]]))
+    assert two.distance == 5.0 and two.pair == (0, 1)
+
+
+def test_duplicates_and_all_identical():
+    x = np.repeat(np.array([[1.0, 2.0, 3.0], [4.0, 6.0, 3.0]]), 20, axis=0)
+    got = check(x, block_size=3)
+    assert got.distance == 5.0
+    same = max_pairwise_distance(np.full((30, 4), 7.0), block_size=4)
+    assert same.distance == 0.0 and same.pair == (0, 1)
+
+
+def test_ties_pick_the_first_pair():
+    # A regular simplex: every pair at distance sqrt(2); the first pair in index order wins.
+    got = check(np.eye(25) * 1.0, block_size=4)
+    assert got.distance == pytest.approx(np.sqrt(2), rel=1e-15) and got.pair == (0, 1)
+
+
+def test_large_offset_and_values():
+    rng = np.random.default_rng(1)
+    x = 1e8 + rng.normal(size=(300, 20))  # distances ~1 on top of values ~1e8
+    check(x, block_size=64)
+    check(rng.normal(size=(200, 10)) * 1e150, block_size=64)
+
+
+def test_near_ties_within_float32_rounding():
+    # Many pairs whose distances differ by far less than float32 can resolve.
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(1, 3000))
+    x = np.concatenate([base, -base + 1e-7 * rng.normal(size=(60, 3000))])
+    got = check(x, block_size=16)
+    assert got.pairs_rechecked >= 2
+
+
+def test_float32_input_and_higher_rank():
+    rng = np.random.default_rng(3)
+    x = rng.random((64, 3, 4, 4)).astype(np.float32)
+    check(x, block_size=10)
+
+
+def test_counts_every_pair_once():
+    got = max_pairwise_distance(np.random.default_rng(4).normal(size=(101, 3)), block_size=10)
+    assert got.pairs_evaluated == got.pairs_total == 101 * 100 // 2
+
+
+def test_progress_reaches_the_total():
+    calls = []
+    max_pairwise_distance(np.random.default_rng(5).normal(size=(50, 3)), block_size=8, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (50 * 49 // 2, 50 * 49 // 2)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_real_subset_matches_brute_force(real_subset):
+    from ncsn_tune.data import load_cifar10
+
+    data = load_cifar10(real_subset, download=False)
+    got = max_pairwise_distance(data.points(), scale=data.scale)
+    x = data.points().astype(np.float64) / 255.0
+    norms = (x * x).sum(1)
+    # float64 Gram brute force over all 5,085 points, then the winning pair by direct differences
+    d2 = norms[:, None] + norms[None, :] - 2 * (x @ x.T)
+    i, j = np.unravel_index(np.argmax(np.triu(d2, 1)), d2.shape)
+    assert got.pair == (int(i), int(j))
+    assert got.distance == pytest.approx(np.sqrt(((x[i] - x[j]) ** 2).sum()), rel=1e-12)
+    assert got.distance == pytest.approx(49.896451177, rel=1e-9)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 3)), np.zeros((3, 0)), []])
+def test_empty_is_an_error(bad):
+    with pytest.raises(DataError, match="empty"):
+        max_pairwise_distance(bad)
+
+
+def test_non_finite_is_an_error_naming_the_point():
+    x = np.zeros((5, 3))
+    x[3, 1] = np.nan
+    with pytest.raises(DataError, match="point 3"):
+        max_pairwise_distance(x)
+
+
+def test_error_bound_grows_with_dimension_and_radius():
+    assert float32_error_bound(3072, 1.0) > float32_error_bound(10, 1.0)
+    assert float32_error_bound(10, 4.0) == pytest.approx(4 * float32_error_bound(10, 1.0), rel=1e-12)
