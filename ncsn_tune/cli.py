@@ -118,6 +118,16 @@ def progress_bar(enabled: bool = True):
 
 
 def data_options(f):
+    f = click.option(
+        "--device", default=DEFAULTS.device, show_default=True, help="Where to compute sigma_max: cpu, cuda, cuda:N or auto."
+    )(f)
+    f = click.option(
+        "--method",
+        type=click.Choice(["pruned", "blocked"]),
+        default=DEFAULTS.distance_method,
+        show_default=True,
+        help="Exact sigma_max: pruned (skips pairs that provably cannot win) or blocked (every pair).",
+    )(f)
     f = click.option("--no-rescale", is_flag=True, help="Use array values as stored instead of scaling them to [0, 1].")(f)
     f = click.option("--no-download", is_flag=True, help="Never download CIFAR-10; fail if it is not on disk.")(f)
     f = click.option(
@@ -133,18 +143,21 @@ def data_options(f):
 
 
 def read_data(spec: str, data_root, split, no_download, no_rescale, quiet) -> Dataset:
+    """The data set of --data, with a progress bar unless ``quiet``."""
     with progress_bar(not quiet) as cb:
         dataset = load_dataset(spec, data_root, split, download=not no_download, rescale=not no_rescale, progress=cb)
     return dataset
 
 
-def measure_sigma_max(dataset: Dataset, quiet: bool) -> dict[str, Any]:
+def measure_sigma_max(dataset: Dataset, quiet: bool, method: str, device: str) -> dict[str, Any]:
+    """Technique 1 on ``dataset``, as the fields the outputs report."""
     with progress_bar(not quiet) as cb:
         result = max_pairwise_distance(
             dataset.points(),
             scale=dataset.scale,
-            block_size=DEFAULTS.block_size,
-            progress=None if cb is None else (lambda done, total: cb(done, total, "pairs (exact sigma_max)")),
+            method=method,
+            device=device,
+            progress=cb,
         )
     return {
         **dataset.describe(),
@@ -190,7 +203,7 @@ def fmt(value: Any, digits: int = 6) -> str:
 @click.option("--num-scales", type=int, help="Use L scales instead of the equation's L; the overlap they achieve is reported.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help=f"Schedule file to write [default: WORKDIR/{SCHEDULE_FILE}].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def sigmas(data_spec, data_root, split, no_download, no_rescale, sigma_max, dim, sigma_min, target_overlap, num_scales, output, as_json):
+def sigmas(data_spec, data_root, split, no_download, no_rescale, method, device, sigma_max, dim, sigma_min, target_overlap, num_scales, output, as_json):
     """Techniques 1 and 2: sigma_max (exact), gamma, the number of scales L and the schedule.
 
     \b
@@ -215,7 +228,7 @@ def sigmas(data_spec, data_root, split, no_download, no_rescale, sigma_max, dim,
             raise NcsnTuneError(f"--dim {dim} contradicts the data's dimension {dataset.dim}; leave --dim out")
         dim = dataset.dim
         if sigma_max is None:
-            source = measure_sigma_max(dataset, as_json)
+            source = measure_sigma_max(dataset, as_json, method, device)
             sigma_max = source["sigma_max"]
         else:
             source = {**dataset.describe(), "sigma_max_given": True}
@@ -259,7 +272,8 @@ def sigmas(data_spec, data_root, split, no_download, no_rescale, sigma_max, dim,
     if "pair" in source:
         table.add_row(
             "sigma_max", f"{sigma_max:.6f}",
-            f"T1: exact max distance, pair {tuple(source['pair'])}, {source['pairs_evaluated']:,} pairs in {source['seconds']:.2f} s",
+            f"T1: exact max distance, pair {tuple(source['pair'])}; {source['method']}: "
+            f"{source['pairs_evaluated']:,} of {source['pairs_total']:,} pairs in {source['seconds']:.2f} s",
         )
     else:
         table.add_row("sigma_max", f"{sigma_max:.6g}", "given")
@@ -284,7 +298,7 @@ def sigmas(data_spec, data_root, split, no_download, no_rescale, sigma_max, dim,
 
 def resolve_schedule(schedule_file, sigma_max, sigma_min, num_scales, gamma, data_args, target_overlap, quiet):
     """(gamma, sigma_min, description, schedule-or-None, schedule_file-or-None) from whichever source was given."""
-    data_spec = data_args[0]
+    data_spec, data_root, split, no_download, no_rescale, method, device = data_args
     if gamma is not None:
         if not (math.isfinite(gamma) and gamma > 1):
             raise NcsnTuneError(f"--gamma must be a finite number > 1, got {gamma}")
@@ -298,8 +312,8 @@ def resolve_schedule(schedule_file, sigma_max, sigma_min, num_scales, gamma, dat
         ratio = t2.ratio_for_num_scales(sigma_max, sm, num_scales)
         return ratio, sm, f"sigma_max {sigma_max:g}, sigma_min {sm:g}, L = {num_scales}", None, None
     if data_spec is not None:
-        dataset = read_data(*data_args, quiet)
-        source = measure_sigma_max(dataset, quiet)
+        dataset = read_data(data_spec, data_root, split, no_download, no_rescale, quiet)
+        source = measure_sigma_max(dataset, quiet, method, device)
         sm = sigma_min or DEFAULTS.sigma_min
         schedule = t2.schedule_from_overlap(source["sigma_max"], dataset.dim, sm, target_overlap, source)
         return schedule.ratio, sm, f"derived from {data_spec}", schedule, None
@@ -329,7 +343,7 @@ def resolve_schedule(schedule_file, sigma_max, sigma_min, num_scales, gamma, dat
 @click.option("--step-size", "given_step", type=float, help="Also report the ratio at this eps (e.g. a published 6.2e-6).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help=f"Step-size file to write (one M) [default: WORKDIR/{STEP_SIZE_FILE}].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def step_size(steps, schedule_file, sigma_max, sigma_min, num_scales, gamma, data_spec, data_root, split, no_download, no_rescale, target_overlap, given_step, output, as_json):
+def step_size(steps, schedule_file, sigma_max, sigma_min, num_scales, gamma, data_spec, data_root, split, no_download, no_rescale, method, device, target_overlap, given_step, output, as_json):
     """Technique 4: the eps that brings Proposition 3's s^2/sigma^2 closest to 1 for M steps per scale.
 
     \b
@@ -342,7 +356,7 @@ def step_size(steps, schedule_file, sigma_max, sigma_min, num_scales, gamma, dat
     positive_float("--step-size", given_step)
     if num_scales is not None and num_scales < 2:
         raise NcsnTuneError(f"--num-scales must be at least 2, got {num_scales}")
-    data_args = (data_spec, data_root, split, no_download, no_rescale)
+    data_args = (data_spec, data_root, split, no_download, no_rescale, method, device)
     ratio, sm, described, schedule, used_file = resolve_schedule(
         schedule_file, sigma_max, sigma_min, num_scales, gamma, data_args, target_overlap, as_json
     )

@@ -36,8 +36,10 @@ class AnalysisConfig:
     steps_per_scale: int = 5
     #: The split Technique 1 reads (the paper uses the training set).
     split: str = "train"
-    #: Rows per block in the exact distance computation.
-    block_size: int = 2048
+    #: Exact sigma_max: "pruned" (triangle-inequality pruning) or "blocked" (every pair).
+    distance_method: str = "pruned"
+    #: Where sigma_max is computed: cpu, cuda, cuda:N or auto (a GPU when torch sees one).
+    device: str = "auto"
 
 
 C = TypeVar("C")

@@ -70,8 +70,8 @@ class Dataset:
         """(C, H, W) for images, (D,) for vectors."""
         return tuple(int(s) for s in self.values.shape[1:])
 
-    def points(self) -> np.ndarray:
-        """The raw values as an (N, D) matrix (a view where possible); multiply distances by ``scale``."""
+    def points(self):
+        """The raw values as an (N, D) matrix (a view, or a streamed folder); multiply distances by ``scale``."""
         return self.values.reshape(self.num_points, -1)
 
     def unit_float32(self, index=slice(None)) -> np.ndarray:
@@ -362,8 +362,64 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_image_folder(folder: Path, progress: Progress | None = None) -> Dataset:
-    """Every PNG/JPEG below ``folder`` as uint8 (N, C, H, W); all must share one size."""
+def _decode(path: Path, mode: str) -> np.ndarray:
+    """One image as uint8 (C, H, W) in ``mode`` (L or RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert(mode), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"{path} is not a readable image ({err})") from None
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+class ImageFolderArray:
+    """The images of a folder as a read-only uint8 array (N, C, H, W), decoded when indexed.
+
+    Indexing with an int, a slice or an array of ints decodes just those
+    images, so a set larger than memory can be streamed in batches.
+    ``reshape(N, -1)`` gives the same rows flattened.
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, files: list[Path], mode: str, shape: tuple[int, int, int], flat: bool = False) -> None:
+        self.files, self.mode, self.image_shape, self.flat = files, mode, shape, flat
+        self.shape = (len(files), int(np.prod(shape))) if flat else (len(files), *shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def reshape(self, *shape) -> "ImageFolderArray":
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        if len(shape) == 2 and shape[0] == len(self.files) and shape[1] in (-1, self.shape[-1] if self.flat else int(np.prod(self.image_shape))):
+            return ImageFolderArray(self.files, self.mode, self.image_shape, flat=True)
+        raise ValueError(f"an image folder reshapes only to (N, -1), not {shape}")
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            image = _decode(self.files[int(index)], self.mode)
+            return image.reshape(-1) if self.flat else image
+        ids = np.arange(len(self.files))[index]
+        out = np.empty((len(ids), *self.image_shape), dtype=np.uint8)
+        for k, i in enumerate(ids):
+            out[k] = _decode(self.files[int(i)], self.mode)
+        return out.reshape(len(ids), -1) if self.flat else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def load_image_folder(folder: Path, progress: Progress | None = None, stream: bool | None = None, memory_limit: int = 4 << 30) -> Dataset:
+    """Every PNG/JPEG below ``folder`` as uint8 (N, C, H, W); all must share one size.
+
+    The images are decoded into memory unless they would take more than
+    ``memory_limit`` bytes (or ``stream`` is True): then ``values`` is an
+    :class:`ImageFolderArray` that decodes them batch by batch when read.
+    """
     from PIL import Image, UnidentifiedImageError
 
     files = image_files(folder)
@@ -384,17 +440,17 @@ def load_image_folder(folder: Path, progress: Progress | None = None) -> Dataset
                 f"images differ in size: {first} is {size[0]}x{size[1]}, {path} is {this[0]}x{this[1]}; resize them to one size"
             )
     mode = "L" if modes <= {"L", "1"} else "RGB"
-    channels = 1 if mode == "L" else 3
-    values = np.empty((len(files), channels, size[1], size[0]), dtype=np.uint8)
-    for k, path in enumerate(files):
-        try:
-            with Image.open(path) as img:
-                arr = np.asarray(img.convert(mode), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataError(f"{path} is not a readable image ({err})") from None
-        values[k] = arr[None] if channels == 1 else np.moveaxis(arr, -1, 0)
-        if progress is not None and (k % 256 == 255 or k == len(files) - 1):
-            progress(k + 1, len(files), "reading images")
+    shape = (1 if mode == "L" else 3, size[1], size[0])
+    lazy = ImageFolderArray(files, mode, shape)
+    if stream is None:
+        stream = len(files) * int(np.prod(shape)) > memory_limit
+    if stream:
+        return Dataset(folder.name, lazy, 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)", str(folder))
+    values = np.empty((len(files), *shape), dtype=np.uint8)
+    for start in range(0, len(files), 256):
+        values[start : start + 256] = lazy[start : start + 256]
+        if progress is not None:
+            progress(min(start + 256, len(files)), len(files), "reading images")
     return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder))
 
 
@@ -405,8 +461,14 @@ def load_dataset(
     download: bool = True,
     rescale: bool = True,
     progress: Progress | None = None,
+    stream: bool | None = None,
 ) -> Dataset:
-    """``cifar10`` (the official python format), a ``.npy``/``.npz`` file, or a folder of images."""
+    """``cifar10`` (the official python format), a ``.npy``/``.npz`` file, or a folder of images.
+
+    ``stream``: for an image folder, decode images when read instead of all at
+    once (default: only when they would not fit in 4 GiB). ``.npy`` files are
+    always memory-mapped.
+    """
     if spec.lower() in ("cifar10", "cifar-10"):
         return load_cifar10(data_root, split, download, progress)
     path = Path(spec).expanduser()
@@ -417,7 +479,7 @@ def load_dataset(
     if path.is_dir():
         if _cifar_folder_in(path, split) is not None:
             return load_cifar10(path, split, download=False)
-        return load_image_folder(path, progress)
+        return load_image_folder(path, progress, stream)
     if path.suffix in (".npy", ".npz"):
         return load_array(path, rescale)
     raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz or a folder of PNG/JPEG images")

@@ -184,3 +184,22 @@ def test_unknown_specs(tmp_path):
         load_dataset(str(tmp_path / "x.csv"))
     with pytest.raises(DataError, match="unknown split"):
         load_cifar10(tmp_path, split="valid", download=False)
+
+
+def test_streamed_image_folder_equals_loaded(tmp_path):
+    from ncsn_tune.analysis import max_pairwise_distance
+    from ncsn_tune.data import ImageFolderArray
+
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (23, 6, 5, 3), dtype=np.uint8)
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    for k, img in enumerate(imgs):
+        Image.fromarray(img).save(tmp_path / "f" / ("a" if k % 2 else "") / f"{k:03d}.png")
+    loaded = load_dataset(str(tmp_path / "f"))
+    streamed = load_dataset(str(tmp_path / "f"), stream=True)
+    assert isinstance(streamed.values, ImageFolderArray) and streamed.values.shape == loaded.values.shape
+    np.testing.assert_array_equal(streamed.values[np.array([5, 2, 9])], loaded.values[[5, 2, 9]])
+    np.testing.assert_array_equal(streamed.points()[3:7], loaded.points()[3:7])
+    a = max_pairwise_distance(loaded.points(), scale=loaded.scale, block_size=4)
+    b = max_pairwise_distance(streamed.points(), scale=streamed.scale, block_size=4, chunk_rows=5, memory_budget=0)
+    assert (a.distance, a.pair) == (b.distance, b.pair)

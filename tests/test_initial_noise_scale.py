@@ -11,12 +11,14 @@ from ncsn_tune.analysis.initial_noise_scale import float32_error_bound
 from ncsn_tune.errors import DataError
 
 
-def check(x, block_size=7, scale=1.0):
-    got = max_pairwise_distance(x, block_size=block_size, scale=scale)
+def check(x, block_size=7, scale=1.0, **kwargs):
+    """Both methods give the brute force's value (1e-9 relative) and its pair."""
     ref = brute_force_max_distance(x, scale=scale)
-    assert got.distance == pytest.approx(ref.distance, rel=1e-9, abs=1e-300)
-    assert got.pair == ref.pair
-    assert got.pair[0] <= got.pair[1]
+    for method in ("pruned", "blocked"):
+        got = max_pairwise_distance(x, block_size=block_size, scale=scale, method=method, **kwargs)
+        assert got.distance == pytest.approx(ref.distance, rel=1e-9, abs=1e-300)
+        assert got.pair == ref.pair
+        assert got.pair[0] <= got.pair[1]
     return got
 
 
@@ -88,15 +90,19 @@ def test_float32_input_and_higher_rank():
 
 
 def test_counts_every_pair_once():
-    got = max_pairwise_distance(np.random.default_rng(4).normal(size=(101, 3)), block_size=10)
+    got = max_pairwise_distance(np.random.default_rng(4).normal(size=(101, 3)), block_size=10, method="blocked")
     assert got.pairs_evaluated == got.pairs_total == 101 * 100 // 2
 
 
 def test_progress_reaches_the_total():
     calls = []
-    max_pairwise_distance(np.random.default_rng(5).normal(size=(50, 3)), block_size=8, progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (50 * 49 // 2, 50 * 49 // 2)
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    max_pairwise_distance(
+        np.random.default_rng(5).normal(size=(50, 3)), block_size=8, chunk_rows=7, progress=lambda d, t, what: calls.append((what, d, t))
+    )
+    reads = [c for c in calls if c[0] == "reading points"]
+    blocks = [c for c in calls if c[0] == "blocks of pairs"]
+    assert reads[-1][1:] == (50, 50) and blocks[-1][1:] == (7, 7)
+    assert [d for _, d, _ in blocks] == sorted(d for _, d, _ in blocks)
 
 
 def test_real_subset_matches_brute_force(real_subset):
@@ -130,3 +136,75 @@ def test_non_finite_is_an_error_naming_the_point():
 def test_error_bound_grows_with_dimension_and_radius():
     assert float32_error_bound(3072, 1.0) > float32_error_bound(10, 1.0)
     assert float32_error_bound(10, 4.0) == pytest.approx(4 * float32_error_bound(10, 1.0), rel=1e-12)
+
+
+def augmented_images(n_base=300, copies=4, seed=0):
+    """Real-looking structure: base 'images' with flips and small shifts (distances tie exactly under flips)."""
+    rng = np.random.default_rng(seed)
+    base = np.clip(rng.normal(128, 40, (n_base, 3, 8, 8)) + rng.normal(0, 30, (n_base, 3, 1, 1)), 0, 255).astype(np.uint8)
+    variants = [base, base[..., ::-1], np.roll(base, 1, axis=-1), np.roll(base, -1, axis=-2)][:copies]
+    return np.concatenate(variants).reshape(n_base * copies, -1)
+
+
+def test_pruning_skips_most_pairs_on_image_like_data():
+    x = augmented_images()
+    pruned = max_pairwise_distance(x, block_size=64, scale=1 / 255)
+    full = max_pairwise_distance(x, block_size=64, scale=1 / 255, method="blocked")
+    ref = brute_force_max_distance(x, scale=1 / 255)
+    assert pruned.pair == full.pair == ref.pair and pruned.distance == full.distance
+    assert pruned.pairs_evaluated < full.pairs_evaluated / 5
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 80), st.integers(1, 6), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_duplicate_heavy_sets(n, distinct, block_size, seed):
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 4, (distinct, 5)).astype(np.float64)
+    check(pool[rng.integers(0, distinct, n)], block_size)
+
+
+def test_adversarial_equal_radii():
+    # Every point at the same distance from the centre: the radius bound prunes nothing.
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(400, 30))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    check(x, block_size=50)
+
+
+def test_memory_mapped_and_streamed_equal_in_memory(tmp_path):
+    x = augmented_images(200, 3, seed=1)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a = max_pairwise_distance(x, block_size=32)
+    b = max_pairwise_distance(mm, block_size=32, chunk_rows=17, memory_budget=0)  # every block re-read from disk
+    assert a == b.__class__(**{**b.to_dict(), "pair": b.pair, "seconds": a.seconds})
+
+
+def test_torch_code_path_matches_numpy():
+    torch = pytest.importorskip("torch")
+    x = augmented_images(150, 4, seed=2)
+    ref = brute_force_max_distance(x)
+    for method in ("pruned", "blocked"):
+        got = max_pairwise_distance(torch.from_numpy(x), device="torch:cpu", method=method, block_size=40)
+        assert got.pair == ref.pair and got.distance == pytest.approx(ref.distance, rel=1e-12)
+    xf = np.random.default_rng(3).normal(size=(120, 9))
+    got = max_pairwise_distance(xf, device="torch:cpu", block_size=16)
+    ref = brute_force_max_distance(xf)
+    assert got.pair == ref.pair and got.distance == pytest.approx(ref.distance, rel=1e-9)
+
+
+@pytest.mark.skipif("not __import__('importlib').util.find_spec('torch') or not __import__('torch').cuda.is_available()")
+def test_gpu_matches_cpu():
+    x = augmented_images(500, 4, seed=4)
+    cpu = max_pairwise_distance(x, device="cpu")
+    gpu = max_pairwise_distance(x, device="cuda")
+    assert gpu.pair == cpu.pair and gpu.distance == cpu.distance
+
+
+def test_unknown_device_and_method():
+    from ncsn_tune.errors import NcsnTuneError
+
+    with pytest.raises(NcsnTuneError, match="unknown device"):
+        max_pairwise_distance(np.zeros((3, 2)), device="tpu")
+    with pytest.raises(NcsnTuneError, match="unknown method"):
+        max_pairwise_distance(np.zeros((3, 2)), method="fast")

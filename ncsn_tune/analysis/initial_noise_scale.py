@@ -4,15 +4,30 @@ sigma_max is chosen as the largest Euclidean distance between two training
 points (pixels in [0, 1], images flattened to D = C*H*W values). Computed here
 exactly, over the whole set, with the pair that attains it.
 
-Method (``max_pairwise_distance``): the points are centred and cast to float32
-once; blocks of squared distances ||c_i||**2 + ||c_j||**2 - 2 c_i.c_j come
-from float32 matrix products, never more than ``block_size`` rows against
-``block_size`` rows at a time. Float32 only *selects*: a rigorous bound on its
-rounding error (``float32_error_bound``) gives a band, and every pair that could
-lie within it of the best distance found so far is re-computed in float64 from
-the original values as sum((x_i - x_j)**2). The reported value is that float64
-sum; pairs that tie are ordered by index, so the pair is the one a float64
-brute force that keeps the first maximum finds.
+Method (``max_pairwise_distance``):
+
+1. One streamed pass gives every point's distance r_p to a centre c (the mean
+   of an even sample of rows; any centre is valid for the bound below).
+2. The points are taken in order of decreasing r_p, in blocks of
+   ``block_size``. Blocks of squared distances ||a||**2 + ||b||**2 - 2 a.b come
+   from float32 matrix products of centred rows. Float32 only *selects*: a
+   rigorous bound on its rounding error (:func:`float32_error_bound`) gives a
+   band, and every pair that could lie within it of the best distance found so
+   far is re-computed in float64 from the original values as
+   sum((x_i - x_j)**2). The first block, the outermost points, gives a lower
+   bound lb that is usually the answer.
+3. Pruning (``method="pruned"``) skips only what provably cannot win: by the
+   triangle inequality d(p, q) <= r_p + r_q, so a pair with r_p + r_q < lb
+   (with r_p rounded up by its error bound) is never computed; whole blocks,
+   block rows and block columns are skipped that way. ``method="blocked"``
+   computes every pair (the reference brute force, in the same engine).
+
+The reported value is the float64 sum of the winning pair; pairs that tie are
+ordered by index, so the pair is the one a float64 brute force that keeps the
+first maximum finds. Memory: the source is read ``chunk_rows`` rows at a time
+(memory-mapped arrays and image folders stay on disk), the blocks of candidate
+points are kept while they fit in ``memory_budget`` bytes (re-read otherwise),
+and two ``block_size``**2 float32 blocks are alive at once.
 """
 
 from __future__ import annotations
@@ -20,16 +35,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from ..errors import DataError
+from .distance_backends import make_backend
 
 #: Unit roundoff of float32 (round to nearest).
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
-ProgressCallback = Callable[[int, int], None]
+#: progress(done, total, what)
+ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -57,28 +74,44 @@ class FarthestPair:
         return data
 
 
-def as_point_matrix(points) -> np.ndarray:
-    """View ``points`` as an (N, D) matrix of real numbers, without copying where possible."""
-    x = points if isinstance(points, np.ndarray) else np.asarray(points)
-    if x.ndim == 1:
+def as_point_matrix(points):
+    """View ``points`` as an (N, D) matrix without copying: NumPy arrays and memory maps,
+    torch tensors, or any object with ``shape``, ``dtype``, ``reshape`` and row indexing
+    (such as :class:`ncsn_tune.data.ImageFolderArray`)."""
+    x = points
+    if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
+        x = np.asarray(x)
+    shape = tuple(x.shape)
+    if len(shape) == 1:
         x = x.reshape(-1, 1)
-    elif x.ndim > 2:
-        x = x.reshape(x.shape[0], -1)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise DataError(f"the point set is empty (shape {tuple(np.shape(points))}); it needs at least one point")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
-        raise DataError(f"points must be numbers, got an array of dtype {x.dtype}")
+    elif len(shape) > 2:
+        x = x.reshape(shape[0], -1)
+    shape = tuple(x.shape)
+    if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+        raise DataError(f"the point set is empty (shape {tuple(points.shape) if hasattr(points, 'shape') else shape}); it needs at least one point")
+    kind = str(x.dtype).replace("torch.", "")
+    if kind.startswith("complex") or not any(kind.startswith(k) for k in ("float", "int", "uint", "bool", "bfloat")):
+        raise DataError(f"points must be real numbers, got values of type {x.dtype}")
     return x
 
 
-def _check_finite(x: np.ndarray, chunk_rows: int) -> None:
-    if not np.issubdtype(x.dtype, np.floating):
-        return
-    for start in range(0, x.shape[0], chunk_rows):
-        block = x[start : start + chunk_rows]
-        if not np.isfinite(block).all():
-            row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-            raise DataError(f"point {row} has a NaN or infinite value; clean the data before computing distances")
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _take(x, ids: np.ndarray):
+    """Rows ``ids`` of ``x`` in that order, reading them in sorted order (kind to memory maps)."""
+    if _is_torch(x):
+        import torch
+
+        return x[torch.as_tensor(ids, device=x.device)]
+    if len(ids) > 1 and np.any(np.diff(ids) < 0):
+        perm = np.argsort(ids, kind="stable")
+        rows = np.asarray(x[ids[perm]])
+        return rows[np.argsort(perm, kind="stable")]
+    if len(ids) and ids[-1] - ids[0] + 1 == len(ids):
+        return np.asarray(x[int(ids[0]) : int(ids[-1]) + 1])
+    return np.asarray(x[ids])
 
 
 def float32_error_bound(dim: int, radius_squared: float) -> float:
@@ -127,158 +160,191 @@ class _Best:
             self.d2, self.pair = float(top), pair
 
 
-def exact_squared_distances(
-    x: np.ndarray, rows: np.ndarray, cols: np.ndarray, unit: float = 1.0, chunk: int = 256
-) -> np.ndarray:
-    """sum(((x_i - x_j) / unit)**2) in float64 for each (rows[k], cols[k]), ``chunk`` pairs at a time.
+def _sample_centre(x, max_rows: int = 1024) -> np.ndarray:
+    """The float64 mean of up to ``max_rows`` evenly spaced rows."""
+    n = x.shape[0]
+    ids = np.unique(np.linspace(0, n - 1, min(n, max_rows)).astype(np.int64))
+    rows = _take(x, ids)
+    rows = rows.detach().cpu().double().numpy() if _is_torch(rows) else np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(rows).all():
+        bad = int(ids[np.flatnonzero(~np.isfinite(rows).all(axis=1))[0]])
+        raise DataError(f"point {bad} has a NaN or infinite value; clean the data before computing distances")
+    return rows.mean(axis=0)
 
-    ``unit`` is a power of two, so dividing by it is exact; it keeps huge or
-    tiny values clear of overflow and underflow.
+
+def _radii(x, centre: np.ndarray, backend, chunk_rows: int, progress) -> np.ndarray:
+    """Upper bounds on ||x_p - centre|| for every point, in float64, read ``chunk_rows`` rows at a time.
+
+    Computed in float32 (relative error at most gamma_D + 3u on the square, so
+    each radius is rounded up by that much, plus an absolute 1e-15 of the unit
+    for underflow); a chunk that overflows float32 is redone in float64. NaN or
+    infinite values are an error naming the point.
     """
-    out = np.empty(len(rows), dtype=np.float64)
-    order = np.argsort(rows, kind="stable")  # sorted rows read memory-mapped data in order
-    for start in range(0, len(rows), chunk):
-        sel = order[start : start + chunk]
-        diff = np.asarray(x[rows[sel]], dtype=np.float64) - np.asarray(x[cols[sel]], dtype=np.float64)
-        if unit != 1.0:
-            diff /= unit
-        out[sel] = np.einsum("ij,ij->i", diff, diff)
-    return out
+    n, dim = x.shape
+    u = FLOAT32_UNIT_ROUNDOFF
+    gamma_d = dim * u / (1.0 - dim * u)
+    rel = 1.01 * (gamma_d + 3.0 * u)
+    radii = np.empty(n, dtype=np.float64)
+    probe = _take(x, np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64)))
+    probe = probe.detach().cpu().double().numpy() if _is_torch(probe) else np.asarray(probe, dtype=np.float64)
+    sample_spread = float(np.abs(probe - centre).max())
+    unit = 2.0 ** math.ceil(math.log2(sample_spread)) if sample_spread > 0 else 1.0
+    for start in range(0, n, chunk_rows):
+        raw = x[start : start + chunk_rows]
+        values = backend.scaled_difference(raw, centre, unit)
+        sq = backend.squared_norms(values)
+        sq = sq.cpu().double().numpy() if _is_torch(sq) else sq.astype(np.float64)
+        if not np.isfinite(sq).all():
+            raw64 = raw.detach().cpu().double().numpy() if _is_torch(raw) else np.asarray(raw, dtype=np.float64)
+            raw64 = raw64.reshape(len(raw64), -1)
+            finite = np.isfinite(raw64).all(axis=1)
+            if not finite.all():
+                bad = start + int(np.flatnonzero(~finite)[0])
+                raise DataError(f"point {bad} has a NaN or infinite value; clean the data before computing distances")
+            diff = (raw64 - centre) / unit
+            sq = np.einsum("ij,ij->i", diff, diff)
+        radii[start : start + len(sq)] = (np.sqrt(sq) * (1.0 + rel) + 1e-15) * unit
+        if progress is not None:
+            progress(min(start + chunk_rows, n), n, "reading points")
+    return radii
 
 
-class CentredPoints:
-    """Points centred on their mean and divided by ``unit`` (a power of two), in float32.
+class _Blocks:
+    """Blocks of points (global ids in scan order), their raw rows and centred float32 values.
 
-    Squared norms are kept in float64, and ``tolerance`` bounds the error of a
-    float32 squared-distance estimate; all are in units of ``unit**2``.
+    Blocks are kept in memory while they fit in ``budget`` bytes and re-read
+    from the source otherwise.
     """
 
-    def __init__(self, x: np.ndarray, chunk_rows: int = 4096) -> None:
-        n, dim = x.shape
-        total = np.zeros(dim, dtype=np.float64)
-        for start in range(0, n, chunk_rows):
-            total += np.asarray(x[start : start + chunk_rows], dtype=np.float64).sum(axis=0)
-        self.mean = total / n
-        largest = 0.0
-        for start in range(0, n, chunk_rows):
-            largest = max(largest, float(np.abs(np.asarray(x[start : start + chunk_rows], dtype=np.float64) - self.mean).max()))
-        self.unit = 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
-        self.values = np.empty((n, dim), dtype=np.float32)
-        for start in range(0, n, chunk_rows):
-            block = np.asarray(x[start : start + chunk_rows], dtype=np.float64) - self.mean
-            self.values[start : start + chunk_rows] = block / self.unit
-        self.norms2 = np.einsum("ij,ij->i", self.values, self.values, dtype=np.float64)
-        self.norms2_f32 = self.norms2.astype(np.float32)
-        self.tolerance = float32_error_bound(dim, float(self.norms2.max()))
+    def __init__(self, x, backend, order, block_size, centre, unit, budget) -> None:
+        self.x, self.backend, self.centre, self.unit = x, backend, centre, unit
+        self.ids = [order[s : s + block_size] for s in range(0, len(order), block_size)]
+        self.budget, self.used, self.cache = budget, 0, {}
 
-    def estimate_block(self, rows: np.ndarray | slice, cols: np.ndarray | slice) -> np.ndarray:
-        """Float32 estimates of squared distances between two sets of points, shape (len(rows), len(cols))."""
-        block = self.values[rows] @ self.values[cols].T
-        block *= np.float32(-2.0)
-        block += self.norms2_f32[rows][:, None]
-        block += self.norms2_f32[cols][None, :]
-        return block
+    def get(self, b: int):
+        if b in self.cache:
+            return self.cache[b]
+        raw = self.backend.asarray(_take(self.x, self.ids[b]))
+        values = self.backend.scaled_difference(raw, self.centre, self.unit)
+        entry = (raw, values, self.backend.squared_norms(values))
+        if _is_torch(raw):
+            size = values.numel() * 4 + raw.numel() * raw.element_size()
+        else:
+            size = values.nbytes + raw.nbytes
+        if self.used + size <= self.budget:
+            self.cache[b] = entry
+            self.used += size
+        return entry
 
 
-def farthest_point_sweeps(
-    x: np.ndarray, centred: CentredPoints, best: _Best, starts: Iterable[int], max_sweeps: int = 8
-) -> int:
-    """Lower bound by repeated farthest-point steps: from s go to the (estimated) farthest point.
+def _scan_pair(blocks: _Blocks, best: _Best, a: int, b: int, rows_kept: int, cols_kept: int, tol: float) -> tuple[int, int]:
+    """All pairs between the first ``rows_kept`` points of block a and the first ``cols_kept`` of block b.
 
-    Each step costs one matrix-vector product; the pair it lands on is
-    re-computed exactly and offered to ``best``. Returns the pairs evaluated.
+    Float32 estimates select; candidates within ``tol`` of the best are
+    re-computed in float64 and offered to ``best``. Returns (pairs evaluated,
+    pairs re-checked).
     """
-    evaluated = 0
-    for start in starts:
-        current, seen = int(start), set()
-        for _ in range(max_sweeps):
-            if current in seen:
-                break
-            seen.add(current)
-            est = centred.norms2 + centred.norms2[current] - 2.0 * (centred.values @ centred.values[current]).astype(np.float64)
-            est[current] = -np.inf
-            evaluated += len(est) - 1
-            nxt = int(np.argmax(est))
-            pair_rows, pair_cols = np.array([current]), np.array([nxt])
-            best.offer(exact_squared_distances(x, pair_rows, pair_cols, centred.unit), pair_rows, pair_cols)
-            current = nxt
-    return evaluated
-
-
-def scan_block(
-    x: np.ndarray,
-    centred: CentredPoints,
-    best: _Best,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    diagonal: bool,
-) -> tuple[int, int]:
-    """Evaluate all pairs rows x cols (only row < col pairs when ``diagonal``) and update ``best``.
-
-    Returns (pairs evaluated, pairs re-checked in float64).
-    """
-    est = centred.estimate_block(rows, cols)
-    evaluated = est.size
-    if diagonal:
-        est[np.tril_indices(len(rows), 0, len(cols))] = -np.inf
-        evaluated = len(rows) * (len(rows) - 1) // 2
-    tol = centred.tolerance
-    k = int(np.argmax(est))
-    if float(est.flat[k]) + tol < best.d2:
+    backend = blocks.backend
+    raw_a, val_a, norm_a = blocks.get(a)
+    raw_b, val_b, norm_b = blocks.get(b)
+    est = backend.estimate(val_a[:rows_kept], norm_a[:rows_kept], val_b[:cols_kept], norm_b[:cols_kept])
+    if a == b:
+        backend.mask_not_above_diagonal(est, 0)
+        evaluated = rows_kept * (rows_kept - 1) // 2
+    else:
+        evaluated = rows_kept * cols_kept
+    if evaluated == 0:
+        return 0, 0
+    ids_a, ids_b = blocks.ids[a], blocks.ids[b]
+    top, r, c = backend.argmax(est)
+    if top + tol < best.d2:
         return evaluated, 0
-    # Tighten the bound with the block's own best estimate before selecting candidates.
-    r, c = np.unravel_index(k, est.shape)
-    top_rows, top_cols = rows[[r]], cols[[c]]
-    best.offer(exact_squared_distances(x, top_rows, top_cols, centred.unit), top_rows, top_cols)
-    r, c = np.nonzero(est >= _lower_float32(best.d2 - tol))
-    cand_rows, cand_cols = rows[r], cols[c]
-    best.offer(exact_squared_distances(x, cand_rows, cand_cols, centred.unit), cand_rows, cand_cols)
-    return evaluated, len(r) + 1
+    rows, cols = np.array([r]), np.array([c])
+    best.offer(backend.exact_squared_distances(raw_a, rows, raw_b, cols, blocks.unit), ids_a[rows], ids_b[cols])
+    rows, cols = backend.at_least(est, _lower_float32(best.d2 - tol))
+    best.offer(backend.exact_squared_distances(raw_a, rows, raw_b, cols, blocks.unit), ids_a[rows], ids_b[cols])
+    return evaluated, len(rows) + 1
 
 
 def max_pairwise_distance(
     points,
     *,
     scale: float = 1.0,
-    block_size: int = 2048,
+    method: str = "pruned",
+    device: str = "cpu",
+    block_size: int | None = None,
+    chunk_rows: int | None = None,
+    memory_budget: int = 2 << 30,
     progress: ProgressCallback | None = None,
 ) -> FarthestPair:
     """Technique 1: the exact largest Euclidean distance between two of the points.
 
     sigma_max = max_{i<j} ||x_i - x_j||_2 over the rows of ``points`` (N, D)
-    (any numeric dtype; higher-rank arrays are flattened per point), times
-    ``scale`` (e.g. 1/255 for uint8 pixels). Memory: one float32 copy of the
-    centred points plus a ``block_size``**2 float32 block.
+    (any real dtype; higher-rank arrays are flattened per point), times
+    ``scale`` (e.g. 1/255 for uint8 pixels).
 
-    ``progress(pairs_done, pairs_total)`` is called after each row of blocks.
+    ``method``: ``pruned`` (skips pairs the triangle inequality rules out) or
+    ``blocked`` (every pair). ``device``: ``cpu`` (NumPy), ``cuda`` (torch) or
+    ``auto``. ``progress(done, total, what)`` is called as the source is read
+    and after each row of blocks.
     """
     t0 = time.perf_counter()
-    x = as_point_matrix(points)
-    n, dim = x.shape
-    if not (math.isfinite(scale) and scale > 0):
+    if method not in ("pruned", "blocked"):
+        raise DataError(f"unknown method {method!r}; use pruned or blocked")
+    if not (isinstance(scale, (int, float, np.floating)) and math.isfinite(scale) and scale > 0):
         raise DataError(f"scale must be a positive finite number, got {scale!r}")
-    _check_finite(x, block_size)
+    x = as_point_matrix(points)
+    n, dim = (int(s) for s in x.shape)
+    if device == "auto" and _is_torch(x):
+        device = str(x.device)
+    backend = make_backend(device)
     total = n * (n - 1) // 2
-    if n == 1:
-        return FarthestPair(0.0, (0, 0), 1, dim, 0, 0, 0, "blocked", time.perf_counter() - t0)
-    centred = CentredPoints(x)
-    best = _Best()
-    # A good lower bound first, so that the band below selects few pairs from the start;
-    # the sweeps' pairs are scanned again below, so they are not counted twice.
-    farthest_point_sweeps(x, centred, best, [int(np.argmax(centred.norms2))], max_sweeps=4)
-    evaluated = rechecked = 0
-    starts = list(range(0, n, block_size))
-    for a, i0 in enumerate(starts):
-        rows = np.arange(i0, min(i0 + block_size, n))
-        for j0 in starts[a:]:
-            cols = np.arange(j0, min(j0 + block_size, n))
-            e, r = scan_block(x, centred, best, rows, cols, diagonal=(i0 == j0))
-            evaluated += e
-            rechecked += r
-        if progress is not None:
-            progress(evaluated, total)
-    distance = math.sqrt(best.d2) * centred.unit * scale
-    return FarthestPair(distance, best.pair, n, dim, evaluated, total, rechecked, "blocked", time.perf_counter() - t0)
+    label = f"{method} ({backend.name})"
+    on_cpu = backend.name == "cpu"
+    if block_size is None:  # measured: 1024 on 2 CPU cores, larger products keep a GPU busy
+        block_size = 1024 if on_cpu else 4096
+    if chunk_rows is None:  # ~3 MB of float32 per chunk stays in a CPU's cache
+        chunk_rows = max(1, ((3 << 20) if on_cpu else (256 << 20)) // (4 * dim))
+    if block_size < 1 or chunk_rows < 1:
+        raise DataError(f"block_size and chunk_rows must be at least 1, got {block_size} and {chunk_rows}")
+    with backend.exact_float32():
+        centre = _sample_centre(x)
+        radii = _radii(x, centre, backend, chunk_rows, progress)
+        if n == 1:
+            return FarthestPair(0.0, (0, 0), 1, dim, 0, 0, 0, label, time.perf_counter() - t0)
+        largest = float(radii.max())
+        unit = 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
+        tol = float32_error_bound(dim, (largest / unit) ** 2)
+        pruned = method == "pruned"
+        order = np.argsort(-radii, kind="stable") if pruned else np.arange(n)
+        bound = radii[order] / unit  # radii (rounded up) in units, in scan order
+        blocks = _Blocks(x, backend, order, block_size, centre, unit, memory_budget)
+        firsts = [bound[k * block_size] for k in range(len(blocks.ids))]
+        best = _Best()
+        evaluated = rechecked = 0
+        for a in range(len(blocks.ids)):
+            for b in range(a, len(blocks.ids)):
+                rows_kept, cols_kept = len(blocks.ids[a]), len(blocks.ids[b])
+                if pruned and best.d2 > 0:
+                    lb = math.sqrt(best.d2) * (1.0 - 1e-12)
+                    if firsts[a] + firsts[b] < lb:
+                        break  # later blocks have smaller radii still
+                    seg_a = bound[a * block_size : a * block_size + rows_kept]
+                    seg_b = bound[b * block_size : b * block_size + cols_kept]
+                    rows_kept = int(np.searchsorted(-seg_a, -(lb - firsts[b]), side="right"))
+                    cols_kept = int(np.searchsorted(-seg_b, -(lb - firsts[a]), side="right"))
+                e, r = _scan_pair(blocks, best, a, b, rows_kept, cols_kept, tol)
+                evaluated += e
+                rechecked += r
+            if progress is not None:
+                progress(a + 1, len(blocks.ids), "blocks of pairs")
+            if pruned and best.d2 > 0 and a + 1 < len(blocks.ids) and firsts[a + 1] + firsts[0] < math.sqrt(best.d2) * (1.0 - 1e-12):
+                if progress is not None:
+                    progress(len(blocks.ids), len(blocks.ids), "blocks of pairs")
+                break  # no later point can reach the best pair even with the outermost one
+        backend.synchronize()
+    distance = math.sqrt(best.d2) * unit * scale
+    return FarthestPair(distance, best.pair, n, dim, evaluated, total, rechecked, label, time.perf_counter() - t0)
 
 
 def brute_force_max_distance(points, *, scale: float = 1.0) -> FarthestPair:

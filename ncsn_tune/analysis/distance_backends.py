@@ -1,0 +1,191 @@
+"""The array operations the exact farthest-pair search needs, on NumPy (CPU) or torch (GPU).
+
+The algorithm lives in :mod:`.initial_noise_scale` and is written once; a backend
+only moves rows to its device and does the arithmetic. The torch backend
+imports torch when it is created, never at module import. Float32 matrix
+products run in IEEE float32 (TF32 is switched off while the search runs), so
+the rounding-error bound of :func:`.initial_noise_scale.float32_error_bound` holds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+
+class NumpyBackend:
+    """CPU arithmetic with NumPy and its BLAS."""
+
+    name = "cpu"
+
+    def asarray(self, raw) -> np.ndarray:
+        return np.asarray(raw)
+
+    def scaled_difference(self, raw, centre: np.ndarray, unit: float) -> np.ndarray:
+        """float32 (raw - centre) / unit; the subtraction in float32 when raw is exact in float32."""
+        raw = np.asarray(raw)
+        if raw.dtype in (np.uint8, np.int8, np.uint16, np.int16, np.bool_, np.float32, np.float16):
+            out = raw.astype(np.float32)
+            out -= centre.astype(np.float32)
+            if unit != 1.0:
+                out *= np.float32(1.0 / unit)
+            return out
+        return ((raw.astype(np.float64) - centre) / unit).astype(np.float32)
+
+    def squared_norms(self, values: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", values, values)
+
+    def squared_norms64(self, values: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", values, values, dtype=np.float64)
+
+    def estimate(self, a: np.ndarray, a_norms: np.ndarray, b: np.ndarray, b_norms: np.ndarray) -> np.ndarray:
+        """float32 ||a_i||**2 + ||b_j||**2 - 2 a_i.b_j."""
+        block = a @ b.T
+        block *= np.float32(-2.0)
+        block += a_norms[:, None]
+        block += b_norms[None, :]
+        return block
+
+    def mask_not_above_diagonal(self, est, offset: int) -> None:
+        """Exclude pairs (r, c) with c <= r + offset (the same point, or a pair seen the other way round)."""
+        est[np.tril_indices(est.shape[0], offset, est.shape[1])] = -np.inf
+
+    def argmax(self, est) -> tuple[float, int, int]:
+        k = int(np.argmax(est))
+        r, c = np.unravel_index(k, est.shape)
+        return float(est[r, c]), int(r), int(c)
+
+    def at_least(self, est, threshold: np.float32) -> tuple[np.ndarray, np.ndarray]:
+        return np.nonzero(est >= threshold)
+
+    def exact_squared_distances(self, raw_a, rows, raw_b, cols, unit: float, chunk: int = 512) -> np.ndarray:
+        """sum(((a_r - b_c) / unit)**2) in float64 for each pair (rows[k], cols[k])."""
+        out = np.empty(len(rows), dtype=np.float64)
+        for start in range(0, len(rows), chunk):
+            sl = slice(start, start + chunk)
+            diff = np.asarray(raw_a[rows[sl]], dtype=np.float64) - np.asarray(raw_b[cols[sl]], dtype=np.float64)
+            if unit != 1.0:
+                diff /= unit
+            out[sl] = np.einsum("ij,ij->i", diff, diff)
+        return out
+
+    @contextmanager
+    def exact_float32(self):
+        yield
+
+    def synchronize(self) -> None:
+        pass
+
+
+class TorchBackend:
+    """GPU (or CPU) arithmetic with torch; rows are copied to ``device`` block by block."""
+
+    def __init__(self, device: str = "cuda") -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = str(self.device)
+
+    def asarray(self, raw):
+        t = self.torch
+        if isinstance(raw, t.Tensor):
+            return raw.to(self.device, non_blocking=True)
+        arr = np.asarray(raw)
+        if arr.dtype == np.uint16:
+            arr = arr.astype(np.int32)
+        return t.from_numpy(np.ascontiguousarray(arr)).to(self.device, non_blocking=True)
+
+    def scaled_difference(self, raw, centre: np.ndarray, unit: float):
+        t = self.torch
+        raw = self.asarray(raw)
+        if raw.dtype in (t.uint8, t.int8, t.int16, t.bool, t.float32, t.float16, t.bfloat16):
+            out = raw.to(t.float32) - t.as_tensor(centre, dtype=t.float32, device=self.device)
+            if unit != 1.0:
+                out *= 1.0 / unit
+            return out
+        return ((raw.to(t.float64) - t.as_tensor(centre, dtype=t.float64, device=self.device)) / unit).to(t.float32)
+
+    def squared_norms(self, values):
+        return (values * values).sum(dim=1)
+
+    def squared_norms64(self, values):
+        v = values.to(self.torch.float64)
+        return (v * v).sum(dim=1).cpu().numpy()
+
+    def estimate(self, a, a_norms, b, b_norms):
+        block = a @ b.T
+        block.mul_(-2.0)
+        block.add_(a_norms[:, None])
+        block.add_(b_norms[None, :])
+        return block
+
+    def mask_not_above_diagonal(self, est, offset: int) -> None:
+        mask = self.torch.ones(est.shape, dtype=self.torch.bool, device=est.device).tril(offset)
+        est.masked_fill_(mask, float("-inf"))
+
+    def argmax(self, est):
+        k = int(self.torch.argmax(est))
+        r, c = divmod(k, est.shape[1])
+        return float(est[r, c]), r, c
+
+    def at_least(self, est, threshold):
+        idx = self.torch.nonzero(est >= float(threshold)).cpu().numpy()
+        return idx[:, 0], idx[:, 1]
+
+    def exact_squared_distances(self, raw_a, rows, raw_b, cols, unit: float, chunk: int = 4096) -> np.ndarray:
+        t = self.torch
+        out = np.empty(len(rows), dtype=np.float64)
+        for start in range(0, len(rows), chunk):
+            r = t.as_tensor(rows[start : start + chunk], device=self.device)
+            c = t.as_tensor(cols[start : start + chunk], device=self.device)
+            diff = raw_a[r].to(t.float64) - raw_b[c].to(t.float64)
+            if unit != 1.0:
+                diff /= unit
+            out[start : start + chunk] = (diff * diff).sum(dim=1).cpu().numpy()
+        return out
+
+    @contextmanager
+    def exact_float32(self):
+        """IEEE float32 matrix products (no TF32) for the duration."""
+        matmul = self.torch.backends.cuda.matmul
+        before = matmul.allow_tf32
+        matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = before
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+
+def make_backend(device: str = "cpu"):
+    """``cpu`` (NumPy), ``cuda``/``cuda:N`` (torch), ``auto`` (cuda when torch sees a GPU), or
+    ``torch:cpu`` (the torch code path on the CPU, so that it is tested on machines without a GPU)."""
+    from ..errors import NcsnTuneError
+
+    if device == "cpu":
+        return NumpyBackend()
+    if device == "auto":
+        # Import torch only where it is installed and an NVIDIA driver is present: it is slow to import.
+        if importlib.util.find_spec("torch") is None or not os.path.exists("/proc/driver/nvidia"):
+            return NumpyBackend()
+        import torch
+
+        return TorchBackend("cuda") if torch.cuda.is_available() else NumpyBackend()
+    if device == "torch:cpu":
+        return TorchBackend("cpu")
+    if device.startswith("cuda"):
+        try:
+            import torch
+        except ImportError:
+            raise NcsnTuneError("--device cuda needs torch; install it (pip install torch) or use --device cpu") from None
+        if not torch.cuda.is_available():
+            raise NcsnTuneError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
+        return TorchBackend(device)
+    raise NcsnTuneError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
