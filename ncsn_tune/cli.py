@@ -6,6 +6,7 @@ Each step saves what the next needs in the work folder (``.ncsn-tune/`` or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -405,3 +406,163 @@ def step_size(steps, schedule_file, sigma_max, sigma_min, num_scales, gamma, dat
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# --------------------------------------------------------------------------- train
+
+def _option_type(annotation: str):
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.split("|")[0].strip() == name:
+            return kind
+    return str
+
+
+def config_options(cls, aliases: dict[str, list[str]] | None = None):
+    """One click option per dataclass field (default None = not given), so defaults live only in the dataclass."""
+    aliases = aliases or {}
+
+    def decorate(f):
+        defaults = cls()
+        for fld in reversed(dataclasses.fields(cls)):
+            flag = "--" + fld.name.replace("_", "-")
+            kind = _option_type(str(fld.type))
+            default = getattr(defaults, fld.name)
+            doc = f"[default: {default}]"
+            if kind is bool:
+                f = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=doc)(f)
+            else:
+                f = click.option(flag, *aliases.get(fld.name, []), fld.name, type=kind, default=None, help=doc)(f)
+        return f
+
+    return decorate
+
+
+def _given(options: dict) -> dict:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _train_progress(total: int, start: int):
+    from rich.progress import MofNCompleteColumn
+
+    return Progress(
+        TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} it/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+    )
+
+
+@main.command()
+@config_options(__import__("ncsn_tune.config", fromlist=["TrainConfig"]).TrainConfig, {"steps_per_scale": ["--M"]})
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<data name>].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML configuration: ours, or an official NCSNv2 config (e.g. configs/cifar10.yml).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint (--steps is then the total to reach).")
+@click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path), help="Start from the weights (and EMA) of an official NCSNv2 checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and the parameter count; do not train.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
+def train(output, config_file, resume, init_from, dry_run, as_json, **options):
+    """Train NCSNv2 with the derived noise schedule and step size (Techniques 1-5).
+
+    \b
+    ncsn-tune train                                  (uses what sigmas/step-size saved, or derives it)
+    ncsn-tune train --data cifar10 --output runs/cifar10 --steps 300000
+    ncsn-tune train --output runs/cifar10 --resume --steps 400000
+    ncsn-tune train --config ncsnv2/configs/cifar10.yml --dry-run
+    """
+    from .config import TrainConfig, load_train_config, save_config
+    from .run_setup import plan_run
+
+    given = _given(options)
+    if resume:
+        if output is None:
+            raise NcsnTuneError("--resume needs --output, the run folder to continue")
+        saved = output / "config.yaml"
+        if not saved.exists():
+            raise NcsnTuneError(f"{output} has no config.yaml: it is not a run folder to resume")
+        base = load_train_config(saved)
+    elif config_file is not None:
+        base = load_train_config(config_file)
+    else:
+        base = TrainConfig()
+    try:
+        config = dataclasses.replace(base, **given).validate()
+    except TypeError as exc:
+        raise NcsnTuneError(str(exc)) from None
+    run_dir = output or Path("runs") / Path(config.data).name.replace(".npy", "").replace(".npz", "")
+
+    with progress_bar(not as_json) as cb:
+        plan = plan_run(config, cb)
+    config = plan.config
+
+    import torch  # noqa: F401  (training needs torch; the analysis commands do not)
+
+    from .model.checkpoint import load_checkpoint, load_official_weights
+    from .model.network import count_parameters
+    from .model.train import Trainer, build_model
+
+    num_parameters = count_parameters(build_model(config, plan.train.image_shape, plan.schedule.sigmas))
+    summary = {
+        "num_parameters": num_parameters, "num_scales": plan.schedule.num_scales, "sigma_max": plan.schedule.sigma_max,
+        "sigma_min": plan.schedule.sigma_min, "ratio": plan.schedule.ratio, "overlap": plan.schedule.overlap,
+        "step_size": plan.step_size, "steps_per_scale": config.steps_per_scale, "batch_size": config.batch_size,
+        "steps": config.steps, "run_dir": str(run_dir), "notes": plan.notes, "config": dataclasses.asdict(config),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        table = Table(title=f"Training configuration ({run_dir})")
+        table.add_column("setting")
+        table.add_column("value", justify="right")
+        for key in ("data", "batch_size", "steps", "lr", "beta1", "beta2", "adam_eps", "ema_rate", "ngf", "architecture", "device", "seed"):
+            table.add_row(key, str(getattr(config, key)))
+        table.add_row("image shape", "x".join(str(s) for s in plan.train.image_shape) + f" ({plan.train.num_points} images)")
+        table.add_row("sigma_max / sigma_min", f"{plan.schedule.sigma_max:.6g} / {plan.schedule.sigma_min:g}")
+        table.add_row("num_scales L (overlap)", f"{plan.schedule.num_scales} ({plan.schedule.overlap:.4f})")
+        table.add_row("M, step size eps", f"{config.steps_per_scale}, {plan.step_size:.6e}")
+        table.add_row("parameters", f"{num_parameters:,}")
+        table.add_row("speed switches", ", ".join(k for k in ("bf16", "channels_last", "fused_adam", "compile", "cuda_graphs") if getattr(config, k)) + " (GPU only)")
+        out.print(table)
+        for note in plan.notes:
+            out.print(f"- {note}")
+    if dry_run:
+        return
+
+    resume_state = None
+    if resume:
+        resume_state = load_checkpoint(run_dir)
+        out.print(f"Resuming from {resume_state['path']} (step {resume_state['step']}).")
+        if resume_state["step"] >= config.steps:
+            raise NcsnTuneError(f"the run is already at step {resume_state['step']}; give --steps above that to train further")
+        if resume_state["schedule"]["num_scales"] != plan.schedule.num_scales or abs(resume_state["schedule"]["sigma_max"] - plan.schedule.sigma_max) > 1e-12 * plan.schedule.sigma_max:
+            raise NcsnTuneError("the checkpoint was trained with another noise schedule than this configuration resolves to")
+    elif any(run_dir.glob("checkpoint_*.pt")):
+        raise NcsnTuneError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another --output")
+    init = load_official_weights(init_from) if init_from is not None else None
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    save_schedule(plan.schedule, run_dir / "schedule.json")
+    out.print(f"Run folder: {run_dir} (config.yaml, schedule.json, metrics.jsonl, checkpoints, samples)")
+
+    test = None if plan.test is None else (plan.test.values, plan.test.scale, plan.test.offset)
+    with _train_progress(config.steps, 0) as bar:
+        task = bar.add_task("train", total=config.steps, loss="-", speed="-")
+
+        def report(event: dict) -> None:
+            kind = event["event"]
+            if kind == "start":
+                bar.update(task, completed=event["step"])
+                err.print(f"device {event['device']}, set-up (compile, CUDA graph capture) {event['setup_seconds']:.1f} s")
+            elif kind == "log":
+                bar.update(task, completed=event["step"], loss=f"{event['loss']:.2f}", speed=f"{event['it_per_s']:.1f}")
+            elif kind == "eval":
+                err.print(f"step {event['step']}: held-out DSM loss {event['eval_loss']:.3f}")
+            elif kind == "samples":
+                err.print(f"step {event['step']}: samples in {event['path']}")
+            elif kind == "checkpoint":
+                bar.update(task, completed=event["step"])
+            elif kind == "stopped":
+                err.print(f"{event['signal']}: saved a checkpoint at step {event['step']} and stopped")
+
+        trainer = Trainer(config, plan.schedule, plan.step_size, (plan.train.values, plan.train.scale, plan.train.offset), test, run_dir,
+                          resume_state=resume_state, init_weights=init, callback=report)
+        result = trainer.run()
+    out.print(f"Trained to step {result['step']} in {result['seconds']:.1f} s; checkpoints and metrics in {run_dir}.")

@@ -79,3 +79,128 @@ def save_config(config: Any, path: str | os.PathLike) -> Path:
     from .files import write_mapping
 
     return write_mapping(Path(path), dataclasses.asdict(config))
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``ncsn-tune train`` uses, with the paper's CIFAR-10 settings as defaults.
+
+    The noise settings left as None are derived from the data when training
+    starts (Techniques 1, 2 and 4) or read from ``schedule`` / the work folder.
+    """
+
+    # data
+    data: str = "cifar10"
+    data_root: str | None = None
+    random_flip: bool = True
+    # noise schedule and sampling (None: derived)
+    schedule: str | None = None
+    sigma_max: float | None = None
+    sigma_min: float = 0.01
+    num_scales: int | None = None
+    target_overlap: float = 0.5
+    steps_per_scale: int = 5
+    step_size: float | None = None
+    # model
+    architecture: str = "auto"
+    ngf: int = 128
+    # optimisation (Adam as in the paper's code)
+    batch_size: int = 128
+    steps: int = 300000
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    ema_rate: float = 0.999
+    seed: int = 0
+    # speed switches (each can be turned off for debugging; they only act on a GPU)
+    device: str = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    fused_adam: bool = True
+    compile: bool = True
+    cuda_graphs: bool = True
+    # logging and checkpoints
+    log_every: int = 100
+    eval_every: int = 5000
+    eval_images: int = 256
+    sample_every: int = 5000
+    sample_count: int = 64
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+
+    def validate(self) -> "TrainConfig":
+        positive = ("batch_size", "steps", "ngf", "steps_per_scale", "log_every", "eval_every", "sample_every", "checkpoint_every", "keep_checkpoints", "eval_images", "sample_count")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise NcsnTuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "adam_eps", "sigma_min"):
+            if not getattr(self, name) > 0:
+                raise NcsnTuneError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (0 <= self.ema_rate < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise NcsnTuneError("ema_rate, beta1 and beta2 must lie in [0, 1)")
+        return self
+
+
+OFFICIAL_DATASETS = {"CIFAR10": ("cifar10", "ncsnv2"), "CELEBA": (None, "ncsnv2"), "LSUN": (None, "ncsnv2_deeper"), "FFHQ": (None, "ncsnv2_deepest")}
+
+
+def train_config_from_official(data: dict[str, Any], where: str = "the official config") -> TrainConfig:
+    """Map an official NCSNv2 YAML (training/sampling/data/model/optim sections) onto :class:`TrainConfig`.
+
+    Settings ncsn_tune does not implement (other normalisations, non-geometric
+    schedules, amsgrad, dequantisation, logit transforms) are refused rather
+    than silently ignored.
+    """
+    try:
+        training, sampling, dset, model, optim = (data[k] for k in ("training", "sampling", "data", "model", "optim"))
+    except (KeyError, TypeError):
+        raise NcsnTuneError(f"{where} lacks one of the sections training, sampling, data, model, optim") from None
+    refuse = []
+    if model.get("normalization", "InstanceNorm++") != "InstanceNorm++":
+        refuse.append(f"normalization {model['normalization']}")
+    if model.get("nonlinearity", "elu").lower() != "elu":
+        refuse.append(f"nonlinearity {model['nonlinearity']}")
+    if model.get("sigma_dist", "geometric") != "geometric":
+        refuse.append(f"sigma_dist {model['sigma_dist']}")
+    if model.get("spec_norm"):
+        refuse.append("spec_norm")
+    if optim.get("optimizer", "Adam") != "Adam" or optim.get("amsgrad"):
+        refuse.append("an optimizer other than plain Adam")
+    for key in ("logit_transform", "uniform_dequantization", "gaussian_dequantization", "rescaled"):
+        if dset.get(key):
+            refuse.append(key)
+    if refuse:
+        raise NcsnTuneError(f"{where} asks for {', '.join(refuse)}, which ncsn_tune does not implement")
+    name, architecture = OFFICIAL_DATASETS.get(str(dset.get("dataset", "")).upper(), (None, "auto"))
+    return TrainConfig(
+        data=name or TrainConfig.data,
+        random_flip=bool(dset.get("random_flip", True)),
+        sigma_max=float(model["sigma_begin"]),
+        sigma_min=float(model["sigma_end"]),
+        num_scales=int(model["num_classes"]),
+        steps_per_scale=int(sampling["n_steps_each"]),
+        step_size=float(sampling["step_lr"]),
+        architecture=architecture,
+        ngf=int(model["ngf"]),
+        batch_size=int(training["batch_size"]),
+        steps=int(training["n_iters"]),
+        lr=float(optim["lr"]),
+        beta1=float(optim.get("beta1", 0.9)),
+        adam_eps=float(optim.get("eps", 1e-8)),
+        weight_decay=float(optim.get("weight_decay", 0.0)),
+        ema_rate=float(model.get("ema_rate", 0.999)),
+        checkpoint_every=int(training.get("snapshot_freq", 5000)),
+        sample_every=int(training.get("snapshot_freq", 5000)),
+    )
+
+
+def load_train_config(path: str | os.PathLike) -> TrainConfig:
+    """A TrainConfig from our YAML, or from an official NCSNv2 YAML (recognised by its sections)."""
+    from .files import read_mapping
+
+    data = read_mapping(Path(path))
+    if {"training", "model", "optim"} <= set(data):
+        return train_config_from_official(data, str(path))
+    return config_from_dict(TrainConfig, data, str(path))

@@ -1,0 +1,422 @@
+"""The NCSNv2 trainer: DSM with the derived schedule, Adam, EMA, checkpoints, metrics and samples.
+
+Speed on a GPU comes from keeping the data set on the device (flips there
+too), bf16 autocast, channels_last, fused Adam, ``torch.compile`` and one CUDA
+graph for the whole step (forward, backward, Adam and the EMA update), so
+that Python and kernel launches stay off the critical path. Each switch is in
+:class:`~ncsn_tune.config.TrainConfig`; on a CPU none of them applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..analysis.noise_schedule import NoiseSchedule
+from ..config import TrainConfig
+from ..errors import NcsnTuneError
+from .checkpoint import load_model_weights, save_checkpoint
+from .ema import EMA
+from .loss import dsm_loss, dsm_loss_by_scale
+from .network import NCSNv2, count_parameters
+from .sampling import sample_annealed_langevin
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NcsnTuneError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise NcsnTuneError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+
+
+@dataclasses.dataclass
+class SpeedSwitches:
+    """The speed switches that apply on this device (all off on a CPU)."""
+
+    bf16: bool
+    channels_last: bool
+    fused_adam: bool
+    compile: bool
+    cuda_graphs: bool
+
+    @classmethod
+    def for_device(cls, config: TrainConfig, device: torch.device) -> "SpeedSwitches":
+        gpu = device.type == "cuda"
+        return cls(config.bf16 and gpu, config.channels_last and gpu, config.fused_adam and gpu, config.compile and gpu, config.cuda_graphs and gpu)
+
+
+def build_model(config: TrainConfig, image_shape: tuple[int, int, int], sigmas: np.ndarray) -> NCSNv2:
+    channels, height, width = image_shape
+    if height != width:
+        raise NcsnTuneError(f"NCSNv2 needs square images, got {height}x{width}")
+    return NCSNv2(channels, height, config.ngf, config.architecture, sigmas=np.asarray(sigmas, dtype=np.float32))
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, switches: SpeedSwitches) -> torch.optim.Adam:
+    extra = {"fused": True, "capturable": switches.cuda_graphs} if switches.fused_adam else {"foreach": True, "capturable": switches.cuda_graphs}
+    return torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps, weight_decay=config.weight_decay, **extra
+    )
+
+
+class TrainStep:
+    """One optimisation step on a batch: DSM loss, backward, Adam, EMA; optionally one CUDA graph.
+
+    ``__call__(x)`` returns the (device) loss of that step. With CUDA graphs the
+    batch is copied into a static input buffer and the captured step replayed.
+    """
+
+    def __init__(self, model, optimizer, ema: EMA, sigmas: torch.Tensor, switches: SpeedSwitches, batch_shape, device, warmup: int = 3):
+        self.model, self.optimizer, self.ema, self.sigmas, self.switches = model, optimizer, ema, sigmas, switches
+        self.forward = torch.compile(model) if switches.compile else model
+        self.graph = None
+        self.device = device
+        if switches.cuda_graphs:
+            fmt = torch.channels_last if switches.channels_last else torch.contiguous_format
+            self.static_x = torch.rand(batch_shape, device=device).contiguous(memory_format=fmt)
+            self._capture(warmup)
+
+    def _loss(self, x):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.bf16):
+            return dsm_loss(self.forward, x, self.sigmas)
+
+    def _eager(self, x):
+        loss = self._loss(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.ema.update(self.model)
+        return loss.detach()
+
+    def _capture(self, warmup: int) -> None:
+        # Warm-up on a side stream (compilation, cuDNN autotuning, lazy Adam state) without
+        # touching the weights: parameters, Adam state and EMA are restored afterwards.
+        saved_params = [p.detach().clone() for p in self.model.parameters()]
+        saved_shadow = [s.clone() for s in self.ema.shadow]
+        saved_adam = {p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in self.optimizer.state.items()}
+        rng = torch.cuda.get_rng_state(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._eager(self.static_x)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        with torch.no_grad():
+            for p, s in zip(self.model.parameters(), saved_params):
+                p.copy_(s)
+            for e, s in zip(self.ema.shadow, saved_shadow):
+                e.copy_(s)
+            for param, state in self.optimizer.state.items():  # a fresh run's state is all zeros
+                for key, value in state.items():
+                    if torch.is_tensor(value):
+                        value.copy_(saved_adam[param][key]) if param in saved_adam else value.zero_()
+        torch.cuda.set_rng_state(rng, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self._loss(self.static_x)
+            self.static_loss.backward()
+            self.optimizer.step()
+            self.ema.update(self.model)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            return self._eager(x)
+        self.static_x.copy_(x)
+        self.graph.replay()
+        return self.static_loss.detach().clone()
+
+
+class BatchSampler:
+    """Batches in epochs (each image once per epoch, in a random order), flips chosen by the same generator.
+
+    Its whole state (generator, permutation, position) goes into checkpoints,
+    so a resumed run draws the same batches.
+    """
+
+    def __init__(self, num_points: int, batch_size: int, seed: int, flip: bool) -> None:
+        self.n, self.batch_size, self.flip = num_points, batch_size, flip
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(num_points, generator=self.generator)
+        self.pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        parts, need = [], self.batch_size
+        while need:
+            take = self.perm[self.pos : self.pos + need]
+            parts.append(take)
+            need -= len(take)
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        flips = torch.rand(self.batch_size, generator=self.generator) < 0.5 if self.flip else torch.zeros(self.batch_size, dtype=torch.bool)
+        return torch.cat(parts), flips
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+
+
+class DeviceImages:
+    """Images kept on the device (uint8 where they are uint8) and turned into [0, 1] batches there."""
+
+    def __init__(self, values: np.ndarray, scale: float, offset: float, device: torch.device) -> None:
+        array = np.ascontiguousarray(np.asarray(values))
+        if array.dtype == np.uint8:
+            self.values = torch.from_numpy(array).to(device)
+        else:
+            self.values = torch.from_numpy(array.astype(np.float32)).to(device)
+        self.scale, self.offset = float(scale), float(offset)
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def batch(self, indices: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.values[indices.to(self.values.device)].float() * self.scale + self.offset
+        if flips is not None:
+            x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        return x
+
+
+def image_grid(x: torch.Tensor, columns: int | None = None) -> np.ndarray:
+    """A uint8 (H', W', C) grid of images in [0, 1] (clamped), 2-pixel white borders."""
+    x = x.detach().float().clamp(0, 1).cpu().numpy()
+    n, c, h, w = x.shape
+    columns = columns or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / columns))
+    grid = np.ones((c, rows * (h + 2) + 2, columns * (w + 2) + 2), dtype=np.float32)
+    for k in range(n):
+        r, q = divmod(k, columns)
+        grid[:, 2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = x[k]
+    out = (grid * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+    return out[..., 0] if c == 1 else out
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    from ..files import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+class Trainer:
+    """Trains one run in ``run_dir``; ``callback(event)`` reports progress (see :meth:`run`)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        schedule: NoiseSchedule,
+        step_size: float,
+        train: tuple[np.ndarray, float, float],
+        test: tuple[np.ndarray, float, float] | None,
+        run_dir: Path,
+        resume_state: dict | None = None,
+        init_weights: tuple[dict, dict | None] | None = None,
+        callback: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.config, self.schedule, self.step_size, self.run_dir = config.validate(), schedule, float(step_size), Path(run_dir)
+        self.callback = callback or (lambda event: None)
+        self.device = resolve_device(config.device)
+        self.switches = SpeedSwitches.for_device(config, self.device)
+        torch.manual_seed(config.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.images = DeviceImages(*train, self.device)
+        self.test_images = DeviceImages(*test, self.device) if test is not None and len(test[0]) else None
+        self.image_shape = tuple(int(s) for s in self.images.values.shape[1:])
+        self.sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=self.device)
+        self.model = build_model(config, self.image_shape, schedule.sigmas).to(self.device)
+        if self.switches.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, config.ema_rate)
+        self.optimizer = build_optimizer(self.model, config, self.switches)
+        self.sampler = BatchSampler(len(self.images), config.batch_size, config.seed, config.random_flip)
+        self.step = 0
+        if init_weights is not None:
+            weights, ema_weights = init_weights
+            weights = {**weights, "sigmas": self.model.sigmas}  # keep this run's schedule
+            load_model_weights(self.model, weights, "--init-from")
+            self.ema = EMA(self.model, config.ema_rate)
+            if ema_weights is not None:
+                try:
+                    self.ema.load_state_dict(ema_weights)
+                except KeyError as err:
+                    raise NcsnTuneError(f"the EMA weights of --init-from do not fit this model: {err}") from None
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.num_parameters = count_parameters(self.model)
+        self.stop_requested = None
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _restore(self, state: dict) -> None:
+        load_model_weights(self.model, state["model"], state.get("path", "the checkpoint"))
+        try:
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as err:
+            raise NcsnTuneError(f"{state.get('path', 'the checkpoint')} does not fit this run: {err}") from None
+        self.sampler.load_state_dict(state["rng"]["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = int(state["step"])
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "step": self.step,
+            "config": dataclasses.asdict(self.config),
+            "schedule": self.schedule.to_dict(),
+            "sampling": {"steps_per_scale": self.config.steps_per_scale, "step_size": self.step_size},
+            "image_shape": list(self.image_shape),
+            "model": {k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.contiguous() for k, v in self.ema.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "sampler": self.sampler.state_dict(),
+            },
+        }
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.checkpoint_state(), self.run_dir, self.config.keep_checkpoints)
+        self.callback({"event": "checkpoint", "step": self.step, "path": str(path)})
+        return path
+
+    # ---------------------------------------------------------------- evaluation and samples
+
+    def evaluate(self) -> dict:
+        """Held-out DSM loss of the EMA model on the first ``eval_images`` test images, per scale."""
+        model = self.ema.averaged_model(self.model).eval()
+        x = self.test_images.batch(torch.arange(min(self.config.eval_images, len(self.test_images))))
+        generator = torch.Generator(self.device).manual_seed(self.config.seed + 1)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.bf16):
+            by_scale = dsm_loss_by_scale(model, x, self.sigmas, batch_size=256, generator=generator)
+        by_scale = by_scale.cpu().numpy()
+        return {"eval_loss": float(by_scale.mean()), "eval_loss_by_scale": by_scale.tolist()}
+
+    def sample_grid(self) -> Path:
+        model = self.ema.averaged_model(self.model).eval()
+        generator = torch.Generator(self.device).manual_seed(self.config.seed + 2)
+        x0 = torch.rand((self.config.sample_count, *self.image_shape), device=self.device, generator=generator)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.bf16):
+            x = sample_annealed_langevin(model, x0, self.sigmas, self.config.steps_per_scale, self.step_size, generator=generator)
+        path = save_png(image_grid(x), self.run_dir / f"samples_{self.step:08d}.png")
+        self.callback({"event": "samples", "step": self.step, "path": str(path)})
+        return path
+
+    # ---------------------------------------------------------------- the loop
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = signal.Signals(signum).name
+
+    def run(self) -> dict:
+        """Train until ``config.steps`` (the total, counting resumed steps).
+
+        Events passed to the callback: ``start``, ``log`` (step, loss,
+        it_per_s), ``eval``, ``samples``, ``checkpoint``, ``stopped``, ``done``.
+        A NaN or infinite loss raises :class:`NcsnTuneError` naming the step;
+        the last checkpoint written stays the last good one.
+        """
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        writer = _tensorboard(self.run_dir)
+        t_start = time.perf_counter()
+        step_fn = TrainStep(
+            self.model, self.optimizer, self.ema, self.sigmas, self.switches, (config.batch_size, *self.image_shape), self.device
+        )
+        first_step_seconds = time.perf_counter() - t_start
+        self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": first_step_seconds,
+                       "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches), "device": str(self.device)})
+        handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        window = torch.zeros(config.log_every, device=self.device)
+        filled, t_window = 0, time.perf_counter()
+        last_saved = self.step
+        try:
+            with open(metrics_path, "a") as metrics:
+                while self.step < config.steps:
+                    indices, flips = self.sampler.next()
+                    x = self.images.batch(indices, flips)
+                    if self.switches.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    loss = step_fn(x)
+                    window[filled] = loss
+                    filled += 1
+                    self.step += 1
+                    due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
+                    last = self.step >= config.steps or self.stop_requested is not None
+                    if filled == config.log_every or last or any(due.values()):
+                        values = window[:filled].cpu().numpy()
+                        bad = np.flatnonzero(~np.isfinite(values))
+                        if bad.size:
+                            bad_step = self.step - filled + int(bad[0]) + 1
+                            raise NcsnTuneError(
+                                f"the loss became {values[bad[0]]} at step {bad_step}; training stopped. The last good checkpoint "
+                                f"is the one from step {last_saved} in {self.run_dir}. Try a lower --lr or check the data"
+                            )
+                        now = time.perf_counter()
+                        record = {"step": self.step, "loss": float(values.mean()), "it_per_s": filled / max(now - t_window, 1e-9),
+                                  "time": now - t_start}
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                        if writer is not None:
+                            writer.add_scalar("loss", record["loss"], self.step)
+                            writer.add_scalar("it_per_s", record["it_per_s"], self.step)
+                        self.callback({"event": "log", **record})
+                        filled, t_window = 0, time.perf_counter()
+                    if due["eval"] and self.test_images is not None:
+                        result = {"step": self.step, **self.evaluate()}
+                        metrics.write(json.dumps(result) + "\n")
+                        if writer is not None:
+                            writer.add_scalar("eval_loss", result["eval_loss"], self.step)
+                            for i, v in enumerate(result["eval_loss_by_scale"]):
+                                writer.add_scalar(f"eval_loss_by_scale/{i:04d}", v, self.step)
+                        self.callback({"event": "eval", **result})
+                        t_window = time.perf_counter()
+                    if due["sample"]:
+                        self.sample_grid()
+                        t_window = time.perf_counter()
+                    if due["checkpoint"] or last or self.stop_requested is not None:
+                        self.save()
+                        last_saved = self.step
+                        t_window = time.perf_counter()
+                    if self.stop_requested is not None:
+                        self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested})
+                        break
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if writer is not None:
+                writer.close()
+        summary = {"step": self.step, "seconds": time.perf_counter() - t_start, "stopped_by": self.stop_requested}
+        self.callback({"event": "done", **summary})
+        return summary
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
