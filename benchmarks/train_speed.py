@@ -73,7 +73,7 @@ def official_step(official_dir: Path, init_state: dict, sigmas: torch.Tensor, de
     return step
 
 
-def our_step(init_state: dict, sigmas, switches: SpeedSwitches, device, batch):
+def our_step(init_state: dict, sigmas, switches: SpeedSwitches, device, batch, compile_mode="default"):
     model = NCSNv2(3, 32, 128, sigmas=sigmas.cpu().numpy()).to(device)
     model.load_state_dict(init_state)
     if switches.channels_last:
@@ -81,7 +81,7 @@ def our_step(init_state: dict, sigmas, switches: SpeedSwitches, device, batch):
     config = TrainConfig()
     opt = build_optimizer(model, config, switches)
     ema = EMA(model, 0.999)
-    return TrainStep(model, opt, ema, sigmas, switches, (batch, 3, 32, 32), device)
+    return TrainStep(model, opt, ema, sigmas, switches, (batch, 3, 32, 32), device, compile_mode=compile_mode)
 
 
 def main() -> None:
@@ -92,9 +92,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--compare-steps", type=int, default=600)
     p.add_argument("--variants", default="official,fp32,bf16+cl+fused,+graph,all")
+    p.add_argument("--profile", help="print the top GPU kernels of this variant (20 steps)")
+    p.add_argument("--no-compare", action="store_true", help="skip the fp32 / bf16 loss comparison")
     p.add_argument("--json-out")
     args = p.parse_args()
     device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True  # as the trainer sets it
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
 
     data = load_cifar10(args.subset, download=False)
@@ -116,6 +119,7 @@ def main() -> None:
         "bf16+cl+fused": SpeedSwitches(**{**off, "bf16": True, "channels_last": True, "fused_adam": True}),
         "+graph": SpeedSwitches(**{**off, "bf16": True, "channels_last": True, "fused_adam": True, "cuda_graphs": True}),
         "all": SpeedSwitches(bf16=True, channels_last=True, fused_adam=True, compile=True, cuda_graphs=True),
+        "all-max-autotune": SpeedSwitches(bf16=True, channels_last=True, fused_adam=True, compile=True, cuda_graphs=True),
     }
     rows = []
     for name in args.variants.split(","):
@@ -130,7 +134,8 @@ def main() -> None:
             if name == "official":
                 step = official_step(Path(args.official), init_state, sigmas, device)
             else:
-                step = our_step(init_state, sigmas, variants[name], device, args.batch)
+                mode = "max-autotune-no-cudagraphs" if name == "all-max-autotune" else "default"
+                step = our_step(init_state, sigmas, variants[name], device, args.batch, mode)
             fmt = torch.channels_last if name != "official" and variants[name].channels_last else torch.contiguous_format
             it = batches(args.steps + 20)
             step(next(it).contiguous(memory_format=fmt))
@@ -147,6 +152,14 @@ def main() -> None:
             peak = torch.cuda.max_memory_allocated() / 1e9
             rows.append({"variant": name, "it_per_s": rate, "first_step_s": first, "peak_gb": peak, "last_loss": float(loss)})
             print(f"{name:<14} {rate:8.1f} it/s   first step {first:7.1f} s   peak {peak:5.2f} GB", flush=True)
+            if args.profile == name:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for x in batches(20):
+                        step(x.contiguous(memory_format=fmt))
+                    torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
         except Exception as exc:  # report and go on: one failing variant must not hide the others
             rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"})
             print(f"{name:<14} FAILED: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
@@ -155,7 +168,7 @@ def main() -> None:
 
     # fp32 against the default (bf16 + everything) on the same batches from the same weights
     curves = {}
-    for name in ("fp32", "all"):
+    for name in () if args.no_compare else ("fp32", "all"):
         torch.manual_seed(1)
         step = our_step(init_state, sigmas, variants[name], device, args.batch)
         fmt = torch.channels_last if variants[name].channels_last else torch.contiguous_format
@@ -163,6 +176,8 @@ def main() -> None:
         curves[name] = losses
         step = None
     window = 100
+    if args.no_compare:
+        curves = {"fp32": [], "all": []}
     print(f"\nmean loss per {window} steps, same weights and batches (fp32 vs bf16 + compile + CUDA graph):")
     print(f"{'steps':>11} {'fp32':>10} {'default':>10} {'rel diff':>9}")
     for s in range(0, args.compare_steps, window):

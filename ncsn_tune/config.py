@@ -120,6 +120,9 @@ class TrainConfig:
     channels_last: bool = True
     fused_adam: bool = True
     compile: bool = True
+    #: torch.compile mode: max-autotune-no-cudagraphs measured 41 it/s against 31 for "default" on an H100,
+    #: after ~6.5 min of autotuning (cached on disk for later runs); "default" compiles in ~2 min.
+    compile_mode: str = "max-autotune-no-cudagraphs"
     cuda_graphs: bool = True
     # logging and checkpoints
     log_every: int = 100

@@ -126,3 +126,77 @@ def test_analysis_never_imports_torch():
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "ncsn_tune", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "sigmas" in r.stdout and "step-size" in r.stdout
+
+
+def tiny_npy(tmp_path, n=24, size=16):
+    x = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    np.save(tmp_path / "tiny.npy", x)
+    return tmp_path / "tiny.npy"
+
+
+def test_train_dry_run_json(tmp_path):
+    pytest.importorskip("torch")
+    data = tiny_npy(tmp_path)
+    r = run("train", "--data", data, "--ngf", 8, "--dry-run", "--json", "--output", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    for key in ("num_parameters", "num_scales", "sigma_max", "sigma_min", "step_size", "steps_per_scale", "batch_size"):
+        assert key in out
+    assert out["batch_size"] == 128 and out["steps_per_scale"] == 5 and out["sigma_min"] == 0.01
+    assert not (tmp_path / "run").exists()
+
+
+def test_chain_sigmas_step_size_train(tmp_path):
+    pytest.importorskip("torch")
+    data = tiny_npy(tmp_path)
+    assert run("sigmas", "--data", data).exit_code == 0
+    assert run("step-size", "--M", 3).exit_code == 0
+    r = run("train", "--data", data, "--M", 3, "--ngf", 8, "--dry-run", "--json")
+    notes = " ".join(json.loads(r.stdout)["notes"])
+    assert "schedule.json" in notes and "step_size.json" in notes
+
+
+def test_train_reads_the_official_yaml(tmp_path, fake_cifar):
+    pytest.importorskip("torch")
+    from test_model import OFFICIAL_CIFAR10
+
+    (tmp_path / "cifar10.yml").write_text(OFFICIAL_CIFAR10)
+    r = run("train", "--config", tmp_path / "cifar10.yml", "--data-root", fake_cifar, "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["num_parameters"] == 29_694_083 and out["num_scales"] == 232 and out["step_size"] == 6.2e-6
+    assert out["sigma_max"] == 50.0 and out["batch_size"] == 128
+
+
+def test_train_runs_and_resumes(tmp_path):
+    pytest.importorskip("torch")
+    data = tiny_npy(tmp_path)
+    common = ["--data", data, "--ngf", 8, "--batch-size", 4, "--num-scales", 5, "--log-every", 2, "--checkpoint-every", 3,
+              "--sample-every", 1000, "--output", tmp_path / "run", "--device", "cpu"]
+    r = run("train", *common, "--steps", 3)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "checkpoint_00000003.pt").exists()
+    again = run("train", *common, "--steps", 3)
+    assert again.exit_code == 2 and "--resume" in again.stderr
+    r2 = run("train", "--output", tmp_path / "run", "--resume", "--steps", 6)
+    assert r2.exit_code == 0, r2.output
+    assert "Resuming from" in r2.stdout and (tmp_path / "run" / "checkpoint_00000006.pt").exists()
+    done = run("train", "--output", tmp_path / "run", "--resume", "--steps", 6)
+    assert done.exit_code == 2 and "already at step 6" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--output", "nowhere", "--resume"], "not a run folder"),
+        (["train", "--resume"], "needs --output"),
+        (["train", "--lr", 0, "--dry-run"], "lr must be positive"),
+        (["train", "--batch-size", 0, "--dry-run"], "batch_size must be at least 1"),
+        (["train", "--config", "/nonexistent.yml"], "does not exist"),
+    ],
+)
+def test_train_errors(args, message, tmp_path):
+    pytest.importorskip("torch")
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -78,9 +78,10 @@ class TrainStep:
     batch is copied into a static input buffer and the captured step replayed.
     """
 
-    def __init__(self, model, optimizer, ema: EMA, sigmas: torch.Tensor, switches: SpeedSwitches, batch_shape, device, warmup: int = 3):
+    def __init__(self, model, optimizer, ema: EMA, sigmas: torch.Tensor, switches: SpeedSwitches, batch_shape, device, warmup: int = 3,
+                 compile_mode: str = "default"):
         self.model, self.optimizer, self.ema, self.sigmas, self.switches = model, optimizer, ema, sigmas, switches
-        self.forward = torch.compile(model) if switches.compile else model
+        self.forward = torch.compile(model, mode=compile_mode) if switches.compile else model
         self.graph = None
         self.device = device
         if switches.cuda_graphs:
@@ -344,7 +345,8 @@ class Trainer:
         writer = _tensorboard(self.run_dir)
         t_start = time.perf_counter()
         step_fn = TrainStep(
-            self.model, self.optimizer, self.ema, self.sigmas, self.switches, (config.batch_size, *self.image_shape), self.device
+            self.model, self.optimizer, self.ema, self.sigmas, self.switches, (config.batch_size, *self.image_shape), self.device,
+            compile_mode=config.compile_mode,
         )
         first_step_seconds = time.perf_counter() - t_start
         self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": first_step_seconds,
