@@ -566,3 +566,88 @@ def train(output, config_file, resume, init_from, dry_run, as_json, **options):
                           resume_state=resume_state, init_weights=init, callback=report)
         result = trainer.run()
     out.print(f"Trained to step {result['step']} in {result['seconds']:.1f} s; checkpoints and metrics in {run_dir}.")
+
+
+# --------------------------------------------------------------------------- sample
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A run folder (its newest checkpoint) or a checkpoint file.")
+@click.option("--num", type=int, default=64, show_default=True, help="Number of samples.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("samples.png"), show_default=True, help="PNG grid of the samples.")
+@click.option("--npz", type=click.Path(dir_okay=False, path_type=Path), help="Also save the raw samples: 'uint8' (N,H,W,C) and 'float' (N,C,H,W).")
+@click.option("--M", "steps_per_scale", type=int, help="Langevin steps per scale [default: the run's].")
+@click.option("--step-size", type=float, help="eps [default: the run's, or Proposition 3's optimum when M or the schedule changes].")
+@click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False, path_type=Path), help="Sample with this schedule file instead of the run's.")
+@click.option("--num-scales", type=int, help="Sample with L geometric scales between the schedule's ends.")
+@click.option("--no-denoise", is_flag=True, help="Leave out the final denoising step.")
+@click.option("--no-ema", is_flag=True, help="Use the raw weights instead of the EMA (Technique 5).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the network (GPU; minutes of compiling, faster sampling).")
+@click.option("--diagnostics", type=click.Path(dir_okay=False, path_type=Path), help="Write per-scale diagnostics here (.json, or a .png plot).")
+@click.option("--chain", type=click.Path(dir_okay=False, path_type=Path), help="A PNG strip of one chain from noise to image.")
+@click.option("--json", "as_json", is_flag=True)
+def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule_file, num_scales, no_denoise, no_ema, seed, device,
+           batch_size, use_compile, diagnostics, chain, as_json):
+    """Annealed Langevin dynamics from a trained model (uniform start, final denoising step, EMA weights).
+
+    \b
+    ncsn-tune sample --checkpoint runs/cifar10 --num 64 --output samples.png
+    ncsn-tune sample --checkpoint runs/cifar10 --M 3          (eps re-derived for M = 3)
+    """
+    if num < 1 or batch_size < 1:
+        raise NcsnTuneError("--num and --batch-size must be at least 1")
+    if steps_per_scale is not None and steps_per_scale < 1:
+        raise NcsnTuneError(f"--M must be at least 1, got {steps_per_scale}")
+    positive_float("--step-size", step_size)
+    if num_scales is not None and num_scales < 2:
+        raise NcsnTuneError(f"--num-scales must be at least 2, got {num_scales}")
+    import numpy as np
+
+    from .model.generate import Diagnostics, generate, load_model, plan_sampling, to_uint8
+    from .model.train import image_grid, resolve_device, save_png
+
+    dev = resolve_device(device)
+    model, state = load_model(checkpoint, dev, use_ema=not no_ema)
+    schedule = load_schedule(schedule_file) if schedule_file is not None else None
+    plan = plan_sampling(state, schedule, num_scales, steps_per_scale, step_size, not no_denoise)
+    diag = Diagnostics(plan.schedule.num_scales, plan.schedule.dim)
+    with progress_bar(not as_json) as cb:
+        samples = generate(model, plan, num, batch_size, seed, fast=True, compile=use_compile, progress=cb, diagnostics=diag,
+                           trace_chain=chain is not None)
+    save_png(image_grid(samples), output)
+    if npz is not None:
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(npz, uint8=to_uint8(samples), float=samples.numpy())
+    summary = diag.summary()
+    if diagnostics is not None:
+        if diagnostics.suffix.lower() == ".png" or diagnostics.suffix.lower() == ".pdf":
+            from .plots import plot_sampling_diagnostics
+
+            plot_sampling_diagnostics(summary, plan.schedule.dim).savefig(diagnostics, dpi=150, bbox_inches="tight")
+        else:
+            from .files import write_mapping
+
+            write_mapping(diagnostics, summary)
+    if chain is not None and diag.frames:
+        import torch
+
+        save_png(image_grid(torch.tensor(np.stack(diag.frames)), columns=len(diag.frames)), chain)
+    result = {"checkpoint": state["path"], "step": state["step"], "num": num, "output": str(output), "npz": str(npz) if npz else None,
+              "num_scales": plan.schedule.num_scales, "steps_per_scale": plan.steps_per_scale, "step_size": plan.step_size,
+              "denoise": plan.denoise, "ema": not no_ema, "notes": plan.notes, "diagnostics": summary}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(f"Sampled {num} images from {state['path']} (step {state['step']}) into {output}" + (f" and {npz}" if npz else ""))
+    for note in plan.notes:
+        out.print(f"- {note}")
+    table = Table(title="Per-scale diagnostics (after each scale's M steps)")
+    for col in ("scale i", "sigma", "mean ||x||", "sigma ||s|| / sqrt(D)"):
+        table.add_column(col, justify="right")
+    L = plan.schedule.num_scales
+    for i in sorted({0, L // 4, L // 2, 3 * L // 4, L - 1}):
+        table.add_row(str(i), f"{summary['sigmas'][i]:.4g}", f"{summary['image_norm'][i]:.2f}", f"{summary['score_norm_times_sigma_over_sqrt_dim'][i]:.3f}")
+    out.print(table)
+    out.print("sigma ||s|| / sqrt(D) near 1: the chain is at the noise level the model expects (Proposition 3's picture).")

@@ -1,0 +1,131 @@
+"""Annealed Langevin sampling: the update, the denoising step, overrides, seeds, errors (CPU)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from ncsn_tune.analysis import geometric_sigmas, optimal_step_size, schedule_from_num_scales, variance_ratio  # noqa: E402
+from ncsn_tune.cli import main  # noqa: E402
+from ncsn_tune.errors import NcsnTuneError  # noqa: E402
+from ncsn_tune.model.generate import generate, load_model, plan_sampling  # noqa: E402
+from ncsn_tune.model.sampling import langevin_step_sizes, sample_annealed_langevin  # noqa: E402
+
+
+def gaussian_score(x, sigma):
+    """The exact score of N(0, sigma^2 I): data a single point at 0, noised at scale sigma."""
+    return -x / sigma.view(-1, *([1] * (x.ndim - 1))) ** 2
+
+
+def test_one_step_against_hand_computation():
+    sigmas = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    x0 = torch.tensor([[[[1.0, -2.0]]]], dtype=torch.float64)
+    eps = 1e-3
+    gen = torch.Generator().manual_seed(7)
+    out = sample_annealed_langevin(gaussian_score, x0.clone(), sigmas, steps_per_scale=1, step_size=eps, denoise=False, generator=gen)
+    gen = torch.Generator().manual_seed(7)
+    x = x0.clone()
+    for sigma in (2.0, 0.5):
+        alpha = eps * sigma**2 / 0.5**2
+        z = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+        x = x + alpha * (-x / sigma**2) + math.sqrt(2 * alpha) * z
+    torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
+
+
+def test_step_sizes_use_the_smallest_scale():
+    sigmas = torch.tensor([50.0, 1.0, 0.01])
+    torch.testing.assert_close(langevin_step_sizes(sigmas, 6.2e-6), 6.2e-6 * (sigmas / 0.01) ** 2)
+
+
+def test_variance_follows_proposition_3():
+    # Chains started at N(0, (gamma sigma_1)^2): after every scale the variance ratio is Proposition 3's.
+    sigmas_np = geometric_sigmas(10.0, 1.0, 6)
+    gamma = sigmas_np[0] / sigmas_np[1]
+    m = 3
+    eps = optimal_step_size(gamma, m, 1.0).step_size
+    sigmas = torch.tensor(sigmas_np, dtype=torch.float64)
+    n = 200_000
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn((n, 1, 1, 1), dtype=torch.float64, generator=gen) * gamma * sigmas_np[0]
+    seen = []
+    sample_annealed_langevin(gaussian_score, x0, sigmas, m, eps, denoise=False, generator=gen,
+                             callback=lambda info: seen.append(float(info["x"].var()) / info["sigma"] ** 2))
+    r = variance_ratio(eps, gamma, m, 1.0)
+    # the first scale starts exactly at gamma^2 sigma^2; later ones start from r gamma^2 sigma^2 (recursion below)
+    expected, v = [], gamma**2
+    a = eps / 1.0**2
+    for _ in range(6):
+        for _ in range(m):
+            v = (1 - a) ** 2 * v + 2 * a
+        expected.append(v)
+        v = v * gamma**2
+    assert seen[0] == pytest.approx(r, rel=0.01)
+    np.testing.assert_allclose(seen, expected, rtol=0.01)
+
+
+def test_denoising_step():
+    sigmas = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    x0 = torch.rand((4, 1, 2, 2), dtype=torch.float64)
+    # Tweedie for a point mass at 0: x + sigma^2 * (-x / sigma^2) = 0 (up to rounding)
+    out = sample_annealed_langevin(gaussian_score, x0, sigmas, 2, 1e-4, denoise=True, generator=torch.Generator().manual_seed(0))
+    assert torch.all(out.abs() < 1e-15)
+    raw = sample_annealed_langevin(gaussian_score, x0, sigmas, 2, 1e-4, denoise=False, generator=torch.Generator().manual_seed(0))
+    assert torch.all(raw != 0)
+
+
+@pytest.fixture
+def trained_run(tmp_path_factory):
+    from test_model import make_trainer
+
+    tmp = tmp_path_factory.mktemp("run")
+    make_trainer(tmp, "run", steps=5, checkpoint_every=5).run()
+    return tmp / "run"
+
+
+def test_plan_overrides(trained_run):
+    model, state = load_model(trained_run, torch.device("cpu"))
+    plan = plan_sampling(state, None, None, None, None, True)
+    assert plan.schedule.num_scales == 10 and plan.steps_per_scale == 5 and plan.step_size == 1e-5
+    plan = plan_sampling(state, None, 20, 2, None, True)
+    assert plan.schedule.num_scales == 20 and plan.schedule.sigmas[0] == 20.0
+    assert plan.step_size == pytest.approx(optimal_step_size(plan.schedule.ratio, 2, 0.01).step_size)
+    other = schedule_from_num_scales(20.0, 12, 10, 0.01)
+    with pytest.raises(NcsnTuneError, match="D = 12"):
+        plan_sampling(state, other, None, None, None, True)
+
+
+def test_seed_reproducible(trained_run):
+    model, state = load_model(trained_run, torch.device("cpu"))
+    plan = plan_sampling(state, None, 4, 1, None, True)
+    a = generate(model, plan, 3, 2, seed=1, fast=False)
+    b = generate(model, plan, 3, 2, seed=1, fast=False)
+    c = generate(model, plan, 3, 2, seed=2, fast=False)
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sample_cli(trained_run, tmp_path):
+    r = CliRunner().invoke(main, ["sample", "--checkpoint", str(trained_run), "--num", 3, "--batch-size", 2, "--num-scales", 4,
+                                  "--output", str(tmp_path / "g.png"), "--npz", str(tmp_path / "s.npz"),
+                                  "--diagnostics", str(tmp_path / "d.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["num_scales"] == 4 and len(out["diagnostics"]["image_norm"]) == 4
+    data = np.load(tmp_path / "s.npz")
+    assert data["uint8"].shape == (3, 16, 16, 3) and data["float"].shape == (3, 3, 16, 16)
+    assert (tmp_path / "g.png").exists() and json.loads((tmp_path / "d.json").read_text())["sigmas"][0] == 20.0
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "empty"])
+def test_sample_cli_bad_checkpoint(tmp_path, kind):
+    path = tmp_path / "checkpoint_00000001.pt"
+    if kind == "corrupt":
+        path.write_bytes(b"garbage")
+    if kind == "empty":
+        path = tmp_path
+    r = CliRunner().invoke(main, ["sample", "--checkpoint", str(path)])
+    assert r.exit_code == 2 and r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
