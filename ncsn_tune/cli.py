@@ -651,3 +651,234 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule_fi
         table.add_row(str(i), f"{summary['sigmas'][i]:.4g}", f"{summary['image_norm'][i]:.2f}", f"{summary['score_norm_times_sigma_over_sqrt_dim'][i]:.3f}")
     out.print(table)
     out.print("sigma ||s|| / sqrt(D) near 1: the chain is at the noise level the model expects (Proposition 3's picture).")
+
+
+# --------------------------------------------------------------------------- plot and simulate
+
+def schedule_options(f):
+    f = click.option("--overlap", "target_overlap", type=float, default=DEFAULTS.target_overlap, show_default=True, help="Target overlap C (with --data).")(f)
+    f = data_options(f)
+    f = click.option("--dim", type=int, help="Data dimension D (with --sigma-max and --num-scales).")(f)
+    f = click.option("--num-scales", type=int, help="Number of scales L (with --sigma-max).")(f)
+    f = click.option("--sigma-min", type=float, help=f"Smallest scale [default: the schedule's, else {DEFAULTS.sigma_min}].")(f)
+    f = click.option("--sigma-max", type=float, help="With --num-scales and --dim: a schedule from numbers.")(f)
+    f = click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False, path_type=Path), help=f"Schedule file [default: WORKDIR/{SCHEDULE_FILE}].")(f)
+    return f
+
+
+def schedule_from_options(schedule_file, sigma_max, sigma_min, num_scales, dim, data_args, target_overlap, quiet) -> tuple[NoiseSchedule, str]:
+    """A NoiseSchedule from a file, numbers or data (the same sources as step-size), and where it came from."""
+    positive_float("--sigma-max", sigma_max)
+    positive_float("--sigma-min", sigma_min)
+    if sigma_max is not None or num_scales is not None:
+        if sigma_max is None or num_scales is None or dim is None:
+            raise NcsnTuneError("give --sigma-max, --num-scales and --dim together (or --schedule or --data)")
+        if dim < 1 or num_scales < 2:
+            raise NcsnTuneError("--dim must be at least 1 and --num-scales at least 2")
+        sm = sigma_min or DEFAULTS.sigma_min
+        if sm >= sigma_max:
+            raise NcsnTuneError(f"--sigma-min ({sm:g}) must be smaller than --sigma-max ({sigma_max:g})")
+        return t2.schedule_from_num_scales(sigma_max, dim, num_scales, sm), f"sigma_max {sigma_max:g}, L = {num_scales}, D = {dim}"
+    _, _, described, schedule, _ = resolve_schedule(schedule_file, None, sigma_min, None, None, data_args, target_overlap, quiet)
+    return schedule, described
+
+
+@main.group()
+def plot():
+    """Figures (PNG or PDF by the --output suffix): step-size, schedule, overlap."""
+
+
+def _save(fig, output: Path) -> None:
+    if output.suffix.lower() not in (".png", ".pdf"):
+        raise NcsnTuneError(f"--output must end in .png or .pdf, got {output.name}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=200, bbox_inches="tight")
+    out.print(f"Wrote {output}")
+
+
+@plot.command("step-size")
+@schedule_options
+@click.option("--gamma", type=float, help="Ratio of adjacent scales, instead of a schedule.")
+@click.option("--M", "steps", default="1,3,5,10", show_default=True, help="The values of M to draw.")
+@click.option("--mark", type=float, help="Draw this eps (e.g. a published 6.2e-6) as a line.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def plot_step_size_cmd(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, data_root, split, no_download, no_rescale, method, device, target_overlap, gamma, steps, mark, output):
+    """s^2/sigma^2 against eps for several M, the optimum of each marked (Technique 4)."""
+    from .plots import plot_step_size
+
+    ms = parse_steps(steps)
+    positive_float("--mark", mark)
+    if gamma is not None:
+        if not (math.isfinite(gamma) and gamma > 1):
+            raise NcsnTuneError(f"--gamma must be a finite number > 1, got {gamma}")
+        ratio, sm = gamma, sigma_min or DEFAULTS.sigma_min
+    else:
+        schedule, _ = schedule_from_options(schedule_file, sigma_max, sigma_min, num_scales, dim,
+                                            (data_spec, data_root, split, no_download, no_rescale, method, device), target_overlap, False)
+        ratio, sm = schedule.ratio, schedule.sigma_min
+    fig = plot_step_size(ratio, sm, ms, mark)
+    _save(fig, output)
+    for o in fig.optima:
+        out.print(f"M = {o.steps_per_scale}: eps = {o.step_size:.6e}, s^2/sigma^2 = {o.variance_ratio:.6f}")
+
+
+@plot.command("schedule")
+@schedule_options
+@click.option("--compare", "compare_file", type=click.Path(dir_okay=False, path_type=Path), help="A second schedule file, drawn beside.")
+@click.option("--compare-num-scales", type=int, help="A second schedule with the same ends and this many scales (e.g. the published 232).")
+@click.option("--M", "steps", type=int, default=DEFAULTS.steps_per_scale, show_default=True, help="M for the step size alpha_i drawn.")
+@click.option("--step-size", "given_step", type=float, help="eps for alpha_i [default: Proposition 3's optimum for M].")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def plot_schedule_cmd(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, data_root, split, no_download, no_rescale, method, device, target_overlap, compare_file, compare_num_scales, steps, given_step, output):
+    """Noise scales against their index with alpha_i and the overlap; two schedules side by side."""
+    from .plots import plot_schedule
+
+    schedule, described = schedule_from_options(schedule_file, sigma_max, sigma_min, num_scales, dim,
+                                                (data_spec, data_root, split, no_download, no_rescale, method, device), target_overlap, False)
+    schedules, labels = [schedule], [f"L = {schedule.num_scales}"]
+    if compare_file is not None:
+        schedules.append(load_schedule(compare_file))
+        labels.append(f"{compare_file.name}: L = {schedules[-1].num_scales}")
+    if compare_num_scales is not None:
+        schedules.append(t2.schedule_from_num_scales(schedule.sigma_max, schedule.dim, compare_num_scales, schedule.sigma_min))
+        labels.append(f"L = {compare_num_scales}")
+    if steps < 1:
+        raise NcsnTuneError(f"--M must be at least 1, got {steps}")
+    eps = given_step or optimal_step_size(schedule.ratio, steps, schedule.sigma_min).step_size
+    _save(plot_schedule(schedules, eps, labels), output)
+    for s, label in zip(schedules, labels):
+        out.print(f"{label}: ratio {s.ratio:.6f}, overlap {s.overlap:.4f}")
+
+
+@plot.command("overlap")
+@schedule_options
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def plot_overlap_cmd(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, data_root, split, no_download, no_rescale, method, device, target_overlap, output):
+    """The overlap C against gamma for the data's dimension, the chosen gamma marked (Technique 2)."""
+    from .plots import plot_overlap
+
+    if dim is not None and sigma_max is None and num_scales is None and data_spec is None and schedule_file is None:
+        gamma = t2.solve_gamma(dim, target_overlap)
+        fig = plot_overlap(dim, gamma, target_overlap)
+    else:
+        schedule, _ = schedule_from_options(schedule_file, sigma_max, sigma_min, num_scales, dim,
+                                            (data_spec, data_root, split, no_download, no_rescale, method, device), target_overlap, False)
+        gamma = schedule.gamma or schedule.ratio
+        fig = plot_overlap(schedule.dim, gamma, schedule.target_overlap or target_overlap)
+    _save(fig, output)
+    out.print(f"gamma = {gamma:.8f}")
+
+
+@main.command()
+@schedule_options
+@click.option("--M", "steps", type=int, default=DEFAULTS.steps_per_scale, show_default=True, help="Langevin steps per scale.")
+@click.option("--step-size", "given_step", type=float, help="eps [default: Proposition 3's optimum for M].")
+@click.option("--chains", type=int, default=64, show_default=True, help="Chains (each of --dim coordinates).")
+@click.option("--sim-dim", type=int, help="Dimensions simulated per chain [default: the schedule's D].")
+@click.option("--mode", type=click.Choice(["per-scale", "annealed"]), default="per-scale", show_default=True,
+              help="per-scale: each scale starts where Proposition 3 assumes; annealed: chains run through all scales.")
+@click.option("--sweep", is_flag=True, help="Also measure the last scale at several eps around the optimum for M = 1, 3, 5, 10.")
+@click.option("--toy", type=click.Choice(["gmm"]), help="Run the paper's Figure 2 experiment instead: a mixture sampled with a small and with Technique 1's sigma_max.")
+@click.option("--toy-dim", type=int, default=2, show_default=True, help="Dimension of the mixture (--toy gmm).")
+@click.option("--weights", default="0.8,0.2", show_default=True, help="Mode weights of the mixture (--toy gmm).")
+@click.option("--separation", type=float, default=10.0, show_default=True, help="Distance between the modes (--toy gmm).")
+@click.option("--small-sigma-max", type=float, default=1.0, show_default=True, help="The too-small sigma_max (--toy gmm).")
+@click.option("--tau", type=float, default=0.5, show_default=True, help="Standard deviation of each mixture component (0: point masses).")
+@click.option("--samples", "num_samples", type=int, default=1000, show_default=True, help="Samples (--toy gmm).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Figure of the result (.png or .pdf).")
+@click.option("--json", "as_json", is_flag=True)
+def simulate(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, data_root, split, no_download, no_rescale, method, device,
+             target_overlap, steps, given_step, chains, sim_dim, mode, sweep, toy, toy_dim, weights, separation, small_sigma_max, tau, num_samples, seed, output, as_json):
+    """Monte Carlo check of Proposition 3 with an exact Gaussian score, or the paper's Figure 2 experiment (--toy gmm)."""
+    import numpy as np
+
+    from .analysis import simulation as sim
+
+    if toy == "gmm":
+        try:
+            w = np.array([float(v) for v in weights.split(",")])
+        except ValueError:
+            raise NcsnTuneError(f"--weights takes numbers separated by commas, got {weights!r}") from None
+        if len(w) < 2 or np.any(w <= 0) or toy_dim < 1 or num_samples < 1:
+            raise NcsnTuneError("--weights needs at least two positive numbers, --toy-dim and --samples at least 1")
+        w = w / w.sum()
+        positive_float("--separation", separation)
+        positive_float("--small-sigma-max", small_sigma_max)
+        k = len(w)
+        angles = np.linspace(0, 2 * np.pi, k, endpoint=False)
+        centres = np.zeros((k, toy_dim))
+        centres[:, 0] = 0.5 * separation * np.cos(angles)
+        if toy_dim > 1:
+            centres[:, 1] = 0.5 * separation * np.sin(angles)
+        if not (math.isfinite(tau) and tau >= 0):
+            raise NcsnTuneError(f"--tau must be a finite number >= 0, got {tau}")
+        mixture = sim.Mixture(w, centres, tau)
+        results = sim.gmm_experiment(mixture, small_sigma_max, DEFAULTS.sigma_min, num_samples, steps, target_overlap, seed)
+        if output is not None:
+            from .plots import plot_gmm
+
+            _save(plot_gmm(results, mixture), output)
+        if as_json:
+            click.echo(json.dumps({"dim": toy_dim, "weights": w.tolist(), "results": [r.to_dict() for r in results]}))
+            return
+        table = Table(title=f"Figure 2 experiment: {k} modes in {toy_dim} dimensions, {num_samples} samples, M = {steps}")
+        for col in ("sigma_max", "L", "mode shares", "weights", "total variation"):
+            table.add_column(col, justify="right")
+        for r in results:
+            table.add_row(f"{r.sigma_max:.3g} ({r.label})", str(r.num_scales), ", ".join(f"{f:.3f}" for f in r.fractions),
+                          ", ".join(f"{v:.3f}" for v in r.weights), f"{r.total_variation:.3f}")
+        out.print(table)
+        out.print("Too small a sigma_max leaves each chain in the basin it started in, so the shares follow the basins, not the weights.")
+        return
+
+    if chains < 1 or steps < 1:
+        raise NcsnTuneError("--chains and --M must be at least 1")
+    schedule, described = schedule_from_options(schedule_file, sigma_max, sigma_min, num_scales, dim,
+                                                (data_spec, data_root, split, no_download, no_rescale, method, device), target_overlap, as_json)
+    positive_float("--step-size", given_step)
+    eps = given_step or optimal_step_size(schedule.ratio, steps, schedule.sigma_min).step_size
+    if eps >= schedule.sigma_min**2:
+        raise NcsnTuneError(f"eps must be below sigma_min^2 = {schedule.sigma_min ** 2:g} for Langevin steps to be stable, got {eps:g}")
+    d = sim_dim or schedule.dim
+    with progress_bar(not as_json) as cb:
+        if cb:
+            cb(0, 1, "simulating")
+        check = sim.simulate_proposition3(schedule.sigmas, steps, eps, d, chains, mode, seed)
+        sweeps = {}
+        if sweep:
+            last_two = np.array([schedule.ratio * schedule.sigma_min, schedule.sigma_min])
+            for m in (1, 3, 5, 10):
+                best = optimal_step_size(schedule.ratio, m, schedule.sigma_min).step_size
+                grid = [best * f for f in (0.25, 0.5, 1.0, 2.0, 4.0) if best * f < schedule.sigma_min**2]
+                runs = [sim.simulate_proposition3(last_two, m, e, d, chains, "per-scale", seed) for e in grid]
+                sweeps[m] = (grid, [r.measured_ratio for r in runs], [r.standard_error for r in runs], schedule.ratio, schedule.sigma_min)
+    result = check.to_dict()
+    if sweep:
+        result["sweep"] = {str(m): {"step_sizes": v[0], "measured_ratio": v[1], "standard_error": v[2]} for m, v in sweeps.items()}
+    if output is not None:
+        from .plots import plot_proposition3
+
+        _save(plot_proposition3(check, sweeps or None), output)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    z = abs(check.measured_ratio - check.predicted_ratio) / check.standard_error
+    out.print(f"Schedule: {described}; M = {steps}, eps = {eps:.6e}, {chains} chains x {d} dimensions, mode {mode}.")
+    table = Table(title="Proposition 3 by Monte Carlo (exact score of an isotropic Gaussian)")
+    for col in ("scale i", "sigma", "predicted s^2/sigma^2", "measured", "standard error"):
+        table.add_column(col, justify="right")
+    L = len(check.sigmas)
+    for i in sorted({0, 1, L // 2, L - 1}):
+        table.add_row(str(i), f"{check.sigmas[i]:.4g}", f"{check.predicted[i]:.5f}", f"{check.measured[i]:.5f}", f"{check.standard_errors[i]:.5f}")
+    out.print(table)
+    out.print(f"Last scale: measured {check.measured_ratio:.5f} against {check.predicted_ratio:.5f} ({z:.1f} standard errors); "
+              f"largest relative gap over all {L} scales {check.max_relative_error:.2%}.")
+    if mode == "per-scale":
+        annealed = sim.compounded_ratios(np.asarray(check.sigmas), steps, eps)[-1]
+        out.print(f"Note: chains that run through all scales without reset compound the excess and settle near {annealed:.4f} "
+                  "(--mode annealed measures that).")
+    for m, v in sweeps.items():
+        best = optimal_step_size(schedule.ratio, m, schedule.sigma_min)
+        k = int(np.argmin(v[1]))
+        out.print(f"M = {m}: lowest measured ratio at eps = {v[0][k]:.3g} (formula's optimum {best.step_size:.3g}).")

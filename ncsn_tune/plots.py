@@ -26,3 +26,163 @@ def plot_sampling_diagnostics(summary: dict, dim: int):
     axes[1].legend(frameon=False, fontsize=8)
     fig.suptitle(f"Annealed Langevin diagnostics (D = {dim}, sampling runs right to left in time)", fontsize=9)
     return fig
+
+
+def _style(ax):
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    ax.tick_params(labelsize=8)
+
+
+def plot_step_size(gamma: float, sigma_min: float, steps: list[int], mark: float | None = None, title: str | None = None):
+    """Proposition 3's s^2/sigma^2 against eps (log axis) for several M, each optimum marked."""
+    import numpy as np
+
+    from .analysis.step_size import optimal_step_size, variance_ratio
+
+    fig, ax = plt.subplots(figsize=(3.5, 2.7), constrained_layout=True)
+    eps = np.logspace(math.log10(sigma_min**2) - 4, math.log10(sigma_min**2 * 0.999), 800)
+    optima = []
+    for m in steps:
+        best = optimal_step_size(gamma, m, sigma_min)
+        optima.append(best)
+        (line,) = ax.semilogx(eps, variance_ratio(eps, gamma, m, sigma_min), lw=1.2, label=f"M = {m}")
+        ax.plot(best.step_size, best.variance_ratio, "o", ms=4, color=line.get_color())
+    if mark is not None:
+        ax.axvline(mark, color="0.3", ls="--", lw=0.8, label=f"given eps = {mark:.3g}")
+    top = max(o.variance_ratio for o in optima)
+    ax.set_ylim(0.98, max(1.3, top * 1.15))
+    ax.axhline(1.0, color="0.6", lw=0.6)
+    ax.set_xlabel(r"step size $\epsilon$")
+    ax.set_ylabel(r"$s^2/\sigma^2$ (Proposition 3)")
+    ax.set_title(title or rf"$\gamma$ = {gamma:.5g}, $\sigma_{{\min}}$ = {sigma_min:g}", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    _style(ax)
+    fig.optima = optima  # the plotted optima, for callers and tests
+    return fig
+
+
+def plot_schedule(schedules: list, step_size: float | None = None, labels: list[str] | None = None):
+    """Per schedule (one column each): the noise scales against their index (log axis), the Langevin
+    step alpha_i = eps sigma_i^2 / sigma_min^2, and the overlap of each pair of adjacent scales."""
+    import numpy as np
+
+    from .analysis.noise_schedule import overlap
+
+    labels = labels or [f"L = {s.num_scales}" for s in schedules]
+    rows = 3 if step_size is not None else 2
+    fig, axes = plt.subplots(rows, len(schedules), figsize=(3.4 * len(schedules), 1.6 * rows + 0.6), sharex="col",
+                             constrained_layout=True, squeeze=False)
+    top = max(overlap(s.ratio, s.dim) for s in schedules)
+    low = min(overlap(s.ratio, s.dim) for s in schedules)
+    for col, (schedule, label) in enumerate(zip(schedules, labels)):
+        sig = schedule.sigmas
+        i = np.arange(1, len(sig) + 1)
+        ax = axes[0][col]
+        ax.semilogy(i, sig, lw=1.4)
+        ax.set_ylabel(r"$\sigma_i$")
+        ax.set_title(f"{label}: ratio {schedule.ratio:.5f}", fontsize=8)
+        row = 1
+        if step_size is not None:
+            ax = axes[1][col]
+            ax.semilogy(i, step_size * (sig / sig[-1]) ** 2, lw=1.2, color="C1")
+            ax.set_ylabel(r"$\alpha_i=\epsilon\sigma_i^2/\sigma_{\min}^2$", fontsize=8)
+            row = 2
+        ax = axes[row][col]
+        pair = overlap(sig[:-1] / sig[1:], schedule.dim)
+        ax.plot(i[1:], pair, lw=1.2, color="C2")
+        ax.set_ylim(low - 0.05, top + 0.05)
+        ax.set_ylabel(r"overlap $C(\sigma_{i-1},\sigma_i)$", fontsize=8)
+        ax.text(0.98, 0.1, f"{float(pair.mean()):.3f}", transform=ax.transAxes, ha="right", fontsize=8)
+        ax.set_xlabel("scale index i")
+        for a in axes[:, col]:
+            _style(a)
+    if step_size is not None:
+        fig.suptitle(f"eps = {step_size:.4g}", fontsize=8)
+    return fig
+
+
+def plot_overlap(dim: int, gamma: float | None = None, target_overlap: float | None = None):
+    """The overlap C against gamma in ``dim`` dimensions, the chosen gamma marked."""
+    import numpy as np
+
+    from .analysis.noise_schedule import overlap
+
+    fig, ax = plt.subplots(figsize=(3.5, 2.6), constrained_layout=True)
+    top = 1 + 8 * ((gamma - 1) if gamma else 3 / math.sqrt(2 * dim))
+    g = np.linspace(1.0, top, 600)
+    ax.plot(g, overlap(g, dim), lw=1.3)
+    if gamma is not None:
+        ax.plot(gamma, overlap(gamma, dim), "o", ms=5, color="C3", label=rf"$\gamma$ = {gamma:.5g}")
+        ax.axvline(gamma, color="C3", lw=0.6, ls=":")
+    if target_overlap is not None:
+        ax.axhline(target_overlap, color="0.5", lw=0.8, ls="--", label=f"C = {target_overlap:g}")
+    ax.set_xlabel(r"ratio of adjacent scales $\gamma$")
+    ax.set_ylabel(r"overlap $C$")
+    ax.set_title(rf"$\Phi(\sqrt{{2D}}(\gamma-1)+3\gamma)-\Phi(\sqrt{{2D}}(\gamma-1)-3\gamma)$, D = {dim}", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    _style(ax)
+    return fig
+
+
+def plot_proposition3(check, sweep: dict | None = None):
+    """Measured against predicted s^2/sigma^2 per scale (+- 2 standard errors); with ``sweep``
+    ({M: (eps list, measured list, se list)}), the measured ratio against eps next to the formula."""
+    import numpy as np
+
+    from .analysis.step_size import variance_ratio
+
+    n = 2 if sweep else 1
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 2.8), constrained_layout=True, squeeze=False)
+    ax = axes[0][0]
+    i = np.arange(1, len(check.sigmas) + 1)
+    ax.plot(i, check.predicted, lw=1.2, color="0.2", label="predicted")
+    se = 2 * np.array(check.standard_errors)
+    ax.fill_between(i, np.array(check.measured) - se, np.array(check.measured) + se, color="C0", alpha=0.3, lw=0)
+    ax.plot(i, check.measured, ".", ms=2.5, color="C0", label="measured (2 s.e. band)")
+    ax.set_xlabel("scale index i")
+    ax.set_ylabel(r"$s_i^2/\sigma_i^2$")
+    ax.set_title(f"{check.mode}: M = {check.steps_per_scale}, eps = {check.step_size:.3g}, D = {check.dim}, {check.num_chains} chains", fontsize=7)
+    ax.legend(fontsize=7, frameon=False)
+    _style(ax)
+    if sweep:
+        ax = axes[0][1]
+        for k, (m, (eps, measured, ses, gamma, sigma_min)) in enumerate(sweep.items()):
+            grid = np.logspace(np.log10(min(eps)) - 0.2, np.log10(max(eps)) + 0.2, 300)
+            (line,) = ax.semilogx(grid, variance_ratio(grid, gamma, m, sigma_min), lw=1.0, label=f"M = {m}")
+            ax.errorbar(eps, measured, yerr=2 * np.array(ses), fmt="o", ms=3, color=line.get_color())
+        ax.set_xlabel(r"step size $\epsilon$")
+        ax.set_ylabel(r"$s^2/\sigma^2$ at the last scale")
+        ax.set_title("formula (lines) and measurement (dots)", fontsize=7)
+        ax.legend(fontsize=7, frameon=False)
+        _style(ax)
+    return fig
+
+
+def plot_gmm(results: list, mixture):
+    """The mixture experiment: samples of each run (first two coordinates) and the modes' shares against their weights."""
+    import numpy as np
+
+    n = len(results)
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.9 * (n + 1), 2.9), constrained_layout=True, squeeze=False)
+    c = mixture.centres
+    for ax, r in zip(axes[0], results):
+        y = r.samples[:, 1] if r.samples.shape[1] > 1 else np.zeros(len(r.samples))
+        ax.scatter(r.samples[:, 0], y, s=3, alpha=0.35, lw=0)
+        ax.scatter(c[:, 0], c[:, 1] if c.shape[1] > 1 else 0 * c[:, 0], marker="x", color="k", s=30, lw=1)
+        ax.set_title(f"{r.label}\n(sigma_max = {r.sigma_max:.3g}, TV = {r.total_variation:.3f})", fontsize=7)
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+        ax.set_aspect("equal", adjustable="datalim")
+        _style(ax)
+    ax = axes[0][n]
+    k = np.arange(len(mixture.weights))
+    width = 0.8 / (n + 1)
+    ax.bar(k - 0.4 + width / 2, mixture.weights, width, color="0.4", label="weights")
+    for j, r in enumerate(results):
+        ax.bar(k - 0.4 + width * (j + 1.5), r.fractions, width, label=f"sigma_max = {r.sigma_max:.3g}")
+    ax.set_xticks(k, [f"mode {m + 1}" for m in k])
+    ax.set_ylabel("share of samples")
+    ax.legend(fontsize=6, frameon=False)
+    _style(ax)
+    return fig

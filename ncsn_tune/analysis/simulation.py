@@ -1,0 +1,244 @@
+"""Simulations that check the theory: Proposition 3 by Monte Carlo, and the paper's Figure 2 experiment.
+
+Both run annealed Langevin dynamics with an exact score, in NumPy (vectorised
+over chains and dimensions).
+
+Proposition 3 (``simulate_proposition3``): the data is one point at 0, so
+p_sigma = N(0, sigma**2 I) and the score is -x / sigma**2. Every coordinate
+of every chain then evolves independently, x <- (1 - a) x + sqrt(2 alpha) z
+with a = eps / sigma_min**2, and the measured s**2/sigma**2 is the mean of
+x**2 / sigma**2 over chains and coordinates, with standard error
+ratio * sqrt(2 / (chains * D)).
+
+- ``mode="per-scale"`` starts every scale from N(0, sigma_{i-1}**2 I), the
+  proposition's own assumption, so every scale should measure Proposition 3's
+  ratio.
+- ``mode="annealed"`` runs the chains through all scales without reset, as a
+  sampler does; the prediction is then Proposition 3's update compounded
+  (r_i = (1-a)**(2M) (gamma**2 r_{i-1} - 2/(2-a)) + 2/(2-a)), which equals the
+  proposition's formula only at the first scale.
+
+Figure 2 (``gmm_experiment``): a mixture of point masses (or isotropic
+Gaussians of std ``tau``) with unequal weights; the score of the noised
+mixture is exact. Sampling from a uniform start with sigma_max far below the
+distance between the modes leaves each chain in the basin it started in, so
+the modes' shares follow the basins, not the weights; with Technique 1's
+sigma_max the shares match the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import special
+
+from .step_size import variance_ratio
+
+
+@dataclass(frozen=True)
+class Proposition3Check:
+    """Measured and predicted s**2/sigma**2 per scale (largest scale first)."""
+
+    mode: str
+    dim: int
+    num_chains: int
+    steps_per_scale: int
+    step_size: float
+    sigmas: list[float]
+    predicted: list[float]
+    measured: list[float]
+    standard_errors: list[float]
+
+    @property
+    def predicted_ratio(self) -> float:
+        return self.predicted[-1]
+
+    @property
+    def measured_ratio(self) -> float:
+        return self.measured[-1]
+
+    @property
+    def standard_error(self) -> float:
+        return self.standard_errors[-1]
+
+    @property
+    def max_relative_error(self) -> float:
+        return float(np.max(np.abs(np.array(self.measured) / np.array(self.predicted) - 1)))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(predicted_ratio=self.predicted_ratio, measured_ratio=self.measured_ratio, standard_error=self.standard_error,
+                    max_relative_error=self.max_relative_error)
+        return data
+
+
+def compounded_ratios(sigmas: np.ndarray, steps_per_scale: int, step_size: float) -> np.ndarray:
+    """s_i**2/sigma_i**2 of annealed chains started at N(0, (sigma_1 gamma_1)**2): Proposition 3's update, compounded.
+
+    With r_0 = 1 at a virtual scale sigma_0 = sigma_1**2 / sigma_2 (one ratio
+    above the first), r_i = q (r_{i-1} sigma_{i-1}**2 / sigma_i**2 - 2/(2-a)) + 2/(2-a), q = (1-a)**(2M).
+    """
+    a = step_size / sigmas[-1] ** 2
+    q = (1 - a) ** (2 * steps_per_scale)
+    stationary = 2.0 / (2.0 - a)
+    prev_sigma = sigmas[0] ** 2 / sigmas[1] if len(sigmas) > 1 else sigmas[0]
+    r, out = 1.0, []
+    for s in sigmas:
+        r = q * (r * (prev_sigma / s) ** 2 - stationary) + stationary
+        out.append(r)
+        prev_sigma = s
+    return np.array(out)
+
+
+def simulate_proposition3(
+    sigmas,
+    steps_per_scale: int,
+    step_size: float,
+    dim: int = 3072,
+    num_chains: int = 256,
+    mode: str = "per-scale",
+    seed: int = 0,
+    chunk: int = 1 << 20,
+) -> Proposition3Check:
+    """Annealed Langevin with the exact score of N(0, sigma**2 I), against Proposition 3 (see the module)."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if mode not in ("per-scale", "annealed"):
+        raise ValueError(f"mode must be per-scale or annealed, got {mode!r}")
+    if len(sigmas) < 2:
+        raise ValueError("a schedule of at least 2 scales is needed (gamma is their ratio)")
+    rng = np.random.default_rng(seed)
+    sigma_min = sigmas[-1]
+    a = step_size / sigma_min**2
+    n = int(num_chains) * int(dim)
+    first_prev = sigmas[0] ** 2 / sigmas[1]
+    prev = np.concatenate([[first_prev], sigmas[:-1]])
+    gammas = prev / sigmas
+    if mode == "per-scale":
+        predicted = variance_ratio(step_size, gammas, steps_per_scale, sigma_min)
+    else:
+        predicted = compounded_ratios(sigmas, steps_per_scale, step_size)
+    sums = np.zeros(len(sigmas))
+    sizes = [min(chunk, n - s) for s in range(0, n, chunk)]
+    for size in sizes:  # chunks of independent scalar chains bound the memory
+        x = rng.standard_normal(size) * first_prev
+        for i, sigma in enumerate(sigmas):
+            if mode == "per-scale":
+                x = rng.standard_normal(size) * prev[i]
+            alpha = step_size * sigma**2 / sigma_min**2
+            noise = math.sqrt(2 * alpha)
+            for _ in range(steps_per_scale):
+                x = (1.0 - a) * x + noise * rng.standard_normal(size)
+            sums[i] += np.dot(x, x) / sigma**2
+    measured = sums / n
+    se = measured * math.sqrt(2.0 / n)
+    return Proposition3Check(mode, int(dim), int(num_chains), int(steps_per_scale), float(step_size), sigmas.tolist(),
+                             np.asarray(predicted, dtype=float).tolist(), measured.tolist(), se.tolist())
+
+
+# --------------------------------------------------------------------------- Figure 2: a mixture
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Weights w_k, centres mu_k (K, D) and component std tau (0: point masses)."""
+
+    weights: np.ndarray
+    centres: np.ndarray
+    tau: float = 0.0
+
+    def score(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        """The exact score of the mixture noised at scale sigma: sum_k r_k(x) (mu_k - x) / (tau**2 + sigma**2)."""
+        var = self.tau**2 + sigma**2
+        d2 = ((x[:, None, :] - self.centres[None]) ** 2).sum(-1)
+        logits = np.log(self.weights)[None] - d2 / (2 * var)
+        resp = np.exp(logits - special.logsumexp(logits, axis=1, keepdims=True))
+        return (resp @ self.centres - x) / var
+
+    def log_density(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        var = self.tau**2 + sigma**2
+        d = self.centres.shape[1]
+        d2 = ((x[:, None, :] - self.centres[None]) ** 2).sum(-1)
+        return special.logsumexp(np.log(self.weights)[None] - d2 / (2 * var), axis=1) - 0.5 * d * math.log(2 * math.pi * var)
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Index of the nearest centre of each point."""
+        return np.argmin(((x[:, None, :] - self.centres[None]) ** 2).sum(-1), axis=1)
+
+
+def default_mixture(dim: int = 2, separation: float = 10.0, weights=(0.8, 0.2)) -> Mixture:
+    """Two modes with unequal weights at opposite corners: (-s/2, ...) and (+s/2, ...) along every axis / sqrt(dim)."""
+    direction = np.ones(dim) / math.sqrt(dim)
+    centres = np.stack([-0.5 * separation * direction, 0.5 * separation * direction])
+    return Mixture(np.asarray(weights, dtype=float), centres)
+
+
+def sample_mixture_langevin(mixture: Mixture, sigmas, steps_per_scale: int, step_size: float, x0: np.ndarray, rng) -> np.ndarray:
+    """Annealed Langevin dynamics with the mixture's exact score."""
+    sigmas = np.asarray(sigmas, dtype=float)
+    x = x0.copy()
+    for sigma in sigmas:
+        alpha = step_size * sigma**2 / sigmas[-1] ** 2
+        for _ in range(steps_per_scale):
+            x = x + alpha * mixture.score(x, sigma) + math.sqrt(2 * alpha) * rng.standard_normal(x.shape)
+    return x
+
+
+@dataclass(frozen=True)
+class ModeCoverage:
+    label: str
+    sigma_max: float
+    num_scales: int
+    fractions: list[float]
+    weights: list[float]
+    total_variation: float
+    samples: np.ndarray
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("samples")
+        return d
+
+
+def gmm_experiment(
+    mixture: Mixture,
+    small_sigma_max: float = 1.0,
+    sigma_min: float = 0.01,
+    num_samples: int = 1000,
+    steps_per_scale: int = 5,
+    target_overlap: float = 0.5,
+    seed: int = 0,
+) -> list[ModeCoverage]:
+    """Sample the mixture with (a) sigma_max = ``small_sigma_max`` and (b) Technique 1's sigma_max.
+
+    Both use Technique 2's number of scales and Technique 4's step size for
+    their range, a uniform start over the box around the modes (widened by
+    their separation), and report each mode's share against its weight and the
+    total variation distance between the two.
+    """
+    from .initial_noise_scale import max_pairwise_distance
+    from .noise_schedule import schedule_from_overlap
+    from .step_size import optimal_step_size
+
+    rng = np.random.default_rng(seed)
+    dim = mixture.centres.shape[1]
+    diameter = max_pairwise_distance(mixture.centres).distance
+    lo, hi = mixture.centres.min(0) - diameter / 2, mixture.centres.max(0) + diameter / 2
+    x0 = lo + (hi - lo) * rng.random((num_samples, dim))
+    results = []
+    for label, sigma_max in (("sigma_max far below the diameter", small_sigma_max), ("Technique 1: sigma_max = diameter", diameter)):
+        try:
+            schedule = schedule_from_overlap(sigma_max, dim, sigma_min, target_overlap)
+            num_scales = schedule.num_scales
+        except Exception:  # D <= 4 has no solution of the overlap equation: use the ratio of D = 5
+            num_scales = max(2, int(math.ceil(math.log(sigma_max / sigma_min) / math.log(1.5))) + 1)
+        sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_scales))
+        ratio = sigmas[0] / sigmas[1]
+        eps = optimal_step_size(ratio, steps_per_scale, sigma_min).step_size
+        x = sample_mixture_langevin(mixture, sigmas, steps_per_scale, eps, x0, rng)
+        counts = np.bincount(mixture.assign(x), minlength=len(mixture.weights))
+        fractions = counts / counts.sum()
+        tv = 0.5 * float(np.abs(fractions - mixture.weights).sum())
+        results.append(ModeCoverage(label, float(sigma_max), num_scales, fractions.tolist(), mixture.weights.tolist(), tv, x))
+    return results
