@@ -688,12 +688,13 @@ def plot():
     """Figures (PNG or PDF by the --output suffix): step-size, schedule, overlap."""
 
 
-def _save(fig, output: Path) -> None:
+def _save(fig, output: Path, quiet: bool = False) -> None:
+    """Write a figure; the message goes to stderr when stdout carries JSON."""
     if output.suffix.lower() not in (".png", ".pdf"):
         raise NcsnTuneError(f"--output must end in .png or .pdf, got {output.name}")
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=200, bbox_inches="tight")
-    out.print(f"Wrote {output}")
+    (err if quiet else out).print(f"Wrote {output}")
 
 
 @plot.command("step-size")
@@ -818,7 +819,7 @@ def simulate(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, da
         if output is not None:
             from .plots import plot_gmm
 
-            _save(plot_gmm(results, mixture), output)
+            _save(plot_gmm(results, mixture), output, as_json)
         if as_json:
             click.echo(json.dumps({"dim": toy_dim, "weights": w.tolist(), "results": [r.to_dict() for r in results]}))
             return
@@ -859,7 +860,7 @@ def simulate(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, da
     if output is not None:
         from .plots import plot_proposition3
 
-        _save(plot_proposition3(check, sweeps or None), output)
+        _save(plot_proposition3(check, sweeps or None), output, as_json)
     if as_json:
         click.echo(json.dumps(result))
         return
