@@ -845,14 +845,14 @@ def simulate(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, da
     with progress_bar(not as_json) as cb:
         if cb:
             cb(0, 1, "simulating")
-        check = sim.simulate_proposition3(schedule.sigmas, steps, eps, d, chains, mode, seed)
+        check = sim.simulate_proposition3(schedule.sigmas, steps, eps, d, chains, mode, seed, device=device)
         sweeps = {}
         if sweep:
             last_two = np.array([schedule.ratio * schedule.sigma_min, schedule.sigma_min])
             for m in (1, 3, 5, 10):
                 best = optimal_step_size(schedule.ratio, m, schedule.sigma_min).step_size
                 grid = [best * f for f in (0.25, 0.5, 1.0, 2.0, 4.0) if best * f < schedule.sigma_min**2]
-                runs = [sim.simulate_proposition3(last_two, m, e, d, chains, "per-scale", seed) for e in grid]
+                runs = [sim.simulate_proposition3(last_two, m, e, d, chains, "per-scale", seed, device=device) for e in grid]
                 sweeps[m] = (grid, [r.measured_ratio for r in runs], [r.standard_error for r in runs], schedule.ratio, schedule.sigma_min)
     result = check.to_dict()
     if sweep:

@@ -133,3 +133,12 @@ def test_cli_gmm(tmp_path):
     assert_image(tmp_path / "gmm.png")
     bad = run("simulate", "--toy", "gmm", "--weights", "1")
     assert bad.exit_code == 2 and "two positive" in bad.stderr
+
+
+def test_torch_path_agrees_with_the_formula():
+    pytest.importorskip("torch")
+    sigmas, gamma = small_schedule()
+    eps = optimal_step_size(gamma, 2, 0.5).step_size
+    check = simulate_proposition3(sigmas, 2, eps, dim=500, num_chains=400, seed=4, device="torch:cpu")
+    z = np.abs(np.array(check.measured) - np.array(check.predicted)) / np.array(check.standard_errors)
+    assert np.all(z < 4.5), z

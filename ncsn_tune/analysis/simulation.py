@@ -92,6 +92,53 @@ def compounded_ratios(sigmas: np.ndarray, steps_per_scale: int, step_size: float
     return np.array(out)
 
 
+class _NumpyNormals:
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def normal(self, size: int):
+        return self.rng.standard_normal(size)
+
+    @staticmethod
+    def sum_squares(x) -> float:
+        return float(np.dot(x, x))
+
+
+class _TorchNormals:
+    """The same arithmetic on a torch device (float64), for GPUs."""
+
+    def __init__(self, seed: int, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def normal(self, size: int):
+        return self.torch.randn(size, generator=self.generator, device=self.device, dtype=self.torch.float64)
+
+    @staticmethod
+    def sum_squares(x) -> float:
+        return float((x * x).sum())
+
+
+def _normals(seed: int, device: str):
+    """NumPy on ``cpu``; torch on ``cuda``/``torch:cpu``; ``auto``: a GPU when torch sees one."""
+    if device == "auto":
+        import importlib.util
+        import os
+
+        if importlib.util.find_spec("torch") is not None and os.path.exists("/proc/driver/nvidia"):
+            import torch
+
+            if torch.cuda.is_available():
+                return _TorchNormals(seed, "cuda")
+        return _NumpyNormals(seed)
+    if device == "cpu":
+        return _NumpyNormals(seed)
+    return _TorchNormals(seed, "cpu" if device == "torch:cpu" else device)
+
+
 def simulate_proposition3(
     sigmas,
     steps_per_scale: int,
@@ -101,14 +148,18 @@ def simulate_proposition3(
     mode: str = "per-scale",
     seed: int = 0,
     chunk: int = 1 << 20,
+    device: str = "cpu",
 ) -> Proposition3Check:
-    """Annealed Langevin with the exact score of N(0, sigma**2 I), against Proposition 3 (see the module)."""
+    """Annealed Langevin with the exact score of N(0, sigma**2 I), against Proposition 3 (see the module).
+
+    ``device``: ``cpu`` (NumPy), ``cuda`` (torch on a GPU), ``auto`` or ``torch:cpu``.
+    """
     sigmas = np.asarray(sigmas, dtype=np.float64)
     if mode not in ("per-scale", "annealed"):
         raise ValueError(f"mode must be per-scale or annealed, got {mode!r}")
     if len(sigmas) < 2:
         raise ValueError("a schedule of at least 2 scales is needed (gamma is their ratio)")
-    rng = np.random.default_rng(seed)
+    rng = _normals(seed, device)
     sigma_min = sigmas[-1]
     a = step_size / sigma_min**2
     n = int(num_chains) * int(dim)
@@ -122,15 +173,15 @@ def simulate_proposition3(
     sums = np.zeros(len(sigmas))
     sizes = [min(chunk, n - s) for s in range(0, n, chunk)]
     for size in sizes:  # chunks of independent scalar chains bound the memory
-        x = rng.standard_normal(size) * first_prev
+        x = rng.normal(size) * first_prev
         for i, sigma in enumerate(sigmas):
             if mode == "per-scale":
-                x = rng.standard_normal(size) * prev[i]
+                x = rng.normal(size) * prev[i]
             alpha = step_size * sigma**2 / sigma_min**2
             noise = math.sqrt(2 * alpha)
             for _ in range(steps_per_scale):
-                x = (1.0 - a) * x + noise * rng.standard_normal(size)
-            sums[i] += np.dot(x, x) / sigma**2
+                x = (1.0 - a) * x + noise * rng.normal(size)
+            sums[i] += rng.sum_squares(x) / sigma**2
     measured = sums / n
     se = measured * math.sqrt(2.0 / n)
     return Proposition3Check(mode, int(dim), int(num_chains), int(steps_per_scale), float(step_size), sigmas.tolist(),
