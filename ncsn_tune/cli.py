@@ -883,3 +883,98 @@ def simulate(schedule_file, sigma_max, sigma_min, num_scales, dim, data_spec, da
         best = optimal_step_size(schedule.ratio, m, schedule.sigma_min)
         k = int(np.argmin(v[1]))
         out.print(f"M = {m}: lowest measured ratio at eps = {v[0][k]:.3g} (formula's optimum {best.step_size:.3g}).")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A run folder (its newest checkpoint) or a checkpoint file.")
+@click.option("--data", "data_spec", help="Held-out data [default: the run's data set, test split for cifar10].")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
+@click.option("--images", type=int, default=1000, show_default=True, help="Held-out images (each noised at every scale).")
+@click.option("--samples", "samples_npz", type=click.Path(dir_okay=False, path_type=Path), help="Samples (.npz from ncsn-tune sample): find each one's nearest training image.")
+@click.option("--no-ema", is_flag=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluation"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(checkpoint, data_spec, data_root, split, images, samples_npz, no_ema, device, seed, output_dir, as_json):
+    """Held-out DSM loss per noise scale, and the nearest training image of each sample (memorisation).
+
+    \b
+    ncsn-tune evaluate --checkpoint runs/cifar10
+    ncsn-tune sample --checkpoint runs/cifar10 --num 64 --npz s.npz && ncsn-tune evaluate --checkpoint runs/cifar10 --samples s.npz
+    """
+    import numpy as np
+    import torch
+
+    from .analysis.nearest_neighbours import nearest_neighbours
+    from .files import write_mapping
+    from .model.generate import load_model
+    from .model.loss import dsm_loss_by_scale
+    from .model.train import DeviceImages, image_grid, resolve_device, save_png
+
+    if images < 1:
+        raise NcsnTuneError(f"--images must be at least 1, got {images}")
+    dev = resolve_device(device)
+    model, state = load_model(checkpoint, dev, use_ema=not no_ema)
+    run_config = state["config"]
+    spec = data_spec or run_config["data"]
+    root = data_root or run_config.get("data_root")
+    with progress_bar(not as_json) as cb:
+        held_out = load_dataset(spec, root, split, progress=cb)
+    if held_out.image_shape != tuple(state["image_shape"]):
+        raise NcsnTuneError(f"the data has shape {held_out.image_shape} but the model was trained on {tuple(state['image_shape'])}")
+    n = min(images, held_out.num_points)
+    x = DeviceImages(held_out.values[:n], held_out.scale, held_out.offset, dev).batch(torch.arange(n))
+    sigmas = torch.tensor(state["schedule"]["sigmas"], dtype=torch.float32, device=dev)
+    generator = torch.Generator(dev).manual_seed(seed)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        by_scale = dsm_loss_by_scale(model, x, sigmas, batch_size=250, generator=generator).cpu().numpy()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": state["path"], "step": state["step"], "data": spec, "split": split, "images": n,
+              "eval_loss": float(by_scale.mean()), "sigmas": state["schedule"]["sigmas"], "eval_loss_by_scale": by_scale.tolist()}
+
+    if samples_npz is not None:
+        try:
+            with np.load(samples_npz) as f:
+                samples = f["float"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise NcsnTuneError(f"{samples_npz} is not a samples file of ncsn-tune sample --npz ({exc})") from None
+        with progress_bar(not as_json) as cb:
+            train = load_dataset(run_config["data"], run_config.get("data_root"), "train", progress=cb)
+            if train.image_shape != samples.shape[1:]:
+                raise NcsnTuneError(f"the samples have shape {samples.shape[1:]} but the training images {train.image_shape}")
+            # samples live in [0, 1]; training values times scale (+ offset) too: compare in [0, 1] units
+            queries = (np.clip(samples, 0, 1).reshape(len(samples), -1) - train.offset) / train.scale
+            nb = nearest_neighbours(queries, train.points(), scale=train.scale, progress=cb)
+        result["nearest"] = {"indices": nb.indices.tolist(), "distances": nb.distances.tolist(),
+                             "median_distance": float(np.median(nb.distances)), "min_distance": float(nb.distances.min())}
+        pairs = np.empty((2 * len(samples), *samples.shape[1:]), dtype=np.float32)
+        pairs[0::2] = np.clip(samples, 0, 1)
+        pairs[1::2] = train.unit_float32(nb.indices)
+        save_png(image_grid(torch.tensor(pairs), columns=16), output_dir / "nearest_neighbours.png")
+        from .plots import plot_eval
+
+        plot_eval(by_scale, state["schedule"]["sigmas"], nb.distances).savefig(output_dir / "evaluation.png", dpi=200, bbox_inches="tight")
+    else:
+        from .plots import plot_eval
+
+        plot_eval(by_scale, state["schedule"]["sigmas"]).savefig(output_dir / "evaluation.png", dpi=200, bbox_inches="tight")
+    write_mapping(output_dir / "evaluation.json", result)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(f"{state['path']} (step {state['step']}): held-out DSM loss {result['eval_loss']:.3f} on {n} {split} images of {spec}")
+    table = Table(title="Held-out DSM loss by noise scale (each image noised at every scale)")
+    for col in ("scale i", "sigma", "loss"):
+        table.add_column(col, justify="right")
+    L = len(by_scale)
+    for i in sorted({0, L // 4, L // 2, 3 * L // 4, L - 1}):
+        table.add_row(str(i), f"{state['schedule']['sigmas'][i]:.4g}", f"{by_scale[i]:.3f}")
+    out.print(table)
+    if "nearest" in result:
+        out.print(f"Nearest training images: median distance {result['nearest']['median_distance']:.3f}, "
+                  f"smallest {result['nearest']['min_distance']:.3f} (exact); pairs in {output_dir / 'nearest_neighbours.png'}")
+    out.print(f"Wrote {output_dir / 'evaluation.json'} and {output_dir / 'evaluation.png'}")

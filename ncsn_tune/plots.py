@@ -186,3 +186,24 @@ def plot_gmm(results: list, mixture):
     ax.legend(fontsize=6, frameon=False)
     _style(ax)
     return fig
+
+
+def plot_eval(loss_by_scale, sigmas, neighbour_distances=None):
+    """Held-out DSM loss against the noise scale; with distances, their histogram beside it."""
+    import numpy as np
+
+    n = 2 if neighbour_distances is not None else 1
+    fig, axes = plt.subplots(1, n, figsize=(3.5 * n, 2.7), constrained_layout=True, squeeze=False)
+    ax = axes[0][0]
+    ax.loglog(sigmas, loss_by_scale, ".", ms=3)
+    ax.set_xlabel(r"noise scale $\sigma_i$")
+    ax.set_ylabel("held-out DSM loss")
+    ax.set_title(f"mean {float(np.mean(loss_by_scale)):.2f}", fontsize=8)
+    _style(ax)
+    if neighbour_distances is not None:
+        ax = axes[0][1]
+        ax.hist(neighbour_distances, bins=20, color="C2")
+        ax.set_xlabel("distance to nearest training image")
+        ax.set_ylabel("samples")
+        _style(ax)
+    return fig

@@ -178,6 +178,8 @@ class DeviceImages:
 
     def __init__(self, values: np.ndarray, scale: float, offset: float, device: torch.device) -> None:
         array = np.ascontiguousarray(np.asarray(values))
+        if not array.flags.writeable:  # memory-mapped files: torch wants memory of its own
+            array = array.copy()
         if array.dtype == np.uint8:
             self.values = torch.from_numpy(array).to(device)
         else:
