@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -441,13 +442,35 @@ def _given(options: dict) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _train_progress(total: int, start: int):
+def _train_progress(total: int, start: int, disable: bool = False):
     from rich.progress import MofNCompleteColumn
 
     return Progress(
         TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[speed]} it/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+        disable=disable,
     )
+
+
+def launch_torchrun(processes: int) -> None:
+    """Run this same command under torchrun with ``processes`` processes (``--gpus`` removed), and exit with its status."""
+    import subprocess
+
+    args = sys.argv[1:]
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--gpus":
+            skip = True
+            continue
+        if a.startswith("--gpus="):
+            continue
+        cleaned.append(a)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "ncsn_tune", *cleaned]
+    err.print("Launching: " + " ".join(command[1:]))
+    sys.exit(subprocess.call(command))
 
 
 @main.command()
@@ -458,7 +481,8 @@ def _train_progress(total: int, start: int):
 @click.option("--init-from", type=click.Path(dir_okay=False, path_type=Path), help="Start from the weights (and EMA) of an official NCSNv2 checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and the parameter count; do not train.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
-def train(output, config_file, resume, init_from, dry_run, as_json, **options):
+@click.option("--gpus", type=int, help="Train on N GPUs (processes with --device cpu): runs torchrun --nproc_per_node N -m ncsn_tune train ...")
+def train(output, config_file, resume, init_from, dry_run, as_json, gpus, **options):
     """Train NCSNv2 with the derived noise schedule and step size (Techniques 1-5).
 
     \b
@@ -470,6 +494,15 @@ def train(output, config_file, resume, init_from, dry_run, as_json, **options):
     from .config import TrainConfig, load_train_config, save_config
     from .run_setup import plan_run
 
+    if gpus is not None:
+        if gpus < 1:
+            raise NcsnTuneError(f"--gpus must be at least 1, got {gpus}")
+        if gpus > 1 and "WORLD_SIZE" not in os.environ:
+            return launch_torchrun(gpus)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # one voice: rank 0 prints and writes the run folder's files
+        out.quiet = err.quiet = True
+        as_json = False
     given = _given(options)
     if resume:
         if output is None:
@@ -537,20 +570,22 @@ def train(output, config_file, resume, init_from, dry_run, as_json, **options):
         raise NcsnTuneError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another --output")
     init = load_official_weights(init_from) if init_from is not None else None
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    save_schedule(plan.schedule, run_dir / "schedule.json")
-    out.print(f"Run folder: {run_dir} (config.yaml, schedule.json, metrics.jsonl, checkpoints, samples)")
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        save_schedule(plan.schedule, run_dir / "schedule.json")
+        out.print(f"Run folder: {run_dir} (config.yaml, schedule.json, metrics.jsonl, checkpoints, samples)")
 
     test = None if plan.test is None else (plan.test.values, plan.test.scale, plan.test.offset)
-    with _train_progress(config.steps, 0) as bar:
+    with _train_progress(config.steps, 0, disable=rank != 0) as bar:
         task = bar.add_task("train", total=config.steps, loss="-", speed="-")
 
         def report(event: dict) -> None:
             kind = event["event"]
             if kind == "start":
                 bar.update(task, completed=event["step"])
-                err.print(f"device {event['device']}, set-up (compile, CUDA graph capture) {event['setup_seconds']:.1f} s")
+                err.print(f"device {event['device']} ({event['processes']} process{'es' if event['processes'] > 1 else ''}), "
+                          f"set-up (compile, CUDA graph capture) {event['setup_seconds']:.1f} s")
             elif kind == "log":
                 bar.update(task, completed=event["step"], loss=f"{event['loss']:.2f}", speed=f"{event['it_per_s']:.1f}")
             elif kind == "eval":

@@ -26,10 +26,20 @@ def dsm_loss_per_sample(model, x: torch.Tensor, sigmas: torch.Tensor, indices: t
     return 0.5 * diff.pow(2).sum(dim=1) * sigma.to(dtype) ** 2
 
 
-def dsm_loss(model, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The batch mean of the DSM loss, with one scale drawn uniformly per sample."""
-    indices = torch.randint(0, len(sigmas), (x.shape[0],), device=x.device, generator=generator)
-    return dsm_loss_per_sample(model, x, sigmas, indices).mean()
+def dsm_loss(model, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None = None,
+             shard: slice | None = None, global_batch: int | None = None) -> torch.Tensor:
+    """The batch mean of the DSM loss, with one scale drawn uniformly per sample.
+
+    With ``shard``, the scale indices and the noise are drawn for the whole
+    global batch of ``global_batch`` samples and this process keeps ``shard`` of
+    them, so that N processes together draw exactly what one process would.
+    """
+    n = global_batch or x.shape[0]
+    indices = torch.randint(0, len(sigmas), (n,), device=x.device, generator=generator)
+    noise = torch.randn((n, *x.shape[1:]), device=x.device, dtype=x.dtype, generator=generator)
+    if shard is not None:
+        indices, noise = indices[shard], noise[shard]
+    return dsm_loss_per_sample(model, x, sigmas, indices, noise).mean()
 
 
 @torch.no_grad()

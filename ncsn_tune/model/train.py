@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..analysis.noise_schedule import NoiseSchedule
 from ..config import TrainConfig
 from ..errors import NcsnTuneError
 from .checkpoint import load_model_weights, save_checkpoint
+from .distributed import Distributed
 from .ema import EMA
 from .loss import dsm_loss, dsm_loss_by_scale
 from .network import NCSNv2, count_parameters
@@ -52,9 +54,11 @@ class SpeedSwitches:
     cuda_graphs: bool
 
     @classmethod
-    def for_device(cls, config: TrainConfig, device: torch.device) -> "SpeedSwitches":
+    def for_device(cls, config: TrainConfig, device: torch.device, distributed: bool = False) -> "SpeedSwitches":
+        """CUDA graphs are left out under DistributedDataParallel (its gradient hooks run outside a captured graph)."""
         gpu = device.type == "cuda"
-        return cls(config.bf16 and gpu, config.channels_last and gpu, config.fused_adam and gpu, config.compile and gpu, config.cuda_graphs and gpu)
+        return cls(config.bf16 and gpu, config.channels_last and gpu, config.fused_adam and gpu, config.compile and gpu,
+                   config.cuda_graphs and gpu and not distributed)
 
 
 def build_model(config: TrainConfig, image_shape: tuple[int, int, int], sigmas: np.ndarray) -> NCSNv2:
@@ -79,9 +83,17 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, ema: EMA, sigmas: torch.Tensor, switches: SpeedSwitches, batch_shape, device, warmup: int = 3,
-                 compile_mode: str = "default"):
+                 compile_mode: str = "default", dist: Distributed | None = None):
         self.model, self.optimizer, self.ema, self.sigmas, self.switches = model, optimizer, ema, sigmas, switches
-        self.forward = torch.compile(model, mode=compile_mode) if switches.compile else model
+        self.dist = dist or Distributed()
+        self.global_batch = batch_shape[0] * self.dist.world
+        self.shard = self.dist.shard(self.global_batch) if self.dist.active else None
+        network = model
+        if self.dist.active:  # PyTorch's own engine: gradients averaged by DistributedDataParallel
+            from torch.nn.parallel import DistributedDataParallel
+
+            network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward = torch.compile(network, mode=compile_mode) if switches.compile else network
         self.graph = None
         self.device = device
         if switches.cuda_graphs:
@@ -91,7 +103,7 @@ class TrainStep:
 
     def _loss(self, x):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.bf16):
-            return dsm_loss(self.forward, x, self.sigmas)
+            return dsm_loss(self.forward, x, self.sigmas, shard=self.shard, global_batch=self.global_batch)
 
     def _eager(self, x):
         loss = self._loss(x)
@@ -238,8 +250,14 @@ class Trainer:
     ) -> None:
         self.config, self.schedule, self.step_size, self.run_dir = config.validate(), schedule, float(step_size), Path(run_dir)
         self.callback = callback or (lambda event: None)
-        self.device = resolve_device(config.device)
-        self.switches = SpeedSwitches.for_device(config, self.device)
+        requested = resolve_device(config.device)
+        self.dist = Distributed.from_env(requested.type)
+        self.device = self.dist.device(requested)
+        if self.dist.active:
+            self.dist.shard(config.batch_size)  # checks divisibility
+            if not self.dist.main:
+                self.callback = lambda event: None
+        self.switches = SpeedSwitches.for_device(config, self.device, self.dist.active)
         torch.manual_seed(config.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -252,7 +270,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, config.ema_rate)
         self.optimizer = build_optimizer(self.model, config, self.switches)
-        self.sampler = BatchSampler(len(self.images), config.batch_size, config.seed, config.random_flip)
+        self.sampler = BatchSampler(len(self.images), config.batch_size, config.seed, config.random_flip)  # the global batch
         self.step = 0
         if init_weights is not None:
             weights, ema_weights = init_weights
@@ -301,9 +319,13 @@ class Trainer:
             },
         }
 
-    def save(self) -> Path:
-        path = save_checkpoint(self.checkpoint_state(), self.run_dir, self.config.keep_checkpoints)
-        self.callback({"event": "checkpoint", "step": self.step, "path": str(path)})
+    def save(self) -> Path | None:
+        """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it."""
+        path = None
+        if self.dist.main:
+            path = save_checkpoint(self.checkpoint_state(), self.run_dir, self.config.keep_checkpoints)
+            self.callback({"event": "checkpoint", "step": self.step, "path": str(path)})
+        self.dist.barrier()
         return path
 
     # ---------------------------------------------------------------- evaluation and samples
@@ -344,24 +366,28 @@ class Trainer:
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.run_dir / "metrics.jsonl"
-        writer = _tensorboard(self.run_dir)
+        writer = _tensorboard(self.run_dir) if self.dist.main else None
         t_start = time.perf_counter()
+        per_process = config.batch_size // self.dist.world
+        shard = self.dist.shard(config.batch_size) if self.dist.active else slice(None)
         step_fn = TrainStep(
-            self.model, self.optimizer, self.ema, self.sigmas, self.switches, (config.batch_size, *self.image_shape), self.device,
-            compile_mode=config.compile_mode,
+            self.model, self.optimizer, self.ema, self.sigmas, self.switches, (per_process, *self.image_shape), self.device,
+            compile_mode=config.compile_mode, dist=self.dist,
         )
         first_step_seconds = time.perf_counter() - t_start
         self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": first_step_seconds,
-                       "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches), "device": str(self.device)})
+                       "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches), "device": str(self.device),
+                       "processes": self.dist.world})
         handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         window = torch.zeros(config.log_every, device=self.device)
         filled, t_window = 0, time.perf_counter()
         last_saved = self.step
+        stop = False
         try:
-            with open(metrics_path, "a") as metrics:
+            with open(metrics_path, "a") if self.dist.main else open(os.devnull, "w") as metrics:
                 while self.step < config.steps:
                     indices, flips = self.sampler.next()
-                    x = self.images.batch(indices, flips)
+                    x = self.images.batch(indices[shard], flips[shard])
                     if self.switches.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     loss = step_fn(x)
@@ -369,9 +395,16 @@ class Trainer:
                     filled += 1
                     self.step += 1
                     due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
-                    last = self.step >= config.steps or self.stop_requested is not None
-                    if filled == config.log_every or last or any(due.values()):
-                        values = window[:filled].cpu().numpy()
+                    at_log = filled == config.log_every or self.step >= config.steps or any(due.values())
+                    if self.dist.active:
+                        # ranks stop only on a flag they all agree on at the same step, else their all-reduces would hang
+                        if at_log:
+                            stop = self.dist.any(self.stop_requested is not None, self.device)
+                    else:
+                        stop = self.stop_requested is not None
+                        at_log = at_log or stop
+                    if at_log:
+                        values = self.dist.mean(window[:filled]).cpu().numpy()
                         bad = np.flatnonzero(~np.isfinite(values))
                         if bad.size:
                             bad_step = self.step - filled + int(bad[0]) + 1
@@ -389,7 +422,10 @@ class Trainer:
                             writer.add_scalar("it_per_s", record["it_per_s"], self.step)
                         self.callback({"event": "log", **record})
                         filled, t_window = 0, time.perf_counter()
-                    if due["eval"] and self.test_images is not None:
+                    if not self.dist.active:
+                        stop = self.stop_requested is not None
+                    last = self.step >= config.steps or stop
+                    if due["eval"] and self.test_images is not None and self.dist.main:
                         result = {"step": self.step, **self.evaluate()}
                         metrics.write(json.dumps(result) + "\n")
                         if writer is not None:
@@ -398,21 +434,24 @@ class Trainer:
                                 writer.add_scalar(f"eval_loss_by_scale/{i:04d}", v, self.step)
                         self.callback({"event": "eval", **result})
                         t_window = time.perf_counter()
-                    if due["sample"]:
+                    if due["sample"] and self.dist.main:
                         self.sample_grid()
                         t_window = time.perf_counter()
-                    if due["checkpoint"] or last or self.stop_requested is not None:
+                    if self.dist.active and (due["eval"] or due["sample"]):
+                        self.dist.barrier()
+                    if due["checkpoint"] or last:
                         self.save()
                         last_saved = self.step
                         t_window = time.perf_counter()
-                    if self.stop_requested is not None:
-                        self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested})
+                    if stop:
+                        self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested or "SIGTERM (another rank)"})
                         break
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
             if writer is not None:
                 writer.close()
+            self.dist.close()
         summary = {"step": self.step, "seconds": time.perf_counter() - t_start, "stopped_by": self.stop_requested}
         self.callback({"event": "done", **summary})
         return summary
