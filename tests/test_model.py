@@ -201,9 +201,9 @@ def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = train_mod.dsm_loss
 
-    def flaky(model, x, sigmas, generator=None):
+    def flaky(model, x, sigmas, generator=None, **kwargs):
         calls["n"] += 1
-        loss = real(model, x, sigmas)
+        loss = real(model, x, sigmas, generator, **kwargs)
         return loss * float("nan") if calls["n"] == 13 else loss
 
     monkeypatch.setattr(train_mod, "dsm_loss", flaky)
