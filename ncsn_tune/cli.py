@@ -25,7 +25,7 @@ from .analysis import noise_schedule as t2
 from .analysis.initial_noise_scale import max_pairwise_distance
 from .analysis.noise_schedule import NoiseSchedule
 from .analysis.step_size import optimal_step_size, variance_ratio
-from .config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
+from .config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, TrainConfig, workdir
 from .data import SPLITS, Dataset, load_dataset
 from .errors import NcsnTuneError
 from .files import load_schedule, save_schedule, save_step_size
@@ -298,7 +298,7 @@ def sigmas(data_spec, data_root, split, no_download, no_rescale, method, device,
 # --------------------------------------------------------------------------- step-size
 
 
-def resolve_schedule(schedule_file, sigma_max, sigma_min, num_scales, gamma, data_args, target_overlap, quiet):
+def schedule_source(schedule_file, sigma_max, sigma_min, num_scales, gamma, data_args, target_overlap, quiet):
     """(gamma, sigma_min, description, schedule-or-None, schedule_file-or-None) from whichever source was given."""
     data_spec, data_root, split, no_download, no_rescale, method, device = data_args
     if gamma is not None:
@@ -359,7 +359,7 @@ def step_size(steps, schedule_file, sigma_max, sigma_min, num_scales, gamma, dat
     if num_scales is not None and num_scales < 2:
         raise NcsnTuneError(f"--num-scales must be at least 2, got {num_scales}")
     data_args = (data_spec, data_root, split, no_download, no_rescale, method, device)
-    ratio, sm, described, schedule, used_file = resolve_schedule(
+    ratio, sm, described, schedule, used_file = schedule_source(
         schedule_file, sigma_max, sigma_min, num_scales, gamma, data_args, target_overlap, as_json
     )
     results = [optimal_step_size(ratio, m, sm) for m in ms]
@@ -474,7 +474,7 @@ def launch_torchrun(processes: int) -> None:
 
 
 @main.command()
-@config_options(__import__("ncsn_tune.config", fromlist=["TrainConfig"]).TrainConfig, {"steps_per_scale": ["--M"]})
+@config_options(TrainConfig, {"steps_per_scale": ["--M"]})
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<data name>].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="YAML configuration: ours, or an official NCSNv2 config (e.g. configs/cifar10.yml).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint (--steps is then the total to reach).")
@@ -491,7 +491,7 @@ def train(output, config_file, resume, init_from, dry_run, as_json, gpus, **opti
     ncsn-tune train --output runs/cifar10 --resume --steps 400000
     ncsn-tune train --config ncsnv2/configs/cifar10.yml --dry-run
     """
-    from .config import TrainConfig, load_train_config, save_config
+    from .config import load_train_config, save_config
     from .run_setup import plan_run
 
     if gpus is not None:
@@ -500,6 +500,11 @@ def train(output, config_file, resume, init_from, dry_run, as_json, gpus, **opti
         if gpus > 1 and "WORLD_SIZE" not in os.environ:
             return launch_torchrun(gpus)
     rank = int(os.environ.get("RANK", "0"))
+    if "LOCAL_RANK" in os.environ:  # under torchrun: each rank on its own GPU from the start (T1 included)
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if rank != 0:  # one voice: rank 0 prints and writes the run folder's files
         out.quiet = err.quiet = True
         as_json = False
@@ -714,7 +719,7 @@ def schedule_from_options(schedule_file, sigma_max, sigma_min, num_scales, dim, 
         if sm >= sigma_max:
             raise NcsnTuneError(f"--sigma-min ({sm:g}) must be smaller than --sigma-max ({sigma_max:g})")
         return t2.schedule_from_num_scales(sigma_max, dim, num_scales, sm), f"sigma_max {sigma_max:g}, L = {num_scales}, D = {dim}"
-    _, _, described, schedule, _ = resolve_schedule(schedule_file, None, sigma_min, None, None, data_args, target_overlap, quiet)
+    _, _, described, schedule, _ = schedule_source(schedule_file, None, sigma_min, None, None, data_args, target_overlap, quiet)
     return schedule, described
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,32 @@ from .analysis.step_size import StepSize
 from .errors import NcsnTuneError, ScheduleError
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+@contextmanager
+def atomic_open(path: Path):
+    """A binary file that appears at ``path`` only when the block ends without an exception.
+
+    Written to a temporary file in the same folder, flushed to disk and renamed
+    over ``path``; on any exception (KeyboardInterrupt too) the temporary file
+    is removed and ``path`` keeps its previous content.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def _plain(value: Any) -> Any:

@@ -63,7 +63,7 @@ def resolve_schedule(config: TrainConfig, train: Dataset, progress=None) -> tupl
                 schedule, note = candidate, f"schedule from {saved} (saved by ncsn-tune sigmas)"
         if schedule is None:
             if config.sigma_max is None:
-                found = max_pairwise_distance(train.points(), scale=train.scale, progress=progress)
+                found = max_pairwise_distance(train.points(), scale=train.scale, device=config.device, progress=progress)
                 sigma_max, how = found.distance, f"T1 on {train.num_points} points: exact max distance {found.distance:.6f}, pair {found.pair}"
             else:
                 sigma_max, how = config.sigma_max, f"sigma_max {config.sigma_max:g} from the configuration"

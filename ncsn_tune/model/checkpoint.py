@@ -13,9 +13,7 @@ whose model keys carry DataParallel's ``module.`` prefix) are read by
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +40,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int = 3) -> Path:
     """Write ``state`` atomically as checkpoint_<step>.pt and delete all but the newest ``keep``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(run_dir, int(state["step"]))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..files import atomic_open
+
+    path = checkpoint_path(Path(run_dir), int(state["step"]))
+    with atomic_open(path) as f:
+        torch.save({"format": FORMAT, **state}, f)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

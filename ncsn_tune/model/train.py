@@ -24,6 +24,7 @@ import torch
 from ..analysis.noise_schedule import NoiseSchedule
 from ..config import TrainConfig
 from ..errors import NcsnTuneError
+from ..files import atomic_open
 from .checkpoint import load_model_weights, save_checkpoint
 from .distributed import Distributed
 from .ema import EMA
@@ -223,14 +224,12 @@ def image_grid(x: torch.Tensor, columns: int | None = None) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> Path:
+    """Write a uint8 image array as PNG, atomically."""
     from PIL import Image
 
-    from ..files import atomic_write_bytes
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    with atomic_open(Path(path)) as f:
+        Image.fromarray(array).save(f, format="PNG")
+    return Path(path)
 
 
 class Trainer:
