@@ -120,10 +120,12 @@ class TrainConfig:
     channels_last: bool = True
     fused_adam: bool = True
     compile: bool = True
-    #: torch.compile mode: max-autotune-no-cudagraphs measured 41 it/s against 31 for "default" on an H100,
-    #: after ~6.5 min of autotuning (cached on disk for later runs); "default" compiles in ~2 min.
-    compile_mode: str = "max-autotune-no-cudagraphs"
+    #: torch.compile mode: on an H100 "default" measured 47.0 it/s after 80 s of compiling, and
+    #: "max-autotune-no-cudagraphs" 45.3 it/s after ~6 min of autotuning (benchmarks/train_speed.py).
+    compile_mode: str = "default"
     cuda_graphs: bool = True
+    #: Deterministic GPU kernels (no cuDNN autotuning, no atomic reductions): bitwise-repeatable runs, somewhat slower.
+    deterministic: bool = False
     # logging and checkpoints
     log_every: int = 100
     eval_every: int = 5000

@@ -1,8 +1,6 @@
 """The NCSNv2 network, the DSM loss, EMA, checkpoints and the trainer (CPU)."""
 
-import dataclasses
 import json
-import os
 import signal
 
 import numpy as np
@@ -16,7 +14,7 @@ from ncsn_tune.errors import NcsnTuneError  # noqa: E402
 from ncsn_tune.model import checkpoint as ckpt  # noqa: E402
 from ncsn_tune.model.ema import EMA  # noqa: E402
 from ncsn_tune.model.loss import dsm_loss_by_scale, dsm_loss_per_sample  # noqa: E402
-from ncsn_tune.model.network import InstanceNormPlus, NCSNv2, count_parameters  # noqa: E402
+from ncsn_tune.model.network import InstanceNormPlus, NCSNv2, count_parameters, max_pool_5x5  # noqa: E402
 from ncsn_tune.model.train import BatchSampler, Trainer  # noqa: E402
 
 
@@ -51,6 +49,16 @@ def test_instance_norm_plus_matches_its_formula():
     expected = norm.gamma.double()[None, :, None, None] * h + norm.beta.double()[None, :, None, None]
     got = norm.double()(x)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_separable_max_pool_equals_the_5x5_pool():
+    g = torch.Generator().manual_seed(0)
+    for shape in ((2, 3, 9, 7), (1, 4, 2, 2), (3, 2, 16, 16)):
+        x = torch.randn(shape, generator=g)
+        x[..., ::3, :] = -1.0  # ties, as ELU's floor gives them
+        torch.testing.assert_close(max_pool_5x5(x), torch.nn.functional.max_pool2d(x, 5, stride=1, padding=2), rtol=0, atol=0)
+    x = torch.full((1, 1, 4, 4), -3.0)  # borders never see the padding as a value
+    assert (max_pool_5x5(x) == -3.0).all()
 
 
 def test_output_is_divided_by_sigma():
@@ -142,12 +150,18 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     assert len(curve) == 6 and curve[-1] < curve[0] * 0.8
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    make_trainer(tmp_path, "straight", steps=20).run()
-    make_trainer(tmp_path, "split", steps=10).run()
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+def test_resume_equals_uninterrupted(tmp_path, device):
+    # on a GPU: deterministic kernels, with the step captured in a CUDA graph (its random stream must resume too)
+    extra = {} if device == "cpu" else dict(device="cuda", deterministic=True, compile=False, cuda_graphs=True)
+    make_trainer(tmp_path, "straight", steps=20, **extra).run()
+    make_trainer(tmp_path, "split", steps=10, **extra).run()
     state = ckpt.load_checkpoint(tmp_path / "split")
     assert state["step"] == 10
-    make_trainer(tmp_path, "split", steps=20, resume=state).run()
+    make_trainer(tmp_path, "split", steps=20, resume=state, **extra).run()
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
     a = ckpt.load_checkpoint(tmp_path / "straight")
     b = ckpt.load_checkpoint(tmp_path / "split")

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -99,7 +99,8 @@ class TrainStep:
         self.device = device
         if switches.cuda_graphs:
             fmt = torch.channels_last if switches.channels_last else torch.contiguous_format
-            self.static_x = torch.rand(batch_shape, device=device).contiguous(memory_format=fmt)
+            # a private generator: drawing from the global one would shift a resumed run's random stream
+            self.static_x = torch.rand(batch_shape, device=device, generator=torch.Generator(device).manual_seed(0)).contiguous(memory_format=fmt)
             self._capture(warmup)
 
     def _loss(self, x):
@@ -232,6 +233,21 @@ def save_png(array: np.ndarray, path: Path) -> Path:
     return Path(path)
 
 
+def save_gif(frames: list[np.ndarray], path: Path, upscale: int = 4, frame_ms: int = 150, last_ms: int = 1500) -> Path:
+    """An animated GIF of (C, H, W) frames in [0, 1], enlarged ``upscale`` times (nearest), written atomically."""
+    from PIL import Image
+
+    images = []
+    for frame in frames:
+        array = (np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+        array = array.repeat(upscale, axis=0).repeat(upscale, axis=1)
+        images.append(Image.fromarray(array[..., 0] if array.shape[2] == 1 else array))
+    durations = [frame_ms] * (len(images) - 1) + [last_ms]
+    with atomic_open(Path(path)) as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return Path(path)
+
+
 class Trainer:
     """Trains one run in ``run_dir``; ``callback(event)`` reports progress (see :meth:`run`)."""
 
@@ -258,7 +274,12 @@ class Trainer:
                 self.callback = lambda event: None
         self.switches = SpeedSwitches.for_device(config, self.device, self.dist.active)
         torch.manual_seed(config.seed)
-        if self.device.type == "cuda":
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.images = DeviceImages(*train, self.device)
         self.test_images = DeviceImages(*test, self.device) if test is not None and len(test[0]) else None
