@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -121,12 +120,20 @@ def main() -> None:
     if args.compare:
         x0 = torch.rand(args.compare, 3, 32, 32, device=device, generator=torch.Generator(device).manual_seed(1))
         outs = {}
-        for name, fn in (("fp32", FastScore(model, x0.shape, bf16=False, channels_last=False, cuda_graphs=False)),
-                         ("bf16", FastScore(model, x0.shape, compile=False))):
-            outs[name] = sample_annealed_langevin(fn, x0.clone(), schedule_sigmas, 5, 6.2e-6, generator=torch.Generator(device).manual_seed(2)).clamp(0, 1)
-        a, b = outs["fp32"], outs["bf16"]
-        print(f"\nfp32 vs bf16, same seed, {args.compare} samples: mean |pixel difference| {float((a - b).abs().mean()) * 255:.2f} / 255; "
-              f"channel means {a.mean((0, 2, 3)).tolist()} vs {b.mean((0, 2, 3)).tolist()}; stds {float(a.std()):.4f} vs {float(b.std()):.4f}")
+        # built one at a time: a captured graph reads the weights where they were at capture time
+        fast = [("fp32", lambda: FastScore(model, x0.shape, bf16=False, channels_last=False, cuda_graphs=False)),
+                ("bf16+cl+graph", lambda: FastScore(model, x0.shape, compile=False))]
+        if not args.no_compile:
+            fast.append(("+compile", lambda: FastScore(model, x0.shape, compile=True)))
+        for name, make in fast:
+            outs[name] = sample_annealed_langevin(make(), x0.clone(), schedule_sigmas, 5, 6.2e-6, generator=torch.Generator(device).manual_seed(2)).clamp(0, 1)
+        a = outs["fp32"]
+        print(f"\nsame seed, {args.compare} samples, against fp32 (channel means {[round(v, 4) for v in a.mean((0, 2, 3)).tolist()]}, "
+              f"pixel std {float(a.std()):.4f}):")
+        for name, b in outs.items():
+            if name != "fp32":
+                print(f"  {name:<14} mean |pixel difference| {float((a - b).abs().mean()) * 255:.2f} / 255, "
+                      f"channel means {[round(v, 4) for v in b.mean((0, 2, 3)).tolist()]}, pixel std {float(b.std()):.4f}")
 
     print(f"\n{'batch':>6} {'variant':<15} {'steps/s':>9} {'images/s':>9}")
     base = next((r[3] for r in rows if r[1] == "official fp32" and r[0] == 100), None)

@@ -120,6 +120,25 @@ def test_sample_cli(trained_run, tmp_path):
     assert (tmp_path / "g.png").exists() and json.loads((tmp_path / "d.json").read_text())["sigmas"][0] == 20.0
 
 
+def test_sample_chain_strip_and_gif(trained_run, tmp_path):
+    from PIL import Image
+
+    args = ["sample", "--checkpoint", str(trained_run), "--num", 2, "--num-scales", 4, "--output", str(tmp_path / "g.png"),
+            "--npz", str(tmp_path / "s.npz"), "--json"]
+    for name in ("chain.png", "chain.gif"):
+        r = CliRunner().invoke(main, args + ["--chain", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    frames = 4 + 1  # every scale (4 scales: fewer than 16) and the denoised image
+    strip = np.asarray(Image.open(tmp_path / "chain.png"))
+    assert strip.shape == (16 + 4, frames * (16 + 2) + 2, 3)
+    gif = Image.open(tmp_path / "chain.gif")
+    assert gif.n_frames == frames and gif.size == (16 * 4, 16 * 4)
+    gif.seek(frames - 1)
+    last = np.asarray(gif.convert("RGB"))[::4, ::4]
+    final = np.load(tmp_path / "s.npz")["uint8"][0]  # the chain is the first sample's; GIF palettes may round slightly
+    assert np.abs(last.astype(int) - final.astype(int)).mean() < 8
+
+
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "empty"])
 def test_sample_cli_bad_checkpoint(tmp_path, kind):
     path = tmp_path / "checkpoint_00000001.pt"

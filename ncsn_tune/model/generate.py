@@ -138,7 +138,8 @@ def generate(model: NCSNv2, plan: SamplingPlan, num: int, batch_size: int, seed:
         def callback(info, b=b):
             if diagnostics is not None:
                 diagnostics(info)
-                if trace_chain and b == 0 and not info.get("denoised") and info["i"] % max(1, plan.schedule.num_scales // 16) == 0:
+                every = max(1, plan.schedule.num_scales // 16)  # about 16 frames, the last scale and the denoised image
+                if trace_chain and b == 0 and (info.get("denoised") or info["i"] % every == 0 or info["i"] == plan.schedule.num_scales - 1):
                     diagnostics.frames.append(info["x"][0].detach().float().clamp(0, 1).cpu().numpy())
             if progress is not None and not info.get("denoised"):
                 progress(b * plan.schedule.num_scales + info["i"] + 1, batches * plan.schedule.num_scales, "scales")

@@ -81,7 +81,7 @@ class FastScore:
         self.model = torch.compile(model, mode=compile_mode) if (compile and self.gpu) else model
         self.graph = None
         if cuda_graphs and self.gpu:
-            self.static_x = torch.rand(batch_shape, device=device)
+            self.static_x = torch.rand(batch_shape, device=device, generator=torch.Generator(device).manual_seed(0))  # not the global stream
             if self.channels_last:
                 self.static_x = self.static_x.contiguous(memory_format=torch.channels_last)
             self.static_sigma = torch.ones(batch_shape[0], device=device)
