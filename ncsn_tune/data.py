@@ -11,7 +11,6 @@ are memory-mapped); ``Dataset.scale`` and ``Dataset.offset`` map them to [0, 1].
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -27,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DataError
+from .files import file_digest
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -129,14 +129,6 @@ def cifar10_search_roots(data_root: str | os.PathLike | None) -> list[tuple[str,
     return roots
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_cifar10(target: Path, progress: Progress | None = None, url: str | None = None, md5: str | None = None) -> Path:
     """Download and unpack the official archive into ``target``; returns the folder with the batches.
 
@@ -148,7 +140,7 @@ def download_cifar10(target: Path, progress: Progress | None = None, url: str | 
     md5 = md5 or CIFAR10_MD5
     target.mkdir(parents=True, exist_ok=True)
     archive = target / "cifar-10-python.tar.gz"
-    if not (archive.is_file() and _md5(archive) == md5):
+    if not (archive.is_file() and file_digest(archive, "md5") == md5):
         fd, tmp_name = tempfile.mkstemp(prefix=".cifar-10-python.", suffix=".part", dir=target)
         tmp = Path(tmp_name)
         try:
@@ -161,7 +153,7 @@ def download_cifar10(target: Path, progress: Progress | None = None, url: str | 
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total, "downloading CIFAR-10")
-            got = _md5(tmp)
+            got = file_digest(tmp, "md5")
             if got != md5:
                 raise DataError(f"the downloaded CIFAR-10 archive from {url} has md5 {got}, expected {md5}; try again")
             os.replace(tmp, archive)

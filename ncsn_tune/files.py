@@ -6,6 +6,7 @@ over the target, so an interrupted write leaves the previous file intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,6 +20,15 @@ import yaml
 from .analysis.noise_schedule import NoiseSchedule
 from .analysis.step_size import StepSize
 from .errors import NcsnTuneError, ScheduleError
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ncsn_tune.analysis.frechet import frechet_distance, gaussian_statistics
+from ncsn_tune.analysis.frechet import frechet_distance, gaussian_statistics, trace_sqrt_product
 from ncsn_tune.analysis.nearest_neighbours import nearest_neighbours
 
 
@@ -34,6 +34,16 @@ def test_frechet_distance_known_answers():
     m1, m2 = np.zeros(3), np.array([1.0, 2.0, 0.0])
     expected = 5.0 + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum()
     assert frechet_distance(m1, np.diag(v1), m2, np.diag(v2)) == pytest.approx(expected, rel=1e-10)
+    # the trace term against a general matrix square root, for non-commuting full-rank covariances
+    from scipy import linalg
+
+    b = rng.normal(size=(6, 6))
+    s1, s2 = b @ b.T + 0.1 * np.eye(6), (lambda c: c @ c.T + 0.1 * np.eye(6))(rng.normal(size=(6, 6)))
+    assert trace_sqrt_product(s1, s2) == pytest.approx(np.trace(linalg.sqrtm(s1 @ s2)).real, rel=1e-9)
+    # singular covariances (fewer points than dimensions, as FID on few images): still exact
+    few = rng.normal(size=(5, 50))
+    m, c = gaussian_statistics(few)
+    assert abs(frechet_distance(m, c, m, c)) < 1e-9 * np.trace(c)
     # statistics of samples converge to those of their Gaussian
     f = rng.multivariate_normal(mu, cov, size=200000)
     m, c = gaussian_statistics(f)

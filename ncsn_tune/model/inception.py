@@ -1,0 +1,289 @@
+"""The Inception-v3 network that FID is defined with, and its 2048-d pool features.
+
+FID (Heusel et al. 2017) compares the mean and covariance of Inception-v3 pool
+features of two image sets with the Frechet distance
+(:func:`ncsn_tune.analysis.frechet.frechet_distance`). The standard numbers come
+from the TensorFlow graph ``inception-2015-12-05``, which pytorch-fid ported to
+PyTorch as the weights file ``pt_inception-2015-12-05-6726825d.pth``. This
+module builds that network (torchvision's Inception-v3 layout, 1,008 classes,
+no auxiliary head, with the port's differences from torchvision's blocks: the
+3x3 average pools of the A, C and first E blocks leave the zero padding out of
+the average, and the last E block max-pools), so the file loads into it key by
+key. Inputs are images in [0, 1], resized bilinearly to 299 x 299 and mapped
+to [-1, 1], as pytorch-fid does.
+
+The weights cannot be downloaded here; :func:`find_inception_weights` looks for
+the file where it is given or cached and says where to get it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import NcsnTuneError
+from ..files import file_digest
+
+WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
+WEIGHTS_SHA256_PREFIX = "6726825d"  # torch.hub names files after the first digits of their SHA-256
+FEATURE_DIM = 2048
+INPUT_SIZE = 299
+
+
+class BasicConv(nn.Module):
+    """Convolution without bias, batch norm (eps 1e-3), ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel_size, stride=1, padding=0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+def average_pool_3x3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 average, stride 1, over the pixels inside the image only (TensorFlow's SAME average pool)."""
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    """1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | avg pool -> 1x1 (64 + 64 + 96 + pool_features channels)."""
+
+    def __init__(self, cin: int, pool_features: int) -> None:
+        super().__init__()
+        self.branch1x1 = BasicConv(cin, 64, 1)
+        self.branch5x5_1 = BasicConv(cin, 48, 1)
+        self.branch5x5_2 = BasicConv(48, 64, 5, padding=2)
+        self.branch3x3dbl_1 = BasicConv(cin, 64, 1)
+        self.branch3x3dbl_2 = BasicConv(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv(96, 96, 3, padding=1)
+        self.branch_pool = BasicConv(cin, pool_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([
+            self.branch1x1(x),
+            self.branch5x5_2(self.branch5x5_1(x)),
+            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            self.branch_pool(average_pool_3x3(x)),
+        ], 1)
+
+
+class InceptionB(nn.Module):
+    """Grid reduction 35 -> 17: 3x3 stride 2 | 1x1 -> 3x3 -> 3x3 stride 2 | max pool stride 2."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.branch3x3 = BasicConv(cin, 384, 3, stride=2)
+        self.branch3x3dbl_1 = BasicConv(cin, 64, 1)
+        self.branch3x3dbl_2 = BasicConv(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv(96, 96, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([
+            self.branch3x3(x),
+            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            F.max_pool2d(x, 3, stride=2),
+        ], 1)
+
+
+class InceptionC(nn.Module):
+    """Factorised 7x7: 1x1 | 1x1 -> 1x7 -> 7x1 | 1x1 -> 7x1 -> 1x7 -> 7x1 -> 1x7 | avg pool -> 1x1 (768 channels)."""
+
+    def __init__(self, cin: int, channels_7x7: int) -> None:
+        super().__init__()
+        c = channels_7x7
+        self.branch1x1 = BasicConv(cin, 192, 1)
+        self.branch7x7_1 = BasicConv(cin, c, 1)
+        self.branch7x7_2 = BasicConv(c, c, (1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv(c, 192, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv(cin, c, 1)
+        self.branch7x7dbl_2 = BasicConv(c, c, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv(c, c, (1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv(c, c, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv(c, 192, (1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seven = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        double = x
+        for i in range(1, 6):
+            double = getattr(self, f"branch7x7dbl_{i}")(double)
+        return torch.cat([self.branch1x1(x), seven, double, self.branch_pool(average_pool_3x3(x))], 1)
+
+
+class InceptionD(nn.Module):
+    """Grid reduction 17 -> 8: 1x1 -> 3x3 stride 2 | 1x1 -> 1x7 -> 7x1 -> 3x3 stride 2 | max pool stride 2."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.branch3x3_1 = BasicConv(cin, 192, 1)
+        self.branch3x3_2 = BasicConv(192, 320, 3, stride=2)
+        self.branch7x7x3_1 = BasicConv(cin, 192, 1)
+        self.branch7x7x3_2 = BasicConv(192, 192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv(192, 192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv(192, 192, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seven = x
+        for i in range(1, 5):
+            seven = getattr(self, f"branch7x7x3_{i}")(seven)
+        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), seven, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):
+    """Expanded filter bank: 1x1 | 1x1 -> (1x3, 3x1) | 1x1 -> 3x3 -> (1x3, 3x1) | pool -> 1x1 (2048 channels).
+
+    ``pool`` is ``"avg"`` (padding left out of the average) for Mixed_7b and ``"max"`` for Mixed_7c, as in the FID graph.
+    """
+
+    def __init__(self, cin: int, pool: str) -> None:
+        super().__init__()
+        self.pool = pool
+        self.branch1x1 = BasicConv(cin, 320, 1)
+        self.branch3x3_1 = BasicConv(cin, 384, 1)
+        self.branch3x3_2a = BasicConv(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv(cin, 448, 1)
+        self.branch3x3dbl_2 = BasicConv(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = BasicConv(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.branch3x3_1(x)
+        b = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.pool == "max" else average_pool_3x3(x)
+        return torch.cat([
+            self.branch1x1(x),
+            self.branch3x3_2a(a), self.branch3x3_2b(a),
+            self.branch3x3dbl_3a(b), self.branch3x3dbl_3b(b),
+            self.branch_pool(pooled),
+        ], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """Inception-v3 as in the FID graph; :meth:`forward` gives the 2048-d average-pool features.
+
+    Parameter names are those of the pytorch-fid weights file (torchvision's), 23,850,960 parameters
+    (torchvision's 27,161,264 without the auxiliary head, with 1,008 classes).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv(3, 32, 3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv(32, 32, 3)
+        self.Conv2d_2b_3x3 = BasicConv(32, 64, 3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv(64, 80, 1)
+        self.Conv2d_4a_3x3 = BasicConv(80, 192, 3)
+        self.Mixed_5b = InceptionA(192, 32)
+        self.Mixed_5c = InceptionA(256, 64)
+        self.Mixed_5d = InceptionA(288, 64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, 128)
+        self.Mixed_6c = InceptionC(768, 160)
+        self.Mixed_6d = InceptionC(768, 160)
+        self.Mixed_6e = InceptionC(768, 192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280, "avg")
+        self.Mixed_7c = InceptionE(2048, "max")
+        self.fc = nn.Linear(2048, 1008)  # the classifier: in the weights file, not used for FID
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images in [0, 1] -> (N, 2048) pool features."""
+        x = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        x = 2.0 * x - 1.0
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, 3, stride=2)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+                     "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(self, name)(x)
+        return x.mean(dim=(2, 3))
+
+
+def find_inception_weights(path: Path | None = None) -> Path:
+    """The weights file: ``path`` if given, else the torch.hub cache or ncsn_tune's cache; a clear error if absent."""
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise NcsnTuneError(f"--inception-weights {path}: no such file. FID needs {WEIGHTS_FILE} (pytorch-fid's port of the "
+                                f"TensorFlow FID Inception network), from {WEIGHTS_URL}")
+        return path
+    from ..data import cache_dir
+
+    hub = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch")).expanduser()
+    candidates = [hub / "hub" / "checkpoints" / WEIGHTS_FILE, cache_dir() / WEIGHTS_FILE]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise NcsnTuneError(
+        f"FID needs the Inception weights {WEIGHTS_FILE} (pytorch-fid's port of the TensorFlow FID network, about 95 MB), which are not "
+        f"on this machine and cannot be downloaded from here. Get it from {WEIGHTS_URL} and pass --inception-weights FILE, "
+        f"or put it in {candidates[0].parent} or {candidates[1].parent}"
+    )
+
+
+def sha256_of(path: Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3, list[str]]:
+    """The network with the weights of ``path`` (eval mode, on ``device``), and notes for the user.
+
+    Every parameter and batch-norm statistic must be in the file with its shape; only the
+    ``num_batches_tracked`` counters (absent from older files, unused in eval mode) may be missing.
+    """
+    notes = []
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickling errors all mean: not a weights file we can use
+        raise NcsnTuneError(f"{path} is not a readable PyTorch weights file ({type(exc).__name__}: {exc}); FID needs {WEIGHTS_FILE} "
+                            f"from {WEIGHTS_URL}") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise NcsnTuneError(f"{path} does not hold a state dict of tensors; FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")
+    model = FIDInceptionV3()
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or wrong:
+        what = f"{len(missing)} missing entries (e.g. {missing[0]})" if missing else f"{len(wrong)} entries of another shape (e.g. {wrong[0]})"
+        raise NcsnTuneError(f"{path} is not the FID Inception network: {what}. FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")
+    model.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
+    if not sha256_of(path).startswith(WEIGHTS_SHA256_PREFIX):
+        notes.append(f"{path.name} fits the network but is not byte-for-byte the published {WEIGHTS_FILE}: "
+                     "FID values are comparable with published ones only with that file")
+    return model.to(device).eval(), notes
+
+
+@torch.no_grad()
+def inception_features(model: FIDInceptionV3, images: Callable[[int, int], np.ndarray] | np.ndarray, count: int | None = None,
+                       batch_size: int = 200, progress=None) -> np.ndarray:
+    """(N, 2048) float64 features of N images in [0, 1], shaped (N, 3, H, W).
+
+    ``images`` is an array or a function ``(start, stop) -> array`` so that large sets are read
+    in batches; ``progress(done, total, unit)`` is called after each batch.
+    """
+    get = images if callable(images) else (lambda a, b: images[a:b])
+    total = len(images) if count is None else count
+    device = next(model.parameters()).device
+    out = np.empty((total, FEATURE_DIM), dtype=np.float64)
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        batch = torch.as_tensor(np.asarray(get(start, stop), dtype=np.float32), device=device)
+        if batch.ndim == 4 and batch.shape[1] == 1:  # grey: the same value in R, G and B
+            batch = batch.expand(-1, 3, -1, -1)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise NcsnTuneError(f"FID needs images shaped (N, 3, H, W) or (N, 1, H, W); got {tuple(batch.shape)}")
+        out[start:stop] = model(batch.clamp(0, 1)).double().cpu().numpy()
+        if progress is not None:
+            progress(stop, total, "images")
+    return out
