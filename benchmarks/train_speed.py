@@ -20,7 +20,6 @@ are printed: bf16 must leave the loss curve unchanged in expectation.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time

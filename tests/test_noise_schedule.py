@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from ncsn_tune.analysis import (
-    NoiseSchedule,
     geometric_sigmas,
     num_scales_for_ratio,
     overlap,

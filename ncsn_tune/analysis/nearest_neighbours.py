@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DataError
 from .distance_backends import NumpyBackend
-from .initial_noise_scale import _lower_float32, _sample_centre, _take, as_point_matrix, float32_error_bound
+from .initial_noise_scale import _sample_centre, _take, as_point_matrix, float32_error_bound
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,6 @@ def nearest_neighbours(queries, points, *, scale: float = 1.0, block_size: int =
     qv = backend.scaled_difference(q, centre, unit)
     qn = backend.squared_norms(qv)
     radius2 = float(backend.squared_norms64(qv).max())
-    candidates: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(q))]
     best_est = np.full(len(q), np.inf)
     pending = []
     for b, (s, e) in enumerate(blocks):
