@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ncsn_tune.analysis import brute_force_max_distance, max_pairwise_distance
-from ncsn_tune.analysis.initial_noise_scale import float32_error_bound
+from ncsn_tune.analysis.initial_noise_scale import _take, float32_error_bound
 from ncsn_tune.errors import DataError
 
 
@@ -44,6 +44,16 @@ def test_matches_brute_force_on_clustered_uint8_images(n, dim, seed):
     x = np.clip(centres[rng.integers(0, 3, n)] + rng.integers(-5, 6, (n, dim)), 0, 255).astype(np.uint8)
     got = check(x, block_size=5, scale=1 / 255)
     assert got.distance <= np.sqrt(dim) + 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 7), max_size=12))
+def test_take_returns_the_rows_asked_for(ids):
+    # sorted, unsorted, repeated and consecutive index lists (the nearest-neighbour recheck repeats rows)
+    x = np.arange(8 * 2, dtype=np.float64).reshape(8, 2)
+    ids = np.asarray(ids, dtype=np.int64)
+    np.testing.assert_array_equal(_take(x, ids), x[ids])
+    np.testing.assert_array_equal(_take(x, np.sort(ids)), x[np.sort(ids)])
 
 
 def test_single_point_and_two_points():

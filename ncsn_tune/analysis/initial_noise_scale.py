@@ -109,7 +109,7 @@ def _take(x, ids: np.ndarray):
         perm = np.argsort(ids, kind="stable")
         rows = np.asarray(x[ids[perm]])
         return rows[np.argsort(perm, kind="stable")]
-    if len(ids) and ids[-1] - ids[0] + 1 == len(ids):
+    if len(ids) and ids[-1] - ids[0] + 1 == len(ids) and not np.any(np.diff(ids) == 0):  # consecutive: one slice
         return np.asarray(x[int(ids[0]) : int(ids[-1]) + 1])
     return np.asarray(x[ids])
 
