@@ -1003,10 +1003,11 @@ def evaluate(checkpoint, data_spec, data_root, split, images, samples_npz, with_
     result = {"checkpoint": state["path"], "step": state["step"], "data": spec, "split": split, "images": n,
               "eval_loss": float(by_scale.mean()), "sigmas": state["schedule"]["sigmas"], "eval_loss_by_scale": by_scale.tolist()}
 
+    distances = None
     if samples_npz is not None:
         try:
             with np.load(samples_npz) as f:
-                samples = f["float"]
+                samples = np.clip(f["float"], 0, 1)  # the image range; sampling may overshoot it slightly
         except (OSError, KeyError, ValueError) as exc:
             raise NcsnTuneError(f"{samples_npz} is not a samples file of ncsn-tune sample --npz ({exc})") from None
         with progress_bar(not as_json) as cb:
@@ -1014,24 +1015,21 @@ def evaluate(checkpoint, data_spec, data_root, split, images, samples_npz, with_
             if train.image_shape != samples.shape[1:]:
                 raise NcsnTuneError(f"the samples have shape {samples.shape[1:]} but the training images {train.image_shape}")
             # samples live in [0, 1]; training values times scale (+ offset) too: compare in [0, 1] units
-            queries = (np.clip(samples, 0, 1).reshape(len(samples), -1) - train.offset) / train.scale
+            queries = (samples.reshape(len(samples), -1) - train.offset) / train.scale
             nb = nearest_neighbours(queries, train.points(), scale=train.scale, progress=cb)
         result["nearest"] = {"indices": nb.indices.tolist(), "distances": nb.distances.tolist(),
                              "median_distance": float(np.median(nb.distances)), "min_distance": float(nb.distances.min())}
         pairs = np.empty((2 * len(samples), *samples.shape[1:]), dtype=np.float32)
-        pairs[0::2] = np.clip(samples, 0, 1)
+        pairs[0::2] = samples
         pairs[1::2] = train.unit_float32(nb.indices)
         save_png(image_grid(torch.tensor(pairs), columns=16), output_dir / "nearest_neighbours.png")
-        from .plots import plot_eval
-
-        plot_eval(by_scale, state["schedule"]["sigmas"], nb.distances).savefig(output_dir / "evaluation.png", dpi=200, bbox_inches="tight")
+        distances = nb.distances
         if with_fid:
-            result["fid"] = fid_of_samples(np.clip(samples, 0, 1), train, weights_path, fid_reference, fid_images,
+            result["fid"] = fid_of_samples(samples, train, weights_path, fid_reference, fid_images,
                                            Path(state["path"]).parent, dev, as_json)
-    else:
-        from .plots import plot_eval
+    from .plots import plot_eval
 
-        plot_eval(by_scale, state["schedule"]["sigmas"]).savefig(output_dir / "evaluation.png", dpi=200, bbox_inches="tight")
+    plot_eval(by_scale, state["schedule"]["sigmas"], distances).savefig(output_dir / "evaluation.png", dpi=200, bbox_inches="tight")
     write_mapping(output_dir / "evaluation.json", result)
     if as_json:
         click.echo(json.dumps(result))
@@ -1059,10 +1057,9 @@ def fid_of_samples(samples, train, weights_path: Path, reference_file: Path | No
                    device, quiet: bool) -> dict:
     """FID of the samples against --fid-reference, or against the training images' statistics (cached in the run folder)."""
     from .model.fid import FeatureStatistics, cached_reference, feature_statistics, fid
-    from .model.inception import inception_features, load_fid_inception, sha256_of
+    from .model.inception import inception_features, load_fid_inception
 
-    network, notes = load_fid_inception(weights_path, device)
-    sha = sha256_of(weights_path)
+    network, sha, notes = load_fid_inception(weights_path, device)
     if reference_file is not None:
         reference = FeatureStatistics.load(reference_file)
         where, stats_file = str(reference_file), reference_file

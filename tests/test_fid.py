@@ -73,7 +73,7 @@ def test_missing_and_wrong_weights_give_clear_errors(no_caches, random_weights):
     hub.mkdir(parents=True)
     (hub / WEIGHTS_FILE).write_bytes(random_weights.read_bytes())
     assert find_inception_weights(None) == hub / WEIGHTS_FILE
-    net, notes = load_fid_inception(hub / WEIGHTS_FILE, torch.device("cpu"))
+    net, sha256, notes = load_fid_inception(hub / WEIGHTS_FILE, torch.device("cpu"))
     assert torch.equal(net.state_dict()["fc.weight"], state["fc.weight"])
     assert notes and "not byte-for-byte the published" in notes[0]  # random weights are not the published file
 

@@ -160,12 +160,21 @@ class _Best:
             self.d2, self.pair = float(top), pair
 
 
+def _as_float64(rows) -> np.ndarray:
+    """Rows read from a NumPy or torch source, as a float64 NumPy array."""
+    return rows.detach().cpu().double().numpy() if _is_torch(rows) else np.asarray(rows, dtype=np.float64)
+
+
+def power_of_two_unit(largest: float) -> float:
+    """The smallest power of two >= ``largest`` (1 for 0): dividing by it is exact and keeps values in [-1, 1]."""
+    return 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
+
+
 def _sample_centre(x, max_rows: int = 1024) -> np.ndarray:
     """The float64 mean of up to ``max_rows`` evenly spaced rows."""
     n = x.shape[0]
     ids = np.unique(np.linspace(0, n - 1, min(n, max_rows)).astype(np.int64))
-    rows = _take(x, ids)
-    rows = rows.detach().cpu().double().numpy() if _is_torch(rows) else np.asarray(rows, dtype=np.float64)
+    rows = _as_float64(_take(x, ids))
     if not np.isfinite(rows).all():
         bad = int(ids[np.flatnonzero(~np.isfinite(rows).all(axis=1))[0]])
         raise DataError(f"point {bad} has a NaN or infinite value; clean the data before computing distances")
@@ -185,18 +194,16 @@ def _radii(x, centre: np.ndarray, backend, chunk_rows: int, progress) -> np.ndar
     gamma_d = dim * u / (1.0 - dim * u)
     rel = 1.01 * (gamma_d + 3.0 * u)
     radii = np.empty(n, dtype=np.float64)
-    probe = _take(x, np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64)))
-    probe = probe.detach().cpu().double().numpy() if _is_torch(probe) else np.asarray(probe, dtype=np.float64)
+    probe = _as_float64(_take(x, np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64))))
     sample_spread = float(np.abs(probe - centre).max())
-    unit = 2.0 ** math.ceil(math.log2(sample_spread)) if sample_spread > 0 else 1.0
+    unit = power_of_two_unit(sample_spread)
     for start in range(0, n, chunk_rows):
         raw = x[start : start + chunk_rows]
         values = backend.scaled_difference(raw, centre, unit)
         sq = backend.squared_norms(values)
-        sq = sq.cpu().double().numpy() if _is_torch(sq) else sq.astype(np.float64)
+        sq = _as_float64(sq)
         if not np.isfinite(sq).all():
-            raw64 = raw.detach().cpu().double().numpy() if _is_torch(raw) else np.asarray(raw, dtype=np.float64)
-            raw64 = raw64.reshape(len(raw64), -1)
+            raw64 = _as_float64(raw).reshape(len(raw), -1)
             finite = np.isfinite(raw64).all(axis=1)
             if not finite.all():
                 bad = start + int(np.flatnonzero(~finite)[0])
@@ -313,7 +320,7 @@ def max_pairwise_distance(
         if n == 1:
             return FarthestPair(0.0, (0, 0), 1, dim, 0, 0, 0, label, time.perf_counter() - t0)
         largest = float(radii.max())
-        unit = 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
+        unit = power_of_two_unit(largest)
         tol = float32_error_bound(dim, (largest / unit) ** 2)
         pruned = method == "pruned"
         order = np.argsort(-radii, kind="stable") if pruned else np.arange(n)

@@ -8,14 +8,13 @@ sum((q - x_j)**2). Ties go to the smaller index.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DataError
 from .distance_backends import NumpyBackend
-from .initial_noise_scale import _sample_centre, _take, as_point_matrix, float32_error_bound
+from .initial_noise_scale import _sample_centre, _take, as_point_matrix, float32_error_bound, power_of_two_unit
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def nearest_neighbours(queries, points, *, scale: float = 1.0, block_size: int =
     largest = float(np.abs(np.asarray(q, dtype=np.float64) - centre).max())
     for s, e in blocks:  # one pass for the scale of the coordinates
         largest = max(largest, float(np.abs(np.asarray(x[s:e], dtype=np.float64) - centre).max()))
-    unit = 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
+    unit = power_of_two_unit(largest)
     qv = backend.scaled_difference(q, centre, unit)
     qn = backend.squared_norms(qv)
     radius2 = float(backend.squared_norms64(qv).max())

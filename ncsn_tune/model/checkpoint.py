@@ -63,13 +63,20 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def read_torch_file(path: Path, what: str, hint: str = "", map_location="cpu") -> Any:
+    """``torch.load`` (tensors and plain containers only); an unreadable file is an :class:`NcsnTuneError`
+    saying it is not a readable ``what``, followed by ``hint``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise NcsnTuneError(f"{path} is not a readable {what} ({type(err).__name__}: {first}){hint}") from None
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict[str, Any]:
     """Read one of our checkpoints; a missing, corrupt or foreign file is an :class:`NcsnTuneError`."""
     path = resolve_checkpoint(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise NcsnTuneError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    state = read_torch_file(path, "checkpoint", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         if isinstance(state, (list, tuple)):
             raise NcsnTuneError(f"{path} looks like an official NCSNv2 checkpoint; load it with --init-from")
@@ -86,10 +93,7 @@ def load_official_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise NcsnTuneError(f"official checkpoint {path} does not exist")
-    try:
-        states = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise NcsnTuneError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    states = read_torch_file(path, "checkpoint")
     if not (isinstance(states, (list, tuple)) and states and isinstance(states[0], dict)):
         raise NcsnTuneError(f"{path} is not an official NCSNv2 checkpoint (a list whose first entry is the model state)")
 

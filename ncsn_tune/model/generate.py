@@ -130,7 +130,7 @@ def generate(model: NCSNv2, plan: SamplingPlan, num: int, batch_size: int, seed:
     sigmas = torch.tensor(plan.schedule.sigmas, dtype=torch.float32, device=device)
     score = FastScore(model, (batch_size, *shape), compile=compile) if fast else model
     generator = torch.Generator(device).manual_seed(seed)
-    outputs, done = [], 0
+    outputs = []
     batches = math.ceil(num / batch_size)
     for b in range(batches):
         x0 = torch.rand((batch_size, *shape), device=device, generator=generator)
@@ -146,7 +146,6 @@ def generate(model: NCSNv2, plan: SamplingPlan, num: int, batch_size: int, seed:
 
         x = sample_annealed_langevin(score, x0, sigmas, plan.steps_per_scale, plan.step_size, plan.denoise, generator, callback)
         outputs.append(x.detach().float().cpu())
-        done += batch_size
     return torch.cat(outputs)[:num]
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import NcsnTuneError
 from ..files import file_digest
+from .checkpoint import read_torch_file
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
@@ -232,22 +233,14 @@ def find_inception_weights(path: Path | None = None) -> Path:
     )
 
 
-def sha256_of(path: Path) -> str:
-    return file_digest(path, "sha256")
-
-
-def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3, list[str]]:
-    """The network with the weights of ``path`` (eval mode, on ``device``), and notes for the user.
+def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3, str, list[str]]:
+    """The network with the weights of ``path`` (eval mode, on ``device``), the file's SHA-256, and notes for the user.
 
     Every parameter and batch-norm statistic must be in the file with its shape; only the
     ``num_batches_tracked`` counters (absent from older files, unused in eval mode) may be missing.
     """
     notes = []
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickling errors all mean: not a weights file we can use
-        raise NcsnTuneError(f"{path} is not a readable PyTorch weights file ({type(exc).__name__}: {exc}); FID needs {WEIGHTS_FILE} "
-                            f"from {WEIGHTS_URL}") from None
+    state = read_torch_file(path, "PyTorch weights file", hint=f"; FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise NcsnTuneError(f"{path} does not hold a state dict of tensors; FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")
     model = FIDInceptionV3()
@@ -258,10 +251,11 @@ def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3
         what = f"{len(missing)} missing entries (e.g. {missing[0]})" if missing else f"{len(wrong)} entries of another shape (e.g. {wrong[0]})"
         raise NcsnTuneError(f"{path} is not the FID Inception network: {what}. FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")
     model.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
-    if not sha256_of(path).startswith(WEIGHTS_SHA256_PREFIX):
+    sha256 = file_digest(path, "sha256")
+    if not sha256.startswith(WEIGHTS_SHA256_PREFIX):
         notes.append(f"{path.name} fits the network but is not byte-for-byte the published {WEIGHTS_FILE}: "
                      "FID values are comparable with published ones only with that file")
-    return model.to(device).eval(), notes
+    return model.to(device).eval(), sha256, notes
 
 
 @torch.no_grad()
