@@ -11,6 +11,7 @@ are memory-mapped); ``Dataset.scale`` and ``Dataset.offset`` map them to [0, 1].
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -19,7 +20,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -40,12 +41,77 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 Progress = Callable[[int, "int | None", str], None]
 
 
+#: Items read for a data set's fingerprint (evenly spaced, first and last included).
+FINGERPRINT_ITEMS = 64
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """What a data set is, for deciding whether a saved schedule was derived from it.
+
+    ``path`` is absolute (the CIFAR-10 batches folder, the array file or the
+    image folder; None for an array held in memory), so the data can be read
+    again from any working folder. ``fingerprint`` is a SHA-256 of the shape,
+    dtype, pixel scaling and the bytes of up to 64 evenly spaced items: cheap,
+    and different for any other data set in practice (a set that differs only
+    in items between those is not told apart).
+    """
+
+    name: str
+    path: str | None
+    split: str | None
+    num_points: int
+    shape: tuple[int, ...]
+    dtype: str
+    fingerprint: str | None
+    pixel_scale: str
+
+    def same_data(self, other: "DataIdentity | None") -> bool:
+        return (
+            other is not None
+            and self.fingerprint is not None
+            and self.fingerprint == other.fingerprint
+            and self.num_points == other.num_points
+            and tuple(self.shape) == tuple(other.shape)
+            and self.split == other.split
+        )
+
+    def describe(self) -> str:
+        split = f" {self.split} split," if self.split else ""
+        where = f" at {self.path}" if self.path else ""
+        shape = "x".join(str(s) for s in self.shape)
+        return f"{self.name} ({split} {self.num_points:,} points of {shape}){where}".replace("( ", "(")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "DataIdentity | None":
+        """The identity recorded in a schedule or run (None when there is none); missing fields stay unknown."""
+        if not isinstance(data, dict):
+            return None
+        shape = data.get("shape") or ()
+        return cls(
+            name=str(data.get("name", "unrecorded data")),
+            path=data.get("path"),
+            split=data.get("split"),
+            num_points=int(data.get("num_points") or 0),
+            shape=tuple(int(s) for s in shape),
+            dtype=str(data.get("dtype", "")),
+            fingerprint=data.get("fingerprint"),
+            pixel_scale=str(data.get("pixel_scale", "")),
+        )
+
+
 @dataclass
 class Dataset:
     """Images (or vectors) as stored, and how to map their values to [0, 1].
 
     ``values`` has shape (N, C, H, W) for images, (N, D) for plain vectors; the
-    point x_i in [0, 1]**D is ``values[i] * scale + offset``.
+    point x_i in [0, 1]**D is ``values[i] * scale + offset``. ``source`` is the
+    absolute path the values were read from (None for an array in memory).
     """
 
     name: str
@@ -53,7 +119,7 @@ class Dataset:
     scale: float
     offset: float
     scale_note: str
-    source: str
+    source: str | None
     split: str | None = None
     labels: np.ndarray | None = None
 
@@ -81,6 +147,18 @@ class Dataset:
             out += np.float32(self.offset)
         return out
 
+    def fingerprint(self) -> str:
+        """SHA-256 of shape, dtype, scaling and up to :data:`FINGERPRINT_ITEMS` evenly spaced items."""
+        digest = hashlib.sha256()
+        digest.update(f"{tuple(self.values.shape)}|{np.dtype(self.values.dtype).str}|{self.scale!r}|{self.offset!r}".encode())
+        ids = np.unique(np.linspace(0, self.num_points - 1, min(self.num_points, FINGERPRINT_ITEMS)).astype(np.int64))
+        digest.update(np.ascontiguousarray(np.asarray(self.values[ids])).tobytes())
+        return digest.hexdigest()
+
+    def identity(self) -> DataIdentity:
+        return DataIdentity(self.name, self.source, self.split, self.num_points, self.image_shape, np.dtype(self.values.dtype).str,
+                            self.fingerprint(), self.scale_note)
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -91,6 +169,29 @@ class Dataset:
             "shape": list(self.image_shape),
             "pixel_scale": self.scale_note,
         }
+
+
+def as_dataset(data, rescale: bool = True) -> Dataset:
+    """``data`` itself if it is a :class:`Dataset`, else an array of points (N, ...) as a Dataset held in memory.
+
+    Arrays are read as the loader reads files: (N, H, W, C) or (N, C, H, W)
+    images, (N, D) vectors; pixels scaled to [0, 1] by dtype and range unless
+    ``rescale`` is False. Torch tensors are accepted (copied to the CPU).
+    """
+    if isinstance(data, Dataset):
+        return data
+    if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor, without importing torch
+        data = data.detach().cpu().numpy()
+    values = np.asarray(data)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim == 0 or values.shape[0] == 0 or values.size == 0:
+        raise DataError(f"the data holds no points (shape {values.shape})")
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_) or np.issubdtype(values.dtype, np.complexfloating):
+        raise DataError(f"the data holds {values.dtype} values; expected real numbers")
+    values = _as_images(values, "the array")
+    scale, offset, note = pixel_scale(values, rescale)
+    return Dataset("array", values, scale, offset, note, None)
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -253,7 +354,7 @@ def load_cifar10(
     labels = np.concatenate([p[1] for p in parts])
     if len(values) == 0:
         raise DataError(f"the CIFAR-10 batches in {folder} hold no images")
-    return Dataset("cifar10", values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder), split, labels)
+    return Dataset("cifar10", values, 1.0 / 255.0, 0.0, "uint8 / 255", str(Path(folder).resolve()), split, labels)
 
 
 # --------------------------------------------------------------------------- arrays and folders
@@ -346,7 +447,7 @@ def load_array(path: Path, rescale: bool = True) -> Dataset:
         raise DataError(f"{path} holds {values.dtype} values; expected real numbers")
     values = _as_images(values, str(path))
     scale, offset, note = pixel_scale(values, rescale)
-    return Dataset(path.stem, values, scale, offset, note, str(path))
+    return Dataset(path.stem, values, scale, offset, note, str(path.resolve()))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -437,17 +538,17 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
     if stream is None:
         stream = len(files) * int(np.prod(shape)) > memory_limit
     if stream:
-        return Dataset(folder.name, lazy, 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)", str(folder))
+        return Dataset(folder.name, lazy, 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)", str(folder.resolve()))
     values = np.empty((len(files), *shape), dtype=np.uint8)
     for start in range(0, len(files), 256):
         values[start : start + 256] = lazy[start : start + 256]
         if progress is not None:
             progress(min(start + 256, len(files)), len(files), "reading images")
-    return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder))
+    return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()))
 
 
 def load_dataset(
-    spec: str,
+    spec: str | os.PathLike,
     data_root: str | os.PathLike | None = None,
     split: str = "train",
     download: bool = True,
@@ -461,6 +562,7 @@ def load_dataset(
     once (default: only when they would not fit in 4 GiB). ``.npy`` files are
     always memory-mapped.
     """
+    spec = str(spec)
     if spec.lower() in ("cifar10", "cifar-10"):
         return load_cifar10(data_root, split, download, progress)
     path = Path(spec).expanduser()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -17,9 +16,7 @@ from typing import Any
 
 import yaml
 
-from .analysis.noise_schedule import NoiseSchedule
-from .analysis.step_size import StepSize
-from .errors import NcsnTuneError, ScheduleError
+from .errors import NcsnTuneError
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -99,38 +96,3 @@ def read_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise NcsnTuneError(f"{path} does not hold a mapping of settings")
     return data
-
-
-def save_schedule(schedule: NoiseSchedule, path: Path) -> Path:
-    return write_mapping(path, schedule.to_dict())
-
-
-def load_schedule(path: Path) -> NoiseSchedule:
-    try:
-        return NoiseSchedule.from_dict(read_mapping(path))
-    except ScheduleError as err:
-        raise ScheduleError(f"{path} is not a usable schedule file: {err}") from None
-
-
-def save_step_size(step: StepSize, path: Path, schedule_file: Path | None = None) -> Path:
-    data = step.to_dict()
-    if schedule_file is not None:
-        data["schedule_file"] = str(schedule_file)
-    return write_mapping(path, data)
-
-
-def load_step_size(path: Path) -> StepSize:
-    data = read_mapping(path)
-    try:
-        step = StepSize(
-            steps_per_scale=int(data["steps_per_scale"]),
-            step_size=float(data["step_size"]),
-            variance_ratio=float(data["variance_ratio"]),
-            gamma=float(data["gamma"]),
-            sigma_min=float(data["sigma_min"]),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise NcsnTuneError(f"{path} is not a step-size file ({err!r} missing or malformed)") from None
-    if not (step.steps_per_scale >= 1 and math.isfinite(step.step_size) and step.step_size > 0):
-        raise NcsnTuneError(f"{path}: the step size must be positive and M >= 1")
-    return step

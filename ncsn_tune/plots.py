@@ -34,8 +34,9 @@ def _style(ax):
     ax.tick_params(labelsize=8)
 
 
-def plot_step_size(gamma: float, sigma_min: float, steps: list[int], mark: float | None = None, title: str | None = None):
-    """Proposition 3's s^2/sigma^2 against eps (log axis) for several M, each optimum marked."""
+def plot_step_size(ratio: float, sigma_min: float, steps: list[int], mark: float | None = None, title: str | None = None):
+    """Proposition 3's s^2/sigma^2 against eps (log axis) for several M, each optimum marked; ``ratio`` is the
+    schedule's ratio of adjacent scales. The plotted optima are in ``fig.optima``."""
     import numpy as np
 
     from .analysis.step_size import optimal_step_size, variance_ratio
@@ -44,9 +45,9 @@ def plot_step_size(gamma: float, sigma_min: float, steps: list[int], mark: float
     eps = np.logspace(math.log10(sigma_min**2) - 4, math.log10(sigma_min**2 * 0.999), 800)
     optima = []
     for m in steps:
-        best = optimal_step_size(gamma, m, sigma_min)
+        best = optimal_step_size(ratio, m, sigma_min)
         optima.append(best)
-        (line,) = ax.semilogx(eps, variance_ratio(eps, gamma, m, sigma_min), lw=1.2, label=f"M = {m}")
+        (line,) = ax.semilogx(eps, variance_ratio(eps, ratio, m, sigma_min), lw=1.2, label=f"M = {m}")
         ax.plot(best.step_size, best.variance_ratio, "o", ms=4, color=line.get_color())
     if mark is not None:
         ax.axvline(mark, color="0.3", ls="--", lw=0.8, label=f"given eps = {mark:.3g}")
@@ -55,22 +56,25 @@ def plot_step_size(gamma: float, sigma_min: float, steps: list[int], mark: float
     ax.axhline(1.0, color="0.6", lw=0.6)
     ax.set_xlabel(r"step size $\epsilon$")
     ax.set_ylabel(r"$s^2/\sigma^2$ (Proposition 3)")
-    ax.set_title(title or rf"$\gamma$ = {gamma:.5g}, $\sigma_{{\min}}$ = {sigma_min:g}", fontsize=8)
+    ax.set_title(title or rf"ratio {ratio:.5g}, $\sigma_{{\min}}$ = {sigma_min:g}", fontsize=8)
     ax.legend(fontsize=7, frameon=False)
     _style(ax)
     fig.optima = optima  # the plotted optima, for callers and tests
     return fig
 
 
-def plot_schedule(schedules: list, step_size: float | None = None, labels: list[str] | None = None):
+def plot_schedule(schedules: list, step_sizes: list[float] | None = None, labels: list[str] | None = None):
     """Per schedule (one column each): the noise scales against their index (log axis), the Langevin
-    step alpha_i = eps sigma_i^2 / sigma_min^2, and the overlap of each pair of adjacent scales."""
+    step alpha_i = eps sigma_i^2 / sigma_min^2 with that schedule's own eps (``step_sizes``, one per
+    schedule), and the overlap of each pair of adjacent scales."""
     import numpy as np
 
     from .analysis.noise_schedule import overlap
 
     labels = labels or [f"L = {s.num_scales}" for s in schedules]
-    rows = 3 if step_size is not None else 2
+    if step_sizes is not None and len(step_sizes) != len(schedules):
+        raise ValueError("give one step size per schedule")
+    rows = 3 if step_sizes is not None else 2
     fig, axes = plt.subplots(rows, len(schedules), figsize=(3.4 * len(schedules), 1.6 * rows + 0.6), sharex="col",
                              constrained_layout=True, squeeze=False)
     top = max(overlap(s.ratio, s.dim) for s in schedules)
@@ -83,10 +87,11 @@ def plot_schedule(schedules: list, step_size: float | None = None, labels: list[
         ax.set_ylabel(r"$\sigma_i$")
         ax.set_title(f"{label}: ratio {schedule.ratio:.5f}", fontsize=8)
         row = 1
-        if step_size is not None:
+        if step_sizes is not None:
             ax = axes[1][col]
-            ax.semilogy(i, step_size * (sig / sig[-1]) ** 2, lw=1.2, color="C1")
+            ax.semilogy(i, step_sizes[col] * (sig / sig[-1]) ** 2, lw=1.2, color="C1")
             ax.set_ylabel(r"$\alpha_i=\epsilon\sigma_i^2/\sigma_{\min}^2$", fontsize=8)
+            ax.set_title(f"eps = {step_sizes[col]:.4g}", fontsize=7)
             row = 2
         ax = axes[row][col]
         pair = overlap(sig[:-1] / sig[1:], schedule.dim)
@@ -97,8 +102,6 @@ def plot_schedule(schedules: list, step_size: float | None = None, labels: list[
         ax.set_xlabel("scale index i")
         for a in axes[:, col]:
             _style(a)
-    if step_size is not None:
-        fig.suptitle(f"eps = {step_size:.4g}", fontsize=8)
     return fig
 
 
@@ -125,14 +128,14 @@ def plot_overlap(dim: int, gamma: float | None = None, target_overlap: float | N
     return fig
 
 
-def plot_proposition3(check, sweep: dict | None = None):
-    """Measured against predicted s^2/sigma^2 per scale (+- 2 standard errors); with ``sweep``
-    ({M: (eps list, measured list, se list)}), the measured ratio against eps next to the formula."""
+def plot_proposition3(check, sweeps: list | None = None):
+    """Measured against predicted s^2/sigma^2 per scale (+- 2 standard errors); with ``sweeps``
+    (:class:`~ncsn_tune.analysis.simulation.StepSizeSweep` per M), the measured ratio against eps beside the formula."""
     import numpy as np
 
     from .analysis.step_size import variance_ratio
 
-    n = 2 if sweep else 1
+    n = 2 if sweeps else 1
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 2.8), constrained_layout=True, squeeze=False)
     ax = axes[0][0]
     i = np.arange(1, len(check.sigmas) + 1)
@@ -145,12 +148,14 @@ def plot_proposition3(check, sweep: dict | None = None):
     ax.set_title(f"{check.mode}: M = {check.steps_per_scale}, eps = {check.step_size:.3g}, D = {check.dim}, {check.num_chains} chains", fontsize=7)
     ax.legend(fontsize=7, frameon=False)
     _style(ax)
-    if sweep:
+    if sweeps:
         ax = axes[0][1]
-        for k, (m, (eps, measured, ses, gamma, sigma_min)) in enumerate(sweep.items()):
+        for sweep in sweeps:
+            eps, best = sweep.step_sizes, sweep.optimum
             grid = np.logspace(np.log10(min(eps)) - 0.2, np.log10(max(eps)) + 0.2, 300)
-            (line,) = ax.semilogx(grid, variance_ratio(grid, gamma, m, sigma_min), lw=1.0, label=f"M = {m}")
-            ax.errorbar(eps, measured, yerr=2 * np.array(ses), fmt="o", ms=3, color=line.get_color())
+            (line,) = ax.semilogx(grid, variance_ratio(grid, best.ratio, sweep.steps_per_scale, best.sigma_min), lw=1.0,
+                                  label=f"M = {sweep.steps_per_scale}")
+            ax.errorbar(eps, sweep.measured, yerr=2 * np.array(sweep.standard_errors), fmt="o", ms=3, color=line.get_color())
         ax.set_xlabel(r"step size $\epsilon$")
         ax.set_ylabel(r"$s^2/\sigma^2$ at the last scale")
         ax.set_title("formula (lines) and measurement (dots)", fontsize=7)
@@ -188,8 +193,8 @@ def plot_gmm(results: list, mixture):
     return fig
 
 
-def plot_eval(loss_by_scale, sigmas, neighbour_distances=None):
-    """Held-out DSM loss against the noise scale; with distances, their histogram beside it."""
+def plot_eval(loss_by_scale, sigmas, neighbour_distances=None, held_out: bool = True):
+    """DSM loss (held-out, or on training images) against the noise scale; with distances, their histogram beside it."""
     import numpy as np
 
     n = 2 if neighbour_distances is not None else 1
@@ -197,7 +202,7 @@ def plot_eval(loss_by_scale, sigmas, neighbour_distances=None):
     ax = axes[0][0]
     ax.loglog(sigmas, loss_by_scale, ".", ms=3)
     ax.set_xlabel(r"noise scale $\sigma_i$")
-    ax.set_ylabel("held-out DSM loss")
+    ax.set_ylabel("held-out DSM loss" if held_out else "DSM loss on training images")
     ax.set_title(f"mean {float(np.mean(loss_by_scale)):.2f}", fontsize=8)
     _style(ax)
     if neighbour_distances is not None:

@@ -45,9 +45,9 @@ def test_chain_from_data_to_step_size(tmp_path):
     assert out["num_points"] == 30 and out["dim"] == 192 and sorted(out["pair"]) == list(out["pair"])
     r2 = run("step-size", "--M", 5)
     assert r2.exit_code == 0, r2.output
-    assert "schedule.json" in r2.stdout and "Saved the step size" in r2.stdout
+    assert "schedule.json" in r2.stdout and "Saved the step size for M = 5" in r2.stdout
     r3 = json.loads(run("step-size", "--json").stdout)
-    assert r3["gamma"] == pytest.approx(out["ratio"]) and r3["steps_per_scale"] == 5
+    assert r3["ratio"] == pytest.approx(out["ratio"]) and r3["steps_per_scale"] == 5
 
 
 def test_step_size_list_and_published_value():
@@ -61,8 +61,8 @@ def test_step_size_list_and_published_value():
     assert "stays above 1" in table and "6.184025e-06" in table
 
 
-def test_step_size_from_gamma_and_from_a_file(tmp_path):
-    r = json.loads(run("step-size", "--gamma", 1.0375591319992028, "--json").stdout)
+def test_step_size_from_a_ratio_and_from_a_file(tmp_path):
+    r = json.loads(run("step-size", "--ratio", 1.0375591319992028, "--json").stdout)
     assert r["step_size"] == pytest.approx(6.184e-6, rel=1e-3)
     run("sigmas", "--sigma-max", 50, "--dim", 3072, "--num-scales", 232, "--output", tmp_path / "s.yaml")
     r2 = json.loads(run("step-size", "--schedule", tmp_path / "s.yaml", "--json").stdout)
@@ -87,13 +87,13 @@ def test_sigmas_from_cifar10(fake_cifar):
         (["sigmas", "--sigma-max", 50, "--dim", 3, "--overlap", 0.5], "never falls"),
         (["sigmas", "--sigma-max", 50, "--dim", 0], "--dim"),
         (["sigmas", "--sigma-max", 50, "--dim", 10, "--num-scales", 1], "at least 2"),
-        (["sigmas"], "give --data"),
+        (["sigmas"], "give data"),
         (["sigmas", "--data", "/nonexistent/x.npy"], "does not exist"),
-        (["step-size", "--M", 0, "--gamma", 1.04], "at least 1"),
-        (["step-size", "--M", "5,x", "--gamma", 1.04], "whole numbers"),
+        (["step-size", "--M", 0, "--ratio", 1.04], "at least 1"),
+        (["step-size", "--M", "5,x", "--ratio", 1.04], "whole numbers"),
         (["step-size", "--M", 5, "--gamma", 1.0], "> 1"),
-        (["step-size", "--M", 5], "run 'ncsn-tune sigmas"),
-        (["step-size", "--sigma-max", 50], "together"),
+        (["step-size", "--M", 5], "no noise schedule"),
+        (["step-size", "--sigma-max", 50], "sigma_max alone"),
         (["step-size", "--schedule", "/nonexistent.json"], "does not exist"),
         (["sigmas", "--sigma-max", "abc", "--dim", 10], "not a valid float"),
     ],
@@ -189,8 +189,8 @@ def test_train_runs_and_resumes(tmp_path):
     "args,message",
     [
         (["train", "--output", "nowhere", "--resume"], "not a run folder"),
-        (["train", "--resume"], "needs --output"),
-        (["train", "--lr", 0, "--dry-run"], "lr must be positive"),
+        (["train", "--resume"], "needs its folder (option --output)"),
+        (["train", "--lr", 0, "--dry-run"], "lr must be a positive number"),
         (["train", "--batch-size", 0, "--dry-run"], "batch_size must be at least 1"),
         (["train", "--config", "/nonexistent.yml"], "does not exist"),
     ],

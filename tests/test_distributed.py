@@ -68,5 +68,5 @@ def test_sigint_stops_every_rank_with_a_checkpoint(tmp_path):
     assert checkpoints, output
     from ncsn_tune.model.checkpoint import load_checkpoint
 
-    step = load_checkpoint(tmp_path / "run")["step"]
+    step = load_checkpoint(tmp_path / "run").step
     assert step >= 6 and "saved a checkpoint" in output, output

@@ -115,7 +115,7 @@ def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
     run = lambda *extra: CliRunner().invoke(main_cli(), args + list(extra))  # noqa: E731
 
     r = run("--fid")
-    assert r.exit_code == 2 and "--fid needs --samples" in r.output
+    assert r.exit_code == 2 and "FID needs samples" in r.output and "--samples" in r.output
     r = run("--samples", str(tmp_path / "s.npz"), "--fid")
     assert r.exit_code == 2 and WEIGHTS_FILE in r.output and WEIGHTS_URL in r.output
 

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ncsn_tune.analysis import schedule_from_num_scales  # noqa: E402
+from ncsn_tune.analysis import NoiseSchedule  # noqa: E402
 from ncsn_tune.config import TrainConfig, load_train_config, save_config  # noqa: E402
 from ncsn_tune.errors import NcsnTuneError  # noqa: E402
 from ncsn_tune.model import checkpoint as ckpt  # noqa: E402
@@ -134,9 +134,9 @@ def tiny_images(n=32, seed=0):
 
 def make_trainer(tmp_path, name="run", callback=None, resume=None, **overrides):
     config = tiny_config(**overrides)
-    schedule = schedule_from_num_scales(20.0, 3 * 16 * 16, 10, 0.01)
+    schedule = NoiseSchedule.from_num_scales(20.0, 3 * 16 * 16, 10)
     images = tiny_images()
-    return Trainer(config, schedule, 1e-5, (images, 1 / 255, 0.0), (images[:8], 1 / 255, 0.0), tmp_path / name, resume_state=resume, callback=callback)
+    return Trainer(config, schedule, 1e-5, images, images[:8], tmp_path / name, resume=resume, callback=callback)
 
 
 def losses(run_dir):
@@ -160,13 +160,13 @@ def test_resume_equals_uninterrupted(tmp_path, device):
     make_trainer(tmp_path, "straight", steps=20, **extra).run()
     make_trainer(tmp_path, "split", steps=10, **extra).run()
     state = ckpt.load_checkpoint(tmp_path / "split")
-    assert state["step"] == 10
+    assert state.step == 10
     make_trainer(tmp_path, "split", steps=20, resume=state, **extra).run()
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
     a = ckpt.load_checkpoint(tmp_path / "straight")
     b = ckpt.load_checkpoint(tmp_path / "split")
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    for k in a.model:
+        torch.testing.assert_close(a.model[k], b.model[k], rtol=0, atol=0)
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous(tmp_path, monkeypatch):
@@ -186,7 +186,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous(tmp_path, monkeypatch):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["checkpoint_00000010.pt"]
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
     monkeypatch.undo()
-    assert ckpt.load_checkpoint(tmp_path / "run")["step"] == 10
+    assert ckpt.load_checkpoint(tmp_path / "run").step == 10
 
 
 def test_keeps_the_last_checkpoints(tmp_path):
@@ -237,7 +237,7 @@ def test_sigint_saves_and_stops(tmp_path):
     holder["trainer"] = trainer
     result = trainer.run()
     assert result["stopped_by"] == "SIGINT" and result["step"] == 5
-    assert ckpt.load_checkpoint(tmp_path / "run")["step"] == 5
+    assert ckpt.load_checkpoint(tmp_path / "run").step == 5
 
 
 def test_eval_and_samples_are_written(tmp_path):
@@ -298,9 +298,8 @@ def test_official_checkpoint_loads_with_init_from(tmp_path):
     torch.save(official, tmp_path / "checkpoint.pth")
     weights, ema = ckpt.load_official_weights(tmp_path / "checkpoint.pth")
     config = tiny_config()
-    schedule = schedule_from_num_scales(20.0, 3 * 16 * 16, 10, 0.01)
-    images = tiny_images()
-    trainer = Trainer(config, schedule, 1e-5, (images, 1 / 255, 0.0), None, tmp_path / "run", init_weights=(weights, ema))
+    schedule = NoiseSchedule.from_num_scales(20.0, 3 * 16 * 16, 10)
+    trainer = Trainer(config, schedule, 1e-5, tiny_images(), None, tmp_path / "run", init_weights=(weights, ema))
     for name, p in trainer.model.named_parameters():
         torch.testing.assert_close(p.detach(), source.state_dict()[name])
     torch.testing.assert_close(trainer.ema.state_dict()["begin_conv.weight"], ema_state["begin_conv.weight"])

@@ -10,17 +10,15 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from ncsn_tune.analysis import (
+    NoiseSchedule,
     geometric_sigmas,
     num_scales_for_ratio,
     overlap,
     ratio_for_num_scales,
-    schedule_from_num_scales,
-    schedule_from_overlap,
     solve_gamma,
 )
 from ncsn_tune.analysis.noise_schedule import MAX_OVERLAP
 from ncsn_tune.errors import ScheduleError
-from ncsn_tune.files import load_schedule, save_schedule
 
 
 def direct_overlap(gamma, dim):
@@ -30,8 +28,8 @@ def direct_overlap(gamma, dim):
 
 def test_cifar10_published_numbers():
     assert solve_gamma(3072, 0.5) == pytest.approx(1.0398, abs=5e-5)
-    assert schedule_from_overlap(50.0, 3072, 0.01, 0.5).num_scales == 220
-    published = schedule_from_num_scales(50.0, 3072, 232, 0.01)
+    assert NoiseSchedule.from_overlap(50.0, 3072, sigma_min=0.01, target_overlap=0.5).num_scales == 220
+    published = NoiseSchedule.from_num_scales(50.0, 3072, 232, sigma_min=0.01)
     assert published.ratio == pytest.approx(1.03756, abs=1e-5)
     assert published.overlap == pytest.approx(0.567, abs=1e-3)
 
@@ -86,7 +84,7 @@ def test_num_scales_is_the_fewest_with_ratio_at_most_gamma(gamma, span):
 
 
 def test_realised_overlap_at_least_target():
-    s = schedule_from_overlap(49.9, 3072)
+    s = NoiseSchedule.from_overlap(49.9, 3072)
     assert s.ratio <= s.gamma and s.overlap >= 0.5
 
 
@@ -100,9 +98,9 @@ def test_bad_ranges(args):
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_schedule_file_roundtrip(tmp_path, suffix):
-    s = schedule_from_overlap(50.0, 3072, source={"name": "cifar10", "pair": [1, 2]})
-    path = save_schedule(s, tmp_path / f"s{suffix}")
-    back = load_schedule(path)
+    s = NoiseSchedule.from_overlap(50.0, 3072, source={"name": "cifar10", "pair": [1, 2]}, data={"name": "cifar10", "fingerprint": "f"})
+    path = s.save(tmp_path / f"s{suffix}")
+    back = NoiseSchedule.load(path)
     assert back == s
     np.testing.assert_array_equal(back.sigmas, s.sigmas)
 
@@ -111,17 +109,17 @@ def test_bad_schedule_files(tmp_path):
     p = tmp_path / "s.json"
     p.write_text("{not json")
     with pytest.raises(Exception, match="not valid JSON"):
-        load_schedule(p)
+        NoiseSchedule.load(p)
     p.write_text(json.dumps({"sigma_max": 1.0, "sigma_min": 2.0, "num_scales": 10, "dim": 3}))
     with pytest.raises(ScheduleError, match="smaller"):
-        load_schedule(p)
+        NoiseSchedule.load(p)
     p.write_text(json.dumps({"sigma_max": 50.0, "num_scales": 10}))
     with pytest.raises(ScheduleError, match="lacks"):
-        load_schedule(p)
-    good = schedule_from_num_scales(50.0, 3072, 10).to_dict()
+        NoiseSchedule.load(p)
+    good = NoiseSchedule.from_num_scales(50.0, 3072, 10).to_dict()
     good["sigmas"][3] *= 1.01
     p.write_text(json.dumps(good))
     with pytest.raises(ScheduleError, match="geometric"):
-        load_schedule(p)
+        NoiseSchedule.load(p)
     with pytest.raises(Exception, match="does not exist"):
-        load_schedule(tmp_path / "missing.json")
+        NoiseSchedule.load(tmp_path / "missing.json")

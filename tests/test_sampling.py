@@ -10,10 +10,12 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 
-from ncsn_tune.analysis import geometric_sigmas, optimal_step_size, schedule_from_num_scales, variance_ratio  # noqa: E402
+from ncsn_tune.analysis import NoiseSchedule, geometric_sigmas, optimal_step_size, variance_ratio  # noqa: E402
 from ncsn_tune.cli import main  # noqa: E402
 from ncsn_tune.errors import NcsnTuneError  # noqa: E402
-from ncsn_tune.model.generate import generate, load_model, plan_sampling  # noqa: E402
+from ncsn_tune.model.checkpoint import load_checkpoint, load_model  # noqa: E402
+from ncsn_tune.model.generate import generate  # noqa: E402
+from ncsn_tune.tuning import Given, resolve  # noqa: E402
 from ncsn_tune.model.sampling import langevin_step_sizes, sample_annealed_langevin  # noqa: E402
 
 
@@ -43,27 +45,27 @@ def test_step_sizes_use_the_smallest_scale():
 
 
 def test_variance_follows_proposition_3():
-    # Chains started at N(0, (gamma sigma_1)^2): after every scale the variance ratio is Proposition 3's.
+    # Chains started at N(0, (ratio sigma_1)^2): after every scale the variance ratio is Proposition 3's.
     sigmas_np = geometric_sigmas(10.0, 1.0, 6)
-    gamma = sigmas_np[0] / sigmas_np[1]
+    ratio = sigmas_np[0] / sigmas_np[1]
     m = 3
-    eps = optimal_step_size(gamma, m, 1.0).step_size
+    eps = optimal_step_size(ratio, m, 1.0).step_size
     sigmas = torch.tensor(sigmas_np, dtype=torch.float64)
     n = 200_000
     gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn((n, 1, 1, 1), dtype=torch.float64, generator=gen) * gamma * sigmas_np[0]
+    x0 = torch.randn((n, 1, 1, 1), dtype=torch.float64, generator=gen) * ratio * sigmas_np[0]
     seen = []
-    sample_annealed_langevin(gaussian_score, x0, sigmas, m, eps, denoise=False, generator=gen,
+    sample_annealed_langevin(gaussian_score, x0, sigmas, steps_per_scale=m, step_size=eps, denoise=False, generator=gen,
                              callback=lambda info: seen.append(float(info["x"].var()) / info["sigma"] ** 2))
-    r = variance_ratio(eps, gamma, m, 1.0)
-    # the first scale starts exactly at gamma^2 sigma^2; later ones start from r gamma^2 sigma^2 (recursion below)
-    expected, v = [], gamma**2
+    r = variance_ratio(eps, ratio, m, 1.0)
+    # the first scale starts exactly at ratio^2 sigma^2; later ones start from r ratio^2 sigma^2 (recursion below)
+    expected, v = [], ratio**2
     a = eps / 1.0**2
     for _ in range(6):
         for _ in range(m):
             v = (1 - a) ** 2 * v + 2 * a
         expected.append(v)
-        v = v * gamma**2
+        v = v * ratio**2
     assert seen[0] == pytest.approx(r, rel=0.01)
     np.testing.assert_allclose(seen, expected, rtol=0.01)
 
@@ -72,9 +74,11 @@ def test_denoising_step():
     sigmas = torch.tensor([1.0, 0.1], dtype=torch.float64)
     x0 = torch.rand((4, 1, 2, 2), dtype=torch.float64)
     # Tweedie for a point mass at 0: x + sigma^2 * (-x / sigma^2) = 0 (up to rounding)
-    out = sample_annealed_langevin(gaussian_score, x0, sigmas, 2, 1e-4, denoise=True, generator=torch.Generator().manual_seed(0))
+    out = sample_annealed_langevin(gaussian_score, x0, sigmas, steps_per_scale=2, step_size=1e-4, denoise=True,
+                                   generator=torch.Generator().manual_seed(0))
     assert torch.all(out.abs() < 1e-15)
-    raw = sample_annealed_langevin(gaussian_score, x0, sigmas, 2, 1e-4, denoise=False, generator=torch.Generator().manual_seed(0))
+    raw = sample_annealed_langevin(gaussian_score, x0, sigmas, steps_per_scale=2, step_size=1e-4, denoise=False,
+                                   generator=torch.Generator().manual_seed(0))
     assert torch.all(raw != 0)
 
 
@@ -87,24 +91,28 @@ def trained_run(tmp_path_factory):
     return tmp / "run"
 
 
-def test_plan_overrides(trained_run):
-    model, state = load_model(trained_run, torch.device("cpu"))
-    plan = plan_sampling(state, None, None, None, None, True)
+def test_run_tuning_and_overrides(trained_run, tmp_path):
+    run = load_checkpoint(trained_run)
+    plan = resolve(Given(run=run))
     assert plan.schedule.num_scales == 10 and plan.steps_per_scale == 5 and plan.step_size == 1e-5
-    plan = plan_sampling(state, None, 20, 2, None, True)
+    assert any("the run's M = 5" in n for n in plan.notes)
+    plan = resolve(Given(run=run, num_scales=20, steps_per_scale=2))
     assert plan.schedule.num_scales == 20 and plan.schedule.sigmas[0] == 20.0
     assert plan.step_size == pytest.approx(optimal_step_size(plan.schedule.ratio, 2, 0.01).step_size)
-    other = schedule_from_num_scales(20.0, 12, 10, 0.01)
+    assert any("Technique 4" in n for n in plan.notes)
+    other = NoiseSchedule.from_num_scales(20.0, 12, 10)
+    other.save(tmp_path / "other.json")
     with pytest.raises(NcsnTuneError, match="D = 12"):
-        plan_sampling(state, other, None, None, None, True)
+        resolve(Given(run=run, schedule_file=tmp_path / "other.json", dim=768))
 
 
 def test_seed_reproducible(trained_run):
-    model, state = load_model(trained_run, torch.device("cpu"))
-    plan = plan_sampling(state, None, 4, 1, None, True)
-    a = generate(model, plan, 3, 2, seed=1, fast=False)
-    b = generate(model, plan, 3, 2, seed=1, fast=False)
-    c = generate(model, plan, 3, 2, seed=2, fast=False)
+    model = load_model(trained_run)
+    schedule = load_checkpoint(trained_run).schedule.with_num_scales(4)
+    kwargs = dict(steps_per_scale=1, step_size=1e-5, num=3, batch_size=2, fast=False)
+    a = generate(model, schedule, seed=1, **kwargs)
+    b = generate(model, schedule, seed=1, **kwargs)
+    c = generate(model, schedule, seed=2, **kwargs)
     assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from ncsn_tune.analysis import geometric_sigmas, optimal_step_size, schedule_from_num_scales
+from ncsn_tune.analysis import NoiseSchedule, geometric_sigmas, optimal_step_size
 from ncsn_tune.analysis.simulation import Mixture, compounded_ratios, default_mixture, gmm_experiment, simulate_proposition3
 from ncsn_tune.cli import main
 from ncsn_tune.plots import plot_overlap, plot_schedule, plot_step_size
@@ -20,33 +20,33 @@ def small_schedule():
 
 @pytest.mark.parametrize("mode", ["per-scale", "annealed"])
 def test_simulation_matches_the_formula_within_its_error(mode):
-    sigmas, gamma = small_schedule()
-    eps = optimal_step_size(gamma, 3, 0.5).step_size
+    sigmas, ratio = small_schedule()
+    eps = optimal_step_size(ratio, 3, 0.5).step_size
     check = simulate_proposition3(sigmas, 3, eps, dim=1000, num_chains=400, mode=mode, seed=1)
     z = np.abs(np.array(check.measured) - np.array(check.predicted)) / np.array(check.standard_errors)
     assert np.all(z < 4.5), z
     assert abs(check.measured_ratio / check.predicted_ratio - 1) < 0.005  # 0.5% with 400,000 chains
     if mode == "per-scale":
-        np.testing.assert_allclose(check.predicted, optimal_step_size(gamma, 3, 0.5).variance_ratio, rtol=1e-12)
+        np.testing.assert_allclose(check.predicted, optimal_step_size(ratio, 3, 0.5).variance_ratio, rtol=1e-12)
     else:
-        assert check.predicted[0] == pytest.approx(optimal_step_size(gamma, 3, 0.5).variance_ratio, rel=1e-12)
+        assert check.predicted[0] == pytest.approx(optimal_step_size(ratio, 3, 0.5).variance_ratio, rel=1e-12)
         assert check.predicted[-1] > check.predicted[0]  # the excess compounds
 
 
 def test_compounded_ratios_fixed_point():
     sigmas = geometric_sigmas(50.0, 0.01, 232)
-    gamma = sigmas[0] / sigmas[1]
-    eps = optimal_step_size(gamma, 5).step_size
+    ratio = sigmas[0] / sigmas[1]
+    eps = optimal_step_size(ratio, 5).step_size
     a = eps / 0.01**2
     q, rstar = (1 - a) ** 10, 2 / (2 - a)
-    fixed = rstar * (1 - q) / (1 - q * gamma**2)
+    fixed = rstar * (1 - q) / (1 - q * ratio**2)
     assert compounded_ratios(sigmas, 5, eps)[-1] == pytest.approx(fixed, rel=1e-9)
 
 
 def test_measured_optimum_lands_on_the_formula():
-    gamma, sigma_min = 1.2, 1.0
-    best = optimal_step_size(gamma, 2, sigma_min).step_size
-    two = np.array([gamma, 1.0])
+    ratio, sigma_min = 1.2, 1.0
+    best = optimal_step_size(ratio, 2, sigma_min).step_size
+    two = np.array([ratio, 1.0])
     measured = [simulate_proposition3(two, 2, best * f, 500, 400, seed=2).measured_ratio for f in (0.3, 1.0, 3.0)]
     assert int(np.argmin(measured)) == 1
 
@@ -80,10 +80,10 @@ def assert_image(path):
 
 
 def test_step_size_plot_marks_the_optimiser_optima(tmp_path):
-    gamma = schedule_from_num_scales(50.0, 3072, 232).ratio
-    fig = plot_step_size(gamma, 0.01, [1, 5], mark=6.2e-6)
+    ratio = NoiseSchedule.from_num_scales(50.0, 3072, 232).ratio
+    fig = plot_step_size(ratio, 0.01, [1, 5], mark=6.2e-6)
     for m, o in zip([1, 5], fig.optima):
-        best = optimal_step_size(gamma, m, 0.01)
+        best = optimal_step_size(ratio, m, 0.01)
         assert o.step_size == best.step_size
         marker = [ln for ln in fig.axes[0].lines if ln.get_marker() == "o"][[1, 5].index(m)]
         assert marker.get_xdata()[0] == best.step_size and marker.get_ydata()[0] == best.variance_ratio
@@ -92,8 +92,8 @@ def test_step_size_plot_marks_the_optimiser_optima(tmp_path):
 
 
 def test_schedule_and_overlap_plots(tmp_path):
-    a, b = schedule_from_num_scales(50.0, 3072, 220), schedule_from_num_scales(50.0, 3072, 232)
-    plot_schedule([a, b], 6.2e-6).savefig(tmp_path / "sched.pdf")
+    a, b = NoiseSchedule.from_num_scales(50.0, 3072, 220), NoiseSchedule.from_num_scales(50.0, 3072, 232)
+    plot_schedule([a, b], [6.2e-6, 6.2e-6]).savefig(tmp_path / "sched.pdf")
     assert (tmp_path / "sched.pdf").read_bytes()[:4] == b"%PDF"
     plot_overlap(3072, 1.0398, 0.5).savefig(tmp_path / "o.png")
     assert_image(tmp_path / "o.png")
@@ -137,8 +137,8 @@ def test_cli_gmm(tmp_path):
 
 def test_torch_path_agrees_with_the_formula():
     pytest.importorskip("torch")
-    sigmas, gamma = small_schedule()
-    eps = optimal_step_size(gamma, 2, 0.5).step_size
+    sigmas, ratio = small_schedule()
+    eps = optimal_step_size(ratio, 2, 0.5).step_size
     check = simulate_proposition3(sigmas, 2, eps, dim=500, num_chains=400, seed=4, device="torch:cpu")
     z = np.abs(np.array(check.measured) - np.array(check.predicted)) / np.array(check.standard_errors)
     assert np.all(z < 4.5), z

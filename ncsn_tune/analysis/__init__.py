@@ -8,6 +8,11 @@ One module per technique:
   equation, the number of scales and the geometric schedule.
 - :mod:`.step_size` -- Technique 4: Proposition 3's variance ratio and the
   step size eps that brings it closest to 1 for M steps per scale.
+
+and the checks around them: :mod:`.simulation` (Proposition 3 by Monte Carlo,
+the paper's Figure 2 mixture experiment), :mod:`.nearest_neighbours` (exact
+nearest training images of samples) and :mod:`.frechet` (the Frechet distance
+behind FID).
 """
 
 from .initial_noise_scale import FarthestPair, brute_force_max_distance, max_pairwise_distance
@@ -17,8 +22,6 @@ from .noise_schedule import (
     num_scales_for_ratio,
     overlap,
     ratio_for_num_scales,
-    schedule_from_overlap,
-    schedule_from_num_scales,
     solve_gamma,
 )
 from .step_size import StepSize, optimal_step_size, variance_ratio
@@ -34,8 +37,6 @@ __all__ = [
     "optimal_step_size",
     "overlap",
     "ratio_for_num_scales",
-    "schedule_from_num_scales",
-    "schedule_from_overlap",
     "solve_gamma",
     "variance_ratio",
 ]

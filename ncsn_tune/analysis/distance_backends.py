@@ -9,8 +9,6 @@ the rounding-error bound of :func:`.initial_noise_scale.float32_error_bound` hol
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -164,28 +162,19 @@ class TorchBackend:
             self.torch.cuda.synchronize(self.device)
 
 
-def make_backend(device: str = "cpu"):
-    """``cpu`` (NumPy), ``cuda``/``cuda:N`` (torch), ``auto`` (cuda when torch sees a GPU), or
-    ``torch:cpu`` (the torch code path on the CPU, so that it is tested on machines without a GPU)."""
-    from ..errors import NcsnTuneError
+#: T1 sets below this many points stay on the CPU under ``device="auto"``: the pruned search takes a
+#: fraction of a second there, less than starting CUDA and moving the data (benchmarks/sigma_max.py).
+AUTO_GPU_MIN_POINTS = 20_000
 
-    if device == "cpu":
+
+def make_backend(device: str = "cpu", num_points: int | None = None):
+    """The backend for a device name (:func:`ncsn_tune.devices.resolve_device`): NumPy on ``cpu``, torch on
+    ``cuda``/``cuda:N`` and on ``torch:cpu`` (the torch code path on the CPU, for tests); ``auto`` takes a GPU
+    only for sets of at least :data:`AUTO_GPU_MIN_POINTS` points."""
+    from ..devices import resolve_device
+
+    worthwhile = num_points is None or num_points >= AUTO_GPU_MIN_POINTS
+    resolved = resolve_device(device, gpu_worthwhile=worthwhile)
+    if resolved == "cpu":
         return NumpyBackend()
-    if device == "auto":
-        # Import torch only where it is installed and an NVIDIA driver is present: it is slow to import.
-        if importlib.util.find_spec("torch") is None or not os.path.exists("/proc/driver/nvidia"):
-            return NumpyBackend()
-        import torch
-
-        return TorchBackend("cuda") if torch.cuda.is_available() else NumpyBackend()
-    if device == "torch:cpu":
-        return TorchBackend("cpu")
-    if device.startswith("cuda"):
-        try:
-            import torch
-        except ImportError:
-            raise NcsnTuneError("--device cuda needs torch; install it (pip install torch) or use --device cpu") from None
-        if not torch.cuda.is_available():
-            raise NcsnTuneError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
-        return TorchBackend(device)
-    raise NcsnTuneError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+    return TorchBackend("cpu" if resolved == "torch:cpu" else resolved)

@@ -292,7 +292,7 @@ def max_pairwise_distance(
 
     ``method``: ``pruned`` (skips pairs the triangle inequality rules out) or
     ``blocked`` (every pair). ``device``: ``cpu`` (NumPy), ``cuda`` (torch) or
-    ``auto``. ``progress(done, total, what)`` is called as the source is read
+    ``auto`` (:func:`ncsn_tune.devices.resolve_device`; a GPU only for large sets). ``progress(done, total, what)`` is called as the source is read
     and after each row of blocks.
     """
     t0 = time.perf_counter()
@@ -304,7 +304,7 @@ def max_pairwise_distance(
     n, dim = (int(s) for s in x.shape)
     if device == "auto" and _is_torch(x):
         device = str(x.device)
-    backend = make_backend(device)
+    backend = make_backend(device, num_points=n)
     total = n * (n - 1) // 2
     label = f"{method} ({backend.name})"
     on_cpu = backend.name == "cpu"

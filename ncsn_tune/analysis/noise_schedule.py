@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import optimize, special
 
 from ..errors import ScheduleError
+from .step_size import StepSize, optimal_step_size
 
 #: The overlap of two identical scales (gamma = 1): Phi(3) - Phi(-3).
 MAX_OVERLAP = float(special.ndtr(3.0) - special.ndtr(-3.0))
@@ -43,11 +45,19 @@ def overlap(gamma, dim):
 
 
 def _validate_overlap_target(target_overlap: float) -> None:
-    if not (math.isfinite(target_overlap) and 0.0 < target_overlap < 1.0):
+    if isinstance(target_overlap, bool) or not isinstance(target_overlap, (int, float, np.floating)) or not (
+        math.isfinite(target_overlap) and 0.0 < target_overlap < 1.0
+    ):
         raise ScheduleError(
-            f"the target overlap must lie strictly between 0 and 1, got {target_overlap!r}; "
-            "the paper uses 0.5"
+            f"the target overlap must lie strictly between 0 and 1, got {target_overlap!r}; the paper uses 0.5",
+            fields="target_overlap",
         )
+
+
+def _validate_dim(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ScheduleError(f"the data dimension D must be a whole number >= 1, got {dim!r}", fields="dim")
+    return int(dim)
 
 
 def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
@@ -61,12 +71,12 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
     machine precision. Raises :class:`ScheduleError` when no root exists.
     """
     _validate_overlap_target(target_overlap)
-    if not (isinstance(dim, (int, np.integer)) and dim >= 1):
-        raise ScheduleError(f"the data dimension must be a whole number >= 1, got {dim!r}")
+    dim = _validate_dim(dim)
     if target_overlap >= MAX_OVERLAP:
         raise ScheduleError(
             f"no ratio gamma > 1 gives an overlap of {target_overlap}: even gamma = 1 gives only "
-            f"{MAX_OVERLAP:.6f}; choose a target below that (the paper uses 0.5)"
+            f"{MAX_OVERLAP:.6f}; choose a target below that (the paper uses 0.5)",
+            fields="target_overlap",
         )
     excess = np.logspace(-14, 8, 2201)  # gamma - 1
     values = overlap(1.0 + excess, dim) - target_overlap
@@ -75,7 +85,8 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
         floor = float(np.min(overlap(1.0 + excess, dim)))
         raise ScheduleError(
             f"in D = {dim} dimensions the overlap never falls to {target_overlap}: its lowest "
-            f"value over gamma > 1 is {floor:.6f}; choose a target overlap above that"
+            f"value over gamma > 1 is {floor:.6f}; choose a target overlap above that",
+            fields="target_overlap",
         )
     k = int(below[0])
     if values[k] == 0:
@@ -87,37 +98,74 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
     return float(1.0 + root)
 
 
-def _validate_range(sigma_max: float, sigma_min: float) -> None:
+#: Bounds that keep sigma**2 and the Langevin steps eps sigma**2 / sigma_min**2 finite and non-zero in
+#: float32, the precision the network computes in.
+SIGMA_RANGE = (1e-18, 1e18)
+#: The most scales a schedule may have (the published CIFAR-10 one has 232).
+MAX_NUM_SCALES = 1_000_000
+
+
+def validate_range(sigma_max: float, sigma_min: float) -> tuple[float, float]:
+    """sigma_max and sigma_min positive, finite, within :data:`SIGMA_RANGE`, and sigma_min < sigma_max."""
+    lo, hi = SIGMA_RANGE
     for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
-        if not (isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value) and value > 0):
-            raise ScheduleError(f"{name} must be a positive finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(value) and value > 0
+        ):
+            raise ScheduleError(f"{name} must be a positive finite number, got {value!r}", fields=name)
+        if not lo <= value <= hi:
+            raise ScheduleError(
+                f"{name} = {value:g} lies outside [{lo:g}, {hi:g}]: sigma**2 and the Langevin steps would not be finite "
+                "in float32, the precision the network computes in",
+                fields=name,
+            )
     if sigma_min >= sigma_max:
         raise ScheduleError(
             f"sigma_min ({sigma_min:g}) must be smaller than sigma_max ({sigma_max:g}); "
-            "the scales run from sigma_max down to sigma_min"
+            "the scales run from sigma_max down to sigma_min",
+            fields=("sigma_min", "sigma_max"),
         )
+    return float(sigma_max), float(sigma_min)
+
+
+def validate_num_scales(num_scales) -> int:
+    if isinstance(num_scales, bool) or not isinstance(num_scales, (int, np.integer)) or num_scales < 2:
+        raise ScheduleError(
+            f"the number of scales L must be a whole number, at least 2 (sigma_max and sigma_min), got {num_scales!r}",
+            fields="num_scales"
+        )
+    if num_scales > MAX_NUM_SCALES:
+        raise ScheduleError(
+            f"L = {num_scales:,} scales is more than ncsn_tune accepts ({MAX_NUM_SCALES:,}); the published CIFAR-10 schedule "
+            "has 232", fields="num_scales"
+        )
+    return int(num_scales)
 
 
 def num_scales_for_ratio(sigma_max: float, sigma_min: float, gamma: float) -> int:
-    """L = ceil(log(sigma_max / sigma_min) / log(gamma)) + 1."""
-    _validate_range(sigma_max, sigma_min)
+    """L = ceil(log(sigma_max / sigma_min) / log(gamma)) + 1: the fewest scales whose ratio is at most gamma."""
+    validate_range(sigma_max, sigma_min)
     if not (math.isfinite(gamma) and gamma > 1.0):
-        raise ScheduleError(f"the ratio gamma must be a finite number > 1, got {gamma!r}")
+        raise ScheduleError(f"the ratio gamma must be a finite number > 1, got {gamma!r}", fields="gamma")
     steps = math.log(sigma_max / sigma_min) / math.log(gamma)
     # Guard against steps being a whole number up to rounding (e.g. 2.0000000000000004).
     nearest = round(steps)
     if abs(steps - nearest) <= 1e-12 * max(1.0, steps):
         steps = nearest
-    return int(math.ceil(steps)) + 1
+    num_scales = int(math.ceil(steps)) + 1
+    if num_scales > MAX_NUM_SCALES:
+        raise ScheduleError(
+            f"the overlap equation asks for {num_scales:,} scales between {sigma_max:g} and {sigma_min:g}, more than ncsn_tune "
+            f"accepts ({MAX_NUM_SCALES:,}); lower the target overlap or narrow the range",
+            fields=("target_overlap", "sigma_max", "sigma_min"),
+        )
+    return num_scales
 
 
 def ratio_for_num_scales(sigma_max: float, sigma_min: float, num_scales: int) -> float:
     """The ratio of a geometric schedule of L scales: (sigma_max / sigma_min) ** (1 / (L - 1))."""
-    _validate_range(sigma_max, sigma_min)
-    if not (isinstance(num_scales, (int, np.integer)) and num_scales >= 2):
-        raise ScheduleError(
-            f"the number of scales must be a whole number >= 2 when sigma_min < sigma_max, got {num_scales!r}"
-        )
+    validate_range(sigma_max, sigma_min)
+    num_scales = validate_num_scales(num_scales)
     return math.exp(math.log(sigma_max / sigma_min) / (num_scales - 1))
 
 
@@ -129,28 +177,97 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_scales: int) -> np.
     return sigmas
 
 
+def _number(data: dict, key: str, kind=float, optional: bool = False):
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise ScheduleError(f"{key} must be {'a number' if kind is float else 'a whole number'}, got {value!r}")
+    return kind(value)
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """A geometric noise schedule from ``sigma_max`` down to ``sigma_min`` in ``num_scales`` steps.
+    """A geometric noise schedule from ``sigma_max`` down to ``sigma_min`` in ``num_scales`` scales.
 
-    ``dim`` is the data dimension D the overlap refers to; ``target_overlap``
-    and ``gamma`` record the equation the schedule was derived from (absent
-    when the number of scales was given). ``source`` holds free-form
-    provenance (data set, split, number of points, the farthest pair).
+    ``dim`` is the data dimension D the overlap refers to (None when unknown:
+    the scales and step sizes do not depend on it). ``target_overlap`` and
+    ``gamma`` record the overlap equation the schedule was derived from (None
+    when the number of scales was given). ``data`` identifies the data set
+    sigma_max was derived from by Technique 1 (name, absolute path, split,
+    number of points, shape, fingerprint; None when sigma_max was given as a
+    number); ``source`` holds how it was computed (the farthest pair, method,
+    time).
     """
 
     sigma_max: float
     sigma_min: float
     num_scales: int
-    dim: int
+    dim: int | None = None
     target_overlap: float | None = None
     gamma: float | None = None
+    data: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        ratio_for_num_scales(self.sigma_max, self.sigma_min, self.num_scales)
-        if not (isinstance(self.dim, (int, np.integer)) and self.dim >= 1):
-            raise ScheduleError(f"the data dimension must be a whole number >= 1, got {self.dim!r}")
+        validate_range(self.sigma_max, self.sigma_min)
+        validate_num_scales(self.num_scales)
+        if self.dim is not None:
+            _validate_dim(self.dim)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_num_scales(cls, sigma_max: float, dim: int | None, num_scales: int, *, sigma_min: float = 0.01,
+                        data: dict | None = None, source: dict | None = None) -> "NoiseSchedule":
+        """L given scales from sigma_max to sigma_min; the overlap they achieve is reported, not targeted."""
+        return cls(float(sigma_max), float(sigma_min), num_scales, dim, None, None, data, dict(source or {}))
+
+    @classmethod
+    def from_overlap(cls, sigma_max: float, dim: int, *, sigma_min: float = 0.01, target_overlap: float = 0.5,
+                     data: dict | None = None, source: dict | None = None) -> "NoiseSchedule":
+        """Technique 2: gamma from the overlap equation, L = ceil(log(sigma_max/sigma_min)/log gamma) + 1.
+
+        The schedule is then rebuilt geometrically with L scales, so its realised
+        ratio is at most gamma and its overlap at least the target.
+        """
+        validate_range(sigma_max, sigma_min)
+        gamma = solve_gamma(dim, target_overlap)
+        num_scales = num_scales_for_ratio(sigma_max, sigma_min, gamma)
+        return cls(float(sigma_max), float(sigma_min), num_scales, dim, float(target_overlap), gamma, data, dict(source or {}))
+
+    @classmethod
+    def from_data(cls, dataset, *, sigma_min: float = 0.01, target_overlap: float = 0.5, num_scales: int | None = None,
+                  method: str = "pruned", device: str = "auto", progress=None) -> "NoiseSchedule":
+        """Techniques 1 and 2 for a data set: sigma_max is its exact diameter, then the overlap equation.
+
+        ``dataset``: a :class:`ncsn_tune.data.Dataset` (``ncsn_tune.load_dataset``) or an
+        array of points (N, ...) whose pixels are scaled to [0, 1] as the loader
+        would. With ``num_scales`` the schedule has that many scales instead of
+        the equation's L. ``device``: where T1 runs (cpu, cuda, auto).
+        """
+        from ..data import as_dataset
+        from .initial_noise_scale import max_pairwise_distance
+
+        dataset = as_dataset(dataset)
+        found = max_pairwise_distance(dataset.points(), scale=dataset.scale, method=method, device=device, progress=progress)
+        if found.distance == 0:
+            what = "it holds one point" if found.num_points == 1 else f"all {found.num_points:,} points coincide"
+            raise ScheduleError(
+                f"Technique 1 gives no sigma_max for {dataset.name}: {what}, so the largest distance between two points is 0; "
+                "use a data set of distinct points, or give sigma_max as a number",
+                fields="data",
+            )
+        identity = dataset.identity().to_dict()
+        source = {"technique": "T1: exact largest pairwise distance", **found.to_dict()}
+        if num_scales is not None:
+            return cls.from_num_scales(found.distance, dataset.dim, num_scales, sigma_min=sigma_min, data=identity, source=source)
+        return cls.from_overlap(found.distance, dataset.dim, sigma_min=sigma_min, target_overlap=target_overlap,
+                                data=identity, source=source)
+
+    # ------------------------------------------------------------------ what it implies
 
     @property
     def ratio(self) -> float:
@@ -160,6 +277,9 @@ class NoiseSchedule:
     @property
     def overlap(self) -> float:
         """The overlap C that the realised ratio achieves in ``dim`` dimensions."""
+        if self.dim is None:
+            raise ScheduleError("the overlap of a schedule depends on the data dimension D, which this schedule does not record",
+                                fields="dim")
         return overlap(self.ratio, self.dim)
 
     @property
@@ -167,50 +287,80 @@ class NoiseSchedule:
         """The scales, descending, ``sigmas[0] == sigma_max`` and ``sigmas[-1] == sigma_min``."""
         return geometric_sigmas(self.sigma_max, self.sigma_min, self.num_scales)
 
+    @property
+    def derived_from_data(self) -> bool:
+        return self.data is not None
+
+    def overlap_equation(self, target_overlap: float | None = None) -> tuple[float, int] | None:
+        """(gamma, L) that Technique 2's equation gives for this schedule's ends and D, at ``target_overlap``
+        (default: the schedule's own target, else 0.5); None when D is unknown or the equation has no root."""
+        if self.dim is None:
+            return None
+        try:
+            gamma = solve_gamma(self.dim, target_overlap or self.target_overlap or 0.5)
+            return gamma, num_scales_for_ratio(self.sigma_max, self.sigma_min, gamma)
+        except ScheduleError:
+            return None
+
+    def step_size(self, steps_per_scale: int = 5) -> StepSize:
+        """Technique 4: the optimal eps for M = ``steps_per_scale`` Langevin steps per scale."""
+        return optimal_step_size(self.ratio, steps_per_scale, self.sigma_min)
+
+    def with_num_scales(self, num_scales: int) -> "NoiseSchedule":
+        """The same ends and data with another number of scales (the overlap equation no longer applies)."""
+        return NoiseSchedule(self.sigma_max, self.sigma_min, num_scales, self.dim, None, None, self.data,
+                             {**self.source, "num_scales_given": True})
+
+    def same_scales(self, other: "NoiseSchedule", rtol: float = 1e-12) -> bool:
+        """True when both schedules have the same sigmas (ends within ``rtol``, same L)."""
+        return (self.num_scales == other.num_scales and math.isclose(self.sigma_max, other.sigma_max, rel_tol=rtol)
+                and math.isclose(self.sigma_min, other.sigma_min, rel_tol=rtol))
+
+    def describe(self) -> str:
+        text = f"sigma_max {self.sigma_max:.6g}, sigma_min {self.sigma_min:g}, L = {self.num_scales}"
+        if self.data:
+            text += f", derived from {self.data.get('name', 'data')}"
+        return text
+
+    # ------------------------------------------------------------------ files
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON/YAML, with the derived ratio, overlap and scales for the reader."""
         data = asdict(self)
-        data.update(ratio=self.ratio, overlap=self.overlap, sigmas=self.sigmas.tolist())
+        data.update(ratio=self.ratio, overlap=None if self.dim is None else self.overlap, sigmas=self.sigmas.tolist())
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "NoiseSchedule":
         """Rebuild from :meth:`to_dict`'s output; derived fields are checked, not trusted."""
         if not isinstance(data, dict):
-            raise ScheduleError("a schedule must be a mapping with sigma_max, sigma_min, num_scales and dim")
-        missing = [k for k in ("sigma_max", "sigma_min", "num_scales", "dim") if k not in data]
+            raise ScheduleError("a schedule must be a mapping with sigma_max, sigma_min and num_scales")
+        missing = [k for k in ("sigma_max", "sigma_min", "num_scales") if k not in data]
         if missing:
             raise ScheduleError(f"the schedule lacks {', '.join(missing)}")
-        try:
-            sigma_max, sigma_min = float(data["sigma_max"]), float(data["sigma_min"])
-            num_scales, dim = data["num_scales"], data["dim"]
-            if isinstance(num_scales, float) and num_scales.is_integer():
-                num_scales = int(num_scales)
-            if isinstance(dim, float) and dim.is_integer():
-                dim = int(dim)
-            if isinstance(num_scales, bool) or isinstance(dim, bool):
-                raise TypeError
-        except (TypeError, ValueError):
-            raise ScheduleError("sigma_max and sigma_min must be numbers, num_scales and dim whole numbers") from None
-        optional = {}
-        for key in ("target_overlap", "gamma"):
-            value = data.get(key)
-            if value is not None:
-                try:
-                    optional[key] = float(value)
-                except (TypeError, ValueError):
-                    raise ScheduleError(f"{key} must be a number, got {value!r}") from None
+        source = data.get("source") or {}
+        identity = data.get("data")
+        if identity is None and isinstance(source, dict) and ("pair" in source or "num_points" in source):
+            # written before schedules recorded their data's identity: derived from data we cannot recognise
+            identity = {"name": source.get("name", "unrecorded data"), "fingerprint": None}
+        if identity is not None and not isinstance(identity, dict):
+            raise ScheduleError(f"the schedule's data must be a mapping, got {identity!r}")
         schedule = cls(
-            sigma_max=sigma_max,
-            sigma_min=sigma_min,
-            num_scales=num_scales,
-            dim=dim,
-            source=dict(data.get("source") or {}),
-            **optional,
+            sigma_max=_number(data, "sigma_max"),
+            sigma_min=_number(data, "sigma_min"),
+            num_scales=_number(data, "num_scales", int),
+            dim=_number(data, "dim", int, optional=True),
+            target_overlap=_number(data, "target_overlap", optional=True),
+            gamma=_number(data, "gamma", optional=True),
+            data=identity,
+            source=dict(source) if isinstance(source, dict) else {},
         )
         listed = data.get("sigmas")
         if listed is not None:
-            listed = np.asarray(listed, dtype=np.float64)
+            try:
+                listed = np.asarray(listed, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ScheduleError("the listed sigmas are not numbers") from None
             if listed.shape != (schedule.num_scales,) or not np.allclose(listed, schedule.sigmas, rtol=1e-9, atol=0):
                 raise ScheduleError(
                     "the listed sigmas are not the geometric sequence from sigma_max to sigma_min in num_scales "
@@ -218,31 +368,19 @@ class NoiseSchedule:
                 )
         return schedule
 
+    def save(self, path) -> Path:
+        """Write the schedule as JSON, or YAML for a .yml/.yaml path (atomically)."""
+        from ..files import write_mapping
 
-def schedule_from_overlap(
-    sigma_max: float,
-    dim: int,
-    sigma_min: float = 0.01,
-    target_overlap: float = 0.5,
-    source: dict[str, Any] | None = None,
-) -> NoiseSchedule:
-    """Technique 2: gamma from the overlap equation, L = ceil(log(sigma_max/sigma_min)/log gamma) + 1.
+        return write_mapping(path, self.to_dict())
 
-    The schedule is then rebuilt geometrically with L scales, so its realised
-    ratio is at most gamma and its overlap at least the target.
-    """
-    _validate_range(sigma_max, sigma_min)
-    gamma = solve_gamma(dim, target_overlap)
-    num_scales = num_scales_for_ratio(sigma_max, sigma_min, gamma)
-    return NoiseSchedule(sigma_max, sigma_min, num_scales, dim, target_overlap, gamma, dict(source or {}))
+    @classmethod
+    def load(cls, path) -> "NoiseSchedule":
+        """Read a schedule file written by :meth:`save` (or by ``ncsn-tune sigmas``)."""
+        from ..files import read_mapping
 
+        try:
+            return cls.from_dict(read_mapping(path))
+        except ScheduleError as err:
+            raise ScheduleError(f"{path} is not a usable schedule file: {err}", fields=err.fields) from None
 
-def schedule_from_num_scales(
-    sigma_max: float,
-    dim: int,
-    num_scales: int,
-    sigma_min: float = 0.01,
-    source: dict[str, Any] | None = None,
-) -> NoiseSchedule:
-    """A schedule with a given number of scales; its overlap is reported, not targeted."""
-    return NoiseSchedule(sigma_max, sigma_min, num_scales, dim, None, None, dict(source or {}))

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
-from .step_size import variance_ratio
+from ..errors import ScheduleError
+from .step_size import StepSize, optimal_step_size, validate_step_size, validate_steps_per_scale, variance_ratio
 
 
 @dataclass(frozen=True)
@@ -123,20 +124,13 @@ class _TorchNormals:
 
 
 def _normals(seed: int, device: str):
-    """NumPy on ``cpu``; torch on ``cuda``/``torch:cpu``; ``auto``: a GPU when torch sees one."""
-    if device == "auto":
-        import importlib.util
-        import os
+    """NumPy on ``cpu``; torch elsewhere (``cuda``, ``torch:cpu``); ``auto`` as :func:`ncsn_tune.devices.resolve_device` decides."""
+    from ..devices import resolve_device
 
-        if importlib.util.find_spec("torch") is not None and os.path.exists("/proc/driver/nvidia"):
-            import torch
-
-            if torch.cuda.is_available():
-                return _TorchNormals(seed, "cuda")
+    resolved = resolve_device(device)
+    if resolved == "cpu":
         return _NumpyNormals(seed)
-    if device == "cpu":
-        return _NumpyNormals(seed)
-    return _TorchNormals(seed, "cpu" if device == "torch:cpu" else device)
+    return _TorchNormals(seed, "cpu" if resolved == "torch:cpu" else resolved)
 
 
 def simulate_proposition3(
@@ -149,16 +143,23 @@ def simulate_proposition3(
     seed: int = 0,
     chunk: int = 1 << 20,
     device: str = "cpu",
+    progress=None,
 ) -> Proposition3Check:
     """Annealed Langevin with the exact score of N(0, sigma**2 I), against Proposition 3 (see the module).
 
     ``device``: ``cpu`` (NumPy), ``cuda`` (torch on a GPU), ``auto`` or ``torch:cpu``.
+    ``progress(done, total, "scales")`` is called after every scale of every chunk of chains.
     """
     sigmas = np.asarray(sigmas, dtype=np.float64)
     if mode not in ("per-scale", "annealed"):
-        raise ValueError(f"mode must be per-scale or annealed, got {mode!r}")
-    if len(sigmas) < 2:
-        raise ValueError("a schedule of at least 2 scales is needed (gamma is their ratio)")
+        raise ScheduleError(f"mode must be per-scale or annealed, got {mode!r}", fields="mode")
+    if sigmas.ndim != 1 or len(sigmas) < 2 or not np.all(np.diff(sigmas) < 0) or not sigmas[-1] > 0:
+        raise ScheduleError("the simulation needs a descending schedule of at least 2 positive scales", fields="num_scales")
+    for name, value in (("dim", dim), ("num_chains", num_chains)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ScheduleError(f"{name} must be a whole number >= 1, got {value!r}", fields=name)
+    validate_steps_per_scale(steps_per_scale)
+    validate_step_size(step_size, float(sigmas[-1]))
     rng = _normals(seed, device)
     sigma_min = sigmas[-1]
     a = step_size / sigma_min**2
@@ -172,7 +173,8 @@ def simulate_proposition3(
         predicted = compounded_ratios(sigmas, steps_per_scale, step_size)
     sums = np.zeros(len(sigmas))
     sizes = [min(chunk, n - s) for s in range(0, n, chunk)]
-    for size in sizes:  # chunks of independent scalar chains bound the memory
+    total = len(sizes) * len(sigmas)
+    for c, size in enumerate(sizes):  # chunks of independent scalar chains bound the memory
         x = rng.normal(size) * first_prev
         for i, sigma in enumerate(sigmas):
             if mode == "per-scale":
@@ -182,10 +184,50 @@ def simulate_proposition3(
             for _ in range(steps_per_scale):
                 x = (1.0 - a) * x + noise * rng.normal(size)
             sums[i] += rng.sum_squares(x) / sigma**2
+            if progress is not None:
+                progress(c * len(sigmas) + i + 1, total, "scales")
     measured = sums / n
     se = measured * math.sqrt(2.0 / n)
     return Proposition3Check(mode, int(dim), int(num_chains), int(steps_per_scale), float(step_size), sigmas.tolist(),
                              np.asarray(predicted, dtype=float).tolist(), measured.tolist(), se.tolist())
+
+
+@dataclass(frozen=True)
+class StepSizeSweep:
+    """Measured s^2/sigma^2 at one scale for several eps around Technique 4's optimum, for one M."""
+
+    steps_per_scale: int
+    step_sizes: list[float]
+    measured: list[float]
+    standard_errors: list[float]
+    optimum: StepSize
+
+    @property
+    def lowest_measured_at(self) -> float:
+        """The eps whose measured ratio is lowest (it should be the optimum's neighbourhood)."""
+        return self.step_sizes[int(np.argmin(self.measured))]
+
+    def to_dict(self) -> dict:
+        return {"steps_per_scale": self.steps_per_scale, "step_sizes": self.step_sizes, "measured_ratio": self.measured,
+                "standard_error": self.standard_errors, "optimal_step_size": self.optimum.step_size,
+                "optimal_variance_ratio": self.optimum.variance_ratio}
+
+
+def sweep_step_sizes(ratio: float, sigma_min: float, steps_per_scale=(1, 3, 5, 10), factors=(0.25, 0.5, 1.0, 2.0, 4.0),
+                     dim: int = 3072, num_chains: int = 64, seed: int = 0, device: str = "cpu") -> list[StepSizeSweep]:
+    """For each M, the last scale of a two-scale schedule (ratio, 1) x sigma_min simulated at eps = factor x optimum.
+
+    The measured minimum over eps should fall on Technique 4's optimum; eps at
+    or above sigma_min**2 are left out (unstable).
+    """
+    last_two = np.array([ratio * sigma_min, sigma_min])
+    sweeps = []
+    for m in steps_per_scale:
+        best = optimal_step_size(ratio, m, sigma_min)
+        grid = [best.step_size * f for f in factors if best.step_size * f < sigma_min**2]
+        runs = [simulate_proposition3(last_two, m, e, dim, num_chains, "per-scale", seed, device=device) for e in grid]
+        sweeps.append(StepSizeSweep(m, grid, [r.measured_ratio for r in runs], [r.standard_error for r in runs], best))
+    return sweeps
 
 
 # --------------------------------------------------------------------------- Figure 2: a mixture
@@ -216,6 +258,26 @@ class Mixture:
     def assign(self, x: np.ndarray) -> np.ndarray:
         """Index of the nearest centre of each point."""
         return np.argmin(((x[:, None, :] - self.centres[None]) ** 2).sum(-1), axis=1)
+
+
+def mixture_on_circle(weights=(0.8, 0.2), separation: float = 10.0, dim: int = 2, tau: float = 0.5) -> Mixture:
+    """K modes with the given weights (normalised), evenly spaced on a circle of diameter ``separation`` in the
+    first two coordinates (on a line when ``dim`` is 1), each an isotropic Gaussian of std ``tau`` (0: points)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) < 2 or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ScheduleError(f"a mixture needs at least two positive weights, got {list(np.atleast_1d(w))}", fields="weights")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ScheduleError(f"the mixture's dimension must be a whole number >= 1, got {dim!r}", fields="dim")
+    if not (math.isfinite(separation) and separation > 0):
+        raise ScheduleError(f"the distance between the modes must be a positive number, got {separation!r}", fields="separation")
+    if not (math.isfinite(tau) and tau >= 0):
+        raise ScheduleError(f"the components' standard deviation tau must be a finite number >= 0, got {tau!r}", fields="tau")
+    angles = np.linspace(0, 2 * np.pi, len(w), endpoint=False)
+    centres = np.zeros((len(w), dim))
+    centres[:, 0] = 0.5 * separation * np.cos(angles)
+    if dim > 1:
+        centres[:, 1] = 0.5 * separation * np.sin(angles)
+    return Mixture(w / w.sum(), centres, float(tau))
 
 
 def default_mixture(dim: int = 2, separation: float = 10.0, weights=(0.8, 0.2)) -> Mixture:
@@ -269,20 +331,25 @@ def gmm_experiment(
     total variation distance between the two.
     """
     from .initial_noise_scale import max_pairwise_distance
-    from .noise_schedule import schedule_from_overlap
-    from .step_size import optimal_step_size
+    from .noise_schedule import NoiseSchedule
 
+    if not (math.isfinite(small_sigma_max) and small_sigma_max > sigma_min):
+        raise ScheduleError(f"the small sigma_max must be a number above sigma_min = {sigma_min:g}, got {small_sigma_max!r}",
+                            fields="small_sigma_max")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ScheduleError(f"the number of samples must be a whole number >= 1, got {num_samples!r}", fields="num_samples")
     rng = np.random.default_rng(seed)
     dim = mixture.centres.shape[1]
     diameter = max_pairwise_distance(mixture.centres).distance
     lo, hi = mixture.centres.min(0) - diameter / 2, mixture.centres.max(0) + diameter / 2
     x0 = lo + (hi - lo) * rng.random((num_samples, dim))
     results = []
-    for label, sigma_max in (("sigma_max far below the diameter", small_sigma_max), ("Technique 1: sigma_max = diameter", diameter)):
+    relation = "below" if small_sigma_max < diameter else "not below"
+    small_label = f"sigma_max = {small_sigma_max:g}, {relation} the diameter {diameter:.3g}"
+    for label, sigma_max in ((small_label, small_sigma_max), ("Technique 1: sigma_max = diameter", diameter)):
         try:
-            schedule = schedule_from_overlap(sigma_max, dim, sigma_min, target_overlap)
-            num_scales = schedule.num_scales
-        except Exception:  # D <= 4 has no solution of the overlap equation: use the ratio of D = 5
+            num_scales = NoiseSchedule.from_overlap(sigma_max, dim, sigma_min=sigma_min, target_overlap=target_overlap).num_scales
+        except ScheduleError:  # D <= 4: the overlap equation has no root; a fixed ratio of 1.5 between scales instead
             num_scales = max(2, int(math.ceil(math.log(sigma_max / sigma_min) / math.log(1.5))) + 1)
         sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_scales))
         ratio = sigmas[0] / sigmas[1]

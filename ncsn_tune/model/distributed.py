@@ -86,3 +86,36 @@ class Distributed:
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def torchrun_command(args: list[str], processes: int) -> list[str]:
+    """The command that runs ``ncsn-tune <args>`` under torchrun with ``processes`` processes on this machine
+    (any ``--gpus N`` / ``--gpus=N`` removed from ``args``)."""
+    import sys
+
+    if processes < 1:
+        raise NcsnTuneError(f"the number of processes must be at least 1, got {processes}", fields="gpus")
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            cleaned.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "ncsn_tune", *cleaned]
+
+
+def relaunch_under_torchrun(args: list[str], processes: int) -> int:
+    """Run :func:`torchrun_command` and return its exit status."""
+    import subprocess
+
+    return subprocess.call(torchrun_command(args, processes))
+
+
+def select_local_gpu() -> bool:
+    """Under torchrun, put this process on its own GPU before anything touches CUDA (T1 included); returns
+    whether it is rank 0, the one that prints and writes the run folder (True when not under torchrun)."""
+    if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return int(os.environ.get("RANK", "0")) == 0

@@ -1,84 +1,27 @@
-"""Sampling a trained model: load a checkpoint, choose the schedule, M and eps, run batches, collect diagnostics.
+"""Sampling a trained model in batches, with per-scale diagnostics.
 
-Because the network is conditioned on the noise only through the division by
-sigma (Technique 3), any geometric schedule, M and eps can be used at sampling
-time without retraining.
+Which schedule, M and eps to use is decided by :func:`ncsn_tune.tuning.resolve`
+(the run's, or overrides with Technique 4's eps): because the network is
+conditioned on the noise only through the division by sigma (Technique 3), any
+geometric schedule, M and eps can be used at sampling time without retraining.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..analysis.noise_schedule import NoiseSchedule
-from ..analysis.step_size import optimal_step_size
 from ..errors import NcsnTuneError
-from .checkpoint import load_checkpoint, load_model_weights
+from ..tuning import Tuning
+from .accel import FastScore, SpeedSwitches
+from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
-from .sampling import FastScore, sample_annealed_langevin
-
-
-@dataclass
-class SamplingPlan:
-    schedule: NoiseSchedule
-    steps_per_scale: int
-    step_size: float
-    denoise: bool
-    notes: list[str] = field(default_factory=list)
-
-
-def load_model(checkpoint: Path, device: torch.device, use_ema: bool = True) -> tuple[NCSNv2, dict]:
-    """The model of a checkpoint (file or run folder), with its EMA weights unless ``use_ema`` is False."""
-    state = load_checkpoint(checkpoint)
-    config = state["config"]
-    channels, size, _ = state["image_shape"]
-    model = NCSNv2(channels, size, config["ngf"], config["architecture"], sigmas=state["schedule"]["sigmas"])
-    load_model_weights(model, state["model"], state["path"])
-    if use_ema:
-        params = dict(model.named_parameters())
-        missing = [k for k in params if k not in state["ema"]]
-        if missing:
-            raise NcsnTuneError(f"{state['path']} has no EMA value for {missing[0]}; use --no-ema")
-        with torch.no_grad():
-            for name, value in state["ema"].items():
-                params[name].copy_(value)
-    return model.to(device).eval(), state
-
-
-def plan_sampling(state: dict, schedule: NoiseSchedule | None, num_scales: int | None, steps_per_scale: int | None,
-                  step_size: float | None, denoise: bool) -> SamplingPlan:
-    """The run's schedule, M and eps unless overridden; a changed schedule or M gets Proposition 3's eps."""
-    trained = NoiseSchedule.from_dict(state["schedule"])
-    notes = []
-    if schedule is not None:
-        if schedule.dim != trained.dim:
-            raise NcsnTuneError(f"the schedule is for D = {schedule.dim} but the model was trained on D = {trained.dim}")
-        notes.append("schedule from --schedule")
-    else:
-        schedule = trained
-        notes.append(f"the run's schedule (L = {trained.num_scales})")
-    if num_scales is not None:
-        schedule = NoiseSchedule(schedule.sigma_max, schedule.sigma_min, num_scales, schedule.dim, source={"num_scales_given": True})
-        notes.append(f"--num-scales {num_scales}")
-    changed = schedule.num_scales != trained.num_scales or schedule.sigma_max != trained.sigma_max or schedule.sigma_min != trained.sigma_min
-    m = steps_per_scale or state["sampling"]["steps_per_scale"]
-    if step_size is None:
-        if changed or m != state["sampling"]["steps_per_scale"]:
-            best = optimal_step_size(schedule.ratio, m, schedule.sigma_min)
-            step_size = best.step_size
-            notes.append(f"eps from Proposition 3 for M = {m}: {step_size:.6e} (s^2/sigma^2 = {best.variance_ratio:.6f})")
-        else:
-            step_size = state["sampling"]["step_size"]
-            notes.append(f"the run's M = {m} and eps = {step_size:.6e}")
-    else:
-        notes.append(f"eps = {step_size:g} as given")
-    if not (step_size > 0 and math.isfinite(step_size)):
-        raise NcsnTuneError(f"the step size must be a positive number, got {step_size}")
-    return SamplingPlan(schedule, m, float(step_size), denoise, notes)
+from .sampling import sample_annealed_langevin
 
 
 class Diagnostics:
@@ -121,34 +64,130 @@ class Diagnostics:
         }
 
 
-def generate(model: NCSNv2, plan: SamplingPlan, num: int, batch_size: int, seed: int, fast: bool = True,
-             compile: bool = False, progress=None, diagnostics: Diagnostics | None = None, trace_chain: bool = False) -> torch.Tensor:
-    """``num`` samples (float, [0, 1]-ish, on the CPU) in batches of ``batch_size``; the same ``seed`` gives the same samples."""
+def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float, num: int, batch_size: int = 100,
+             seed: int = 0, denoise: bool = True, fast: bool = True, compile: bool = False, progress=None,
+             diagnostics: Diagnostics | None = None, trace_chain: bool = False) -> torch.Tensor:
+    """``num`` samples (float, [0, 1]-ish, on the CPU) by annealed Langevin dynamics from a uniform start, in batches.
+
+    The same ``seed`` gives the same samples. ``fast``: bf16, channels_last and a CUDA graph on a GPU
+    (:class:`~ncsn_tune.model.accel.FastScore`), plus torch.compile with ``compile``. ``progress(done, total,
+    unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``,
+    about 16 frames of the first chain.
+    """
+    if num < 1 or batch_size < 1:
+        raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
+                            fields=("num", "batch_size"))
     device = next(model.parameters()).device
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = max(1, min(batch_size, num))
-    sigmas = torch.tensor(plan.schedule.sigmas, dtype=torch.float32, device=device)
-    score = FastScore(model, (batch_size, *shape), compile=compile) if fast else model
+    sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
+    score = FastScore(model, (batch_size, *shape), SpeedSwitches.for_device(device, compile=compile)) if fast else model
     generator = torch.Generator(device).manual_seed(seed)
     outputs = []
     batches = math.ceil(num / batch_size)
+    every = max(1, schedule.num_scales // 16)  # about 16 frames, the last scale and the denoised image
     for b in range(batches):
         x0 = torch.rand((batch_size, *shape), device=device, generator=generator)
 
         def callback(info, b=b):
             if diagnostics is not None:
                 diagnostics(info)
-                every = max(1, plan.schedule.num_scales // 16)  # about 16 frames, the last scale and the denoised image
-                if trace_chain and b == 0 and (info.get("denoised") or info["i"] % every == 0 or info["i"] == plan.schedule.num_scales - 1):
+                if trace_chain and b == 0 and (info.get("denoised") or info["i"] % every == 0 or info["i"] == schedule.num_scales - 1):
                     diagnostics.frames.append(info["x"][0].detach().float().clamp(0, 1).cpu().numpy())
             if progress is not None and not info.get("denoised"):
-                progress(b * plan.schedule.num_scales + info["i"] + 1, batches * plan.schedule.num_scales, "scales")
+                progress(b * schedule.num_scales + info["i"] + 1, batches * schedule.num_scales, "scales")
 
-        x = sample_annealed_langevin(score, x0, sigmas, plan.steps_per_scale, plan.step_size, plan.denoise, generator, callback)
+        x = sample_annealed_langevin(score, x0, sigmas, steps_per_scale=steps_per_scale, step_size=step_size, denoise=denoise,
+                                     generator=generator, callback=callback)
         outputs.append(x.detach().float().cpu())
     return torch.cat(outputs)[:num]
 
 
-def to_uint8(samples: torch.Tensor) -> np.ndarray:
-    """(N, H, W, C) uint8, clamped to [0, 1] and rounded."""
-    return (samples.clamp(0, 1).mul(255).add(0.5).floor().to(torch.uint8)).permute(0, 2, 3, 1).numpy()
+#: Samples from which ``sample_checkpoint`` compiles the network by default: compiling (about 30-55 s on an H100)
+#: pays for itself from about a minute of sampling.
+COMPILE_FROM_SAMPLES = 1000
+
+
+@dataclass
+class SampleRun:
+    """Samples of a checkpoint, the tuning they were drawn with, and the per-scale diagnostics."""
+
+    checkpoint: Checkpoint
+    tuning: Tuning
+    samples: torch.Tensor
+    diagnostics: Diagnostics
+    ema: bool = True
+
+    def to_dict(self) -> dict:
+        t = self.tuning
+        return {"checkpoint": str(self.checkpoint.path), "step": self.checkpoint.step, "num": len(self.samples),
+                "num_scales": t.schedule.num_scales, "sigma_max": t.schedule.sigma_max, "sigma_min": t.schedule.sigma_min,
+                "steps_per_scale": t.steps_per_scale, "step_size": t.step_size, "variance_ratio": t.step.variance_ratio,
+                "ema": self.ema, "notes": list(t.notes), "diagnostics": self.diagnostics.summary()}
+
+
+def check_sample_outputs(output: Path | None = None, npz: Path | None = None, diagnostics: Path | None = None,
+                         chain: Path | None = None) -> None:
+    """Refuse output names whose suffix does not name a format we write, before any sampling starts."""
+    from ..images import image_format
+
+    if output is not None:
+        image_format(output)
+    if npz is not None and Path(npz).suffix.lower() != ".npz":
+        raise NcsnTuneError(f"{npz}: the raw samples are written as .npz, got {Path(npz).suffix or 'no suffix'!r}", fields="npz")
+    if diagnostics is not None and Path(diagnostics).suffix.lower() not in (".json", ".yaml", ".yml", ".png", ".pdf"):
+        raise NcsnTuneError(f"{diagnostics}: diagnostics are written as .json/.yaml or plotted as .png/.pdf", fields="diagnostics")
+    if chain is not None:
+        image_format(chain, (".png", ".jpg", ".jpeg", ".webp", ".gif"))
+
+
+def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int = 100, seed: int = 0, schedule_file: Path | None = None,
+                      num_scales: int | None = None, steps_per_scale: int | None = None, step_size: float | None = None,
+                      denoise: bool = True, ema: bool = True, device: str = "auto", compile: bool | None = None,
+                      trace_chain: bool = False, progress=None) -> SampleRun:
+    """Samples from a checkpoint with the run's schedule, M and eps, or overrides (a changed schedule or M gets
+    Technique 4's eps; :func:`ncsn_tune.tuning.resolve` decides and says why)."""
+    from ..tuning import Given, resolve
+
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    tuning = resolve(Given(schedule_file=schedule_file, num_scales=num_scales, steps_per_scale=steps_per_scale, step_size=step_size,
+                           dim=int(np.prod(ckpt.image_shape)), run=ckpt))
+    model = load_model(ckpt, device=device, ema=ema)
+    diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)))
+    use_compile = num >= COMPILE_FROM_SAMPLES if compile is None else compile
+    samples = generate(model, tuning.schedule, steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size, num=num,
+                       batch_size=batch_size, seed=seed, denoise=denoise, compile=use_compile, progress=progress,
+                       diagnostics=diagnostics, trace_chain=trace_chain)
+    if not torch.isfinite(samples).all():
+        raise NcsnTuneError(f"sampling from {ckpt.path} gave NaN or infinite values: eps = {tuning.step_size:g} is unstable for this "
+                            "model, or the model diverged", fields="step_size")
+    return SampleRun(ckpt, tuning, samples, diagnostics, ema)
+
+
+def write_samples(run: SampleRun, output: Path | None = None, npz: Path | None = None, diagnostics: Path | None = None,
+                  chain: Path | None = None) -> list[Path]:
+    """The grid image, the raw samples (.npz: 'uint8' (N,H,W,C) and 'float' (N,C,H,W)), the diagnostics (.json/.yaml,
+    or a .png/.pdf plot) and one chain (a strip, or a .gif animation). Returns the paths written."""
+    from ..files import atomic_open, write_mapping
+    from ..images import image_grid, save_chain, save_image, to_uint8_hwc
+
+    written = []
+    if output is not None:
+        written.append(save_image(image_grid(run.samples), output))
+    if npz is not None:
+        with atomic_open(Path(npz)) as f:
+            np.savez_compressed(f, uint8=to_uint8_hwc(run.samples), float=run.samples.numpy())
+        written.append(Path(npz))
+    if diagnostics is not None:
+        summary = run.diagnostics.summary()
+        if Path(diagnostics).suffix.lower() in (".png", ".pdf"):
+            from ..plots import plot_sampling_diagnostics
+
+            Path(diagnostics).parent.mkdir(parents=True, exist_ok=True)
+            plot_sampling_diagnostics(summary, run.diagnostics.dim).savefig(diagnostics, dpi=150, bbox_inches="tight")
+        else:
+            write_mapping(Path(diagnostics), summary)
+        written.append(Path(diagnostics))
+    if chain is not None and run.diagnostics.frames:
+        written.append(save_chain(run.diagnostics.frames, chain))
+    return written

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest")
+from ..config import ARCHITECTURES  # noqa: F401  (re-exported)
 
 
 def architecture_for(image_size: int) -> str:

@@ -23,49 +23,36 @@ import torch
 
 from ..analysis.noise_schedule import NoiseSchedule
 from ..config import TrainConfig
-from ..errors import NcsnTuneError
-from ..files import atomic_open
-from .checkpoint import load_model_weights, save_checkpoint
+from ..data import Dataset, as_dataset
+from ..devices import torch_device
+from ..errors import CheckpointError, NcsnTuneError, RunError
+from ..images import image_grid, save_image
+from .accel import SpeedSwitches, capture_cuda_graph, static_input
+from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
 from .distributed import Distributed
 from .ema import EMA
-from .loss import dsm_loss, dsm_loss_by_scale
+from .evaluate import held_out_loss
+from .loss import dsm_loss
 from .network import NCSNv2, count_parameters
 from .sampling import sample_annealed_langevin
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NcsnTuneError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise NcsnTuneError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-
-
-@dataclasses.dataclass
-class SpeedSwitches:
-    """The speed switches that apply on this device (all off on a CPU)."""
-
-    bf16: bool
-    channels_last: bool
-    fused_adam: bool
-    compile: bool
-    cuda_graphs: bool
-
-    @classmethod
-    def for_device(cls, config: TrainConfig, device: torch.device, distributed: bool = False) -> "SpeedSwitches":
-        """CUDA graphs are left out under DistributedDataParallel (its gradient hooks run outside a captured graph)."""
-        gpu = device.type == "cuda"
-        return cls(config.bf16 and gpu, config.channels_last and gpu, config.fused_adam and gpu, config.compile and gpu,
-                   config.cuda_graphs and gpu and not distributed)
+def speed_switches(config: TrainConfig, device: torch.device, distributed: bool = False) -> SpeedSwitches:
+    """The configuration's speed switches that apply on ``device``."""
+    return SpeedSwitches.for_device(device, bf16=config.bf16, channels_last=config.channels_last, fused_adam=config.fused_adam,
+                                    compile=config.compile, cuda_graphs=config.cuda_graphs, compile_mode=config.compile_mode,
+                                    distributed=distributed)
 
 
 def build_model(config: TrainConfig, image_shape: tuple[int, int, int], sigmas: np.ndarray) -> NCSNv2:
+    if len(image_shape) != 3:
+        raise NcsnTuneError(f"NCSNv2 trains on images (C, H, W); this data holds vectors of shape {tuple(image_shape)}", fields="data")
     channels, height, width = image_shape
     if height != width:
-        raise NcsnTuneError(f"NCSNv2 needs square images, got {height}x{width}")
+        raise NcsnTuneError(f"NCSNv2 needs square images, got {height}x{width}", fields="data")
+    if height < 8:
+        raise NcsnTuneError(f"NCSNv2 halves the image size three times and needs images of at least 8x8, got {height}x{width}",
+                            fields="data")
     return NCSNv2(channels, height, config.ngf, config.architecture, sigmas=np.asarray(sigmas, dtype=np.float32))
 
 
@@ -84,7 +71,7 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, ema: EMA, sigmas: torch.Tensor, switches: SpeedSwitches, batch_shape, device, warmup: int = 3,
-                 compile_mode: str = "default", dist: Distributed | None = None):
+                 dist: Distributed | None = None):
         self.model, self.optimizer, self.ema, self.sigmas, self.switches = model, optimizer, ema, sigmas, switches
         self.dist = dist or Distributed()
         self.global_batch = batch_shape[0] * self.dist.world
@@ -94,57 +81,48 @@ class TrainStep:
             from torch.nn.parallel import DistributedDataParallel
 
             network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.forward = torch.compile(network, mode=compile_mode) if switches.compile else network
+        self.forward = switches.compiled(network)
         self.graph = None
         self.device = device
         if switches.cuda_graphs:
-            fmt = torch.channels_last if switches.channels_last else torch.contiguous_format
-            # a private generator: drawing from the global one would shift a resumed run's random stream
-            self.static_x = torch.rand(batch_shape, device=device, generator=torch.Generator(device).manual_seed(0)).contiguous(memory_format=fmt)
-            self._capture(warmup)
+            self.static_x = static_input(batch_shape, device, switches.memory_format)
+            restore = self._snapshot()
+            self.graph, self.static_loss = capture_cuda_graph(lambda: self._eager(self.static_x), device, warmup, after_warmup=restore)
 
     def _loss(self, x):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.bf16):
+        with self.switches.autocast(self.device):
             return dsm_loss(self.forward, x, self.sigmas, shard=self.shard, global_batch=self.global_batch)
 
     def _eager(self, x):
         loss = self._loss(x)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # only drops references: inside a capture the gradients come from its pool
         loss.backward()
         self.optimizer.step()
         self.ema.update(self.model)
         return loss.detach()
 
-    def _capture(self, warmup: int) -> None:
-        # Warm-up on a side stream (compilation, cuDNN autotuning, lazy Adam state) without
-        # touching the weights: parameters, Adam state and EMA are restored afterwards.
+    def _snapshot(self):
+        """A function that puts weights, EMA, Adam state and the CUDA random state back as they are now: the
+        warm-up before a capture trains on a dummy batch, which must leave no trace."""
         saved_params = [p.detach().clone() for p in self.model.parameters()]
         saved_shadow = [s.clone() for s in self.ema.shadow]
         saved_adam = {p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in self.optimizer.state.items()}
         rng = torch.cuda.get_rng_state(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self._eager(self.static_x)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        with torch.no_grad():
-            for p, s in zip(self.model.parameters(), saved_params):
-                p.copy_(s)
-            for e, s in zip(self.ema.shadow, saved_shadow):
-                e.copy_(s)
-            for param, state in self.optimizer.state.items():  # a fresh run's state is all zeros
-                for key, value in state.items():
-                    if torch.is_tensor(value):
-                        value.copy_(saved_adam[param][key]) if param in saved_adam else value.zero_()
-        torch.cuda.set_rng_state(rng, self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = self._loss(self.static_x)
-            self.static_loss.backward()
-            self.optimizer.step()
-            self.ema.update(self.model)
+
+        def restore() -> None:
+            with torch.no_grad():
+                for p, s in zip(self.model.parameters(), saved_params):
+                    p.copy_(s)
+                for e, s in zip(self.ema.shadow, saved_shadow):
+                    e.copy_(s)
+                for param, state in self.optimizer.state.items():  # a fresh run's state is all zeros
+                    for key, value in state.items():
+                        if torch.is_tensor(value):
+                            value.copy_(saved_adam[param][key]) if param in saved_adam else value.zero_()
+            torch.cuda.set_rng_state(rng, self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+
+        return restore
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
@@ -188,9 +166,10 @@ class BatchSampler:
 
 
 class DeviceImages:
-    """Images kept on the device (uint8 where they are uint8) and turned into [0, 1] batches there."""
+    """A data set's images kept on the device (uint8 where they are uint8) and turned into [0, 1] batches there."""
 
-    def __init__(self, values: np.ndarray, scale: float, offset: float, device: torch.device) -> None:
+    def __init__(self, dataset: Dataset, device: torch.device) -> None:
+        values, scale, offset = dataset.values, dataset.scale, dataset.offset
         array = np.ascontiguousarray(np.asarray(values))
         if not array.flags.writeable:  # memory-mapped files: torch wants memory of its own
             array = array.copy()
@@ -210,44 +189,6 @@ class DeviceImages:
         return x
 
 
-def image_grid(x: torch.Tensor, columns: int | None = None) -> np.ndarray:
-    """A uint8 (H', W', C) grid of images in [0, 1] (clamped), 2-pixel white borders."""
-    x = x.detach().float().clamp(0, 1).cpu().numpy()
-    n, c, h, w = x.shape
-    columns = columns or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / columns))
-    grid = np.ones((c, rows * (h + 2) + 2, columns * (w + 2) + 2), dtype=np.float32)
-    for k in range(n):
-        r, q = divmod(k, columns)
-        grid[:, 2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = x[k]
-    out = (grid * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-    return out[..., 0] if c == 1 else out
-
-
-def save_png(array: np.ndarray, path: Path) -> Path:
-    """Write a uint8 image array as PNG, atomically."""
-    from PIL import Image
-
-    with atomic_open(Path(path)) as f:
-        Image.fromarray(array).save(f, format="PNG")
-    return Path(path)
-
-
-def save_gif(frames: list[np.ndarray], path: Path, upscale: int = 4, frame_ms: int = 150, last_ms: int = 1500) -> Path:
-    """An animated GIF of (C, H, W) frames in [0, 1], enlarged ``upscale`` times (nearest), written atomically."""
-    from PIL import Image
-
-    images = []
-    for frame in frames:
-        array = (np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-        array = array.repeat(upscale, axis=0).repeat(upscale, axis=1)
-        images.append(Image.fromarray(array[..., 0] if array.shape[2] == 1 else array))
-    durations = [frame_ms] * (len(images) - 1) + [last_ms]
-    with atomic_open(Path(path)) as f:
-        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
-    return Path(path)
-
-
 class Trainer:
     """Trains one run in ``run_dir``; ``callback(event)`` reports progress (see :meth:`run`)."""
 
@@ -256,23 +197,30 @@ class Trainer:
         config: TrainConfig,
         schedule: NoiseSchedule,
         step_size: float,
-        train: tuple[np.ndarray, float, float],
-        test: tuple[np.ndarray, float, float] | None,
-        run_dir: Path,
-        resume_state: dict | None = None,
+        train,
+        test=None,
+        run_dir: Path | str = "runs/run",
+        *,
+        resume: Checkpoint | None = None,
         init_weights: tuple[dict, dict | None] | None = None,
         callback: Callable[[dict], None] | None = None,
     ) -> None:
+        """``train``/``test``: :class:`~ncsn_tune.data.Dataset` or arrays of images (pixels scaled to [0, 1] as the
+        loader does). ``step_size`` and ``config.steps_per_scale`` are only used for the sample grids;
+        ``resume`` continues a run from its checkpoint exactly."""
+        from ..config import AnalysisConfig
+
         self.config, self.schedule, self.step_size, self.run_dir = config.validate(), schedule, float(step_size), Path(run_dir)
+        self.steps_per_scale = config.steps_per_scale or AnalysisConfig().steps_per_scale
         self.callback = callback or (lambda event: None)
-        requested = resolve_device(config.device)
+        requested = torch_device(config.device)
         self.dist = Distributed.from_env(requested.type)
         self.device = self.dist.device(requested)
         if self.dist.active:
             self.dist.shard(config.batch_size)  # checks divisibility
             if not self.dist.main:
                 self.callback = lambda event: None
-        self.switches = SpeedSwitches.for_device(config, self.device, self.dist.active)
+        self.switches = speed_switches(config, self.device, self.dist.active)
         torch.manual_seed(config.seed)
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -281,8 +229,10 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.images = DeviceImages(*train, self.device)
-        self.test_images = DeviceImages(*test, self.device) if test is not None and len(test[0]) else None
+        self.train_data = as_dataset(train)
+        self.images = DeviceImages(self.train_data, self.device)
+        test = as_dataset(test) if test is not None else None
+        self.test_images = DeviceImages(test, self.device) if test is not None and test.num_points else None
         self.image_shape = tuple(int(s) for s in self.images.values.shape[1:])
         self.sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=self.device)
         self.model = build_model(config, self.image_shape, schedule.sigmas).to(self.device)
@@ -295,40 +245,45 @@ class Trainer:
         if init_weights is not None:
             weights, ema_weights = init_weights
             weights = {**weights, "sigmas": self.model.sigmas}  # keep this run's schedule
-            load_model_weights(self.model, weights, "--init-from")
+            load_model_weights(self.model, weights, "the initial weights")
             self.ema = EMA(self.model, config.ema_rate)
             if ema_weights is not None:
                 try:
                     self.ema.load_state_dict(ema_weights)
                 except KeyError as err:
-                    raise NcsnTuneError(f"the EMA weights of --init-from do not fit this model: {err}") from None
-        if resume_state is not None:
-            self._restore(resume_state)
+                    raise CheckpointError(f"the EMA weights of the initial checkpoint do not fit this model: {err}",
+                                          fields="init_from") from None
+        if resume is not None:
+            self._restore(resume)
         self.num_parameters = count_parameters(self.model)
         self.stop_requested = None
 
     # ---------------------------------------------------------------- checkpoints
 
-    def _restore(self, state: dict) -> None:
-        load_model_weights(self.model, state["model"], state.get("path", "the checkpoint"))
+    def _restore(self, ckpt: Checkpoint) -> None:
+        load_model_weights(self.model, ckpt.model, str(ckpt.path))
+        if ckpt.optimizer is None or ckpt.rng is None or "sampler" not in ckpt.rng or "torch" not in ckpt.rng:
+            raise CheckpointError(f"{ckpt.path} lacks the optimiser or random states a resume needs; it can be sampled from, not "
+                                  "continued")
         try:
-            self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, ValueError) as err:
-            raise NcsnTuneError(f"{state.get('path', 'the checkpoint')} does not fit this run: {err}") from None
-        self.sampler.load_state_dict(state["rng"]["sampler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.step = int(state["step"])
+            self.ema.load_state_dict(ckpt.ema)
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            self.sampler.load_state_dict(ckpt.rng["sampler"])
+            torch.set_rng_state(ckpt.rng["torch"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{ckpt.path} does not fit this run: {err}") from None
+        if self.device.type == "cuda" and ckpt.rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt.rng["cuda"], self.device)
+        self.step = int(ckpt.step)
 
     def checkpoint_state(self) -> dict:
         return {
             "step": self.step,
             "config": dataclasses.asdict(self.config),
             "schedule": self.schedule.to_dict(),
-            "sampling": {"steps_per_scale": self.config.steps_per_scale, "step_size": self.step_size},
+            "sampling": {"steps_per_scale": self.steps_per_scale, "step_size": self.step_size},
             "image_shape": list(self.image_shape),
+            "data": self.train_data.identity().to_dict(),
             "model": {k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
             "ema": {k: v.contiguous() for k, v in self.ema.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -355,18 +310,17 @@ class Trainer:
         model = self.ema.averaged_model(self.model).eval()
         x = self.test_images.batch(torch.arange(min(self.config.eval_images, len(self.test_images))))
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 1)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.bf16):
-            by_scale = dsm_loss_by_scale(model, x, self.sigmas, batch_size=256, generator=generator)
-        by_scale = by_scale.cpu().numpy()
+        by_scale = held_out_loss(model, x, self.sigmas, batch_size=256, generator=generator, bf16=self.switches.bf16)
         return {"eval_loss": float(by_scale.mean()), "eval_loss_by_scale": by_scale.tolist()}
 
     def sample_grid(self) -> Path:
         model = self.ema.averaged_model(self.model).eval()
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 2)
         x0 = torch.rand((self.config.sample_count, *self.image_shape), device=self.device, generator=generator)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.bf16):
-            x = sample_annealed_langevin(model, x0, self.sigmas, self.config.steps_per_scale, self.step_size, generator=generator)
-        path = save_png(image_grid(x), self.run_dir / f"samples_{self.step:08d}.png")
+        with self.switches.autocast(self.device):
+            x = sample_annealed_langevin(model, x0, self.sigmas, steps_per_scale=self.steps_per_scale, step_size=self.step_size,
+                                         generator=generator)
+        path = save_image(image_grid(x), self.run_dir / f"samples_{self.step:08d}.png")
         self.callback({"event": "samples", "step": self.step, "path": str(path)})
         return path
 
@@ -390,10 +344,8 @@ class Trainer:
         t_start = time.perf_counter()
         per_process = config.batch_size // self.dist.world
         shard = self.dist.shard(config.batch_size) if self.dist.active else slice(None)
-        step_fn = TrainStep(
-            self.model, self.optimizer, self.ema, self.sigmas, self.switches, (per_process, *self.image_shape), self.device,
-            compile_mode=config.compile_mode, dist=self.dist,
-        )
+        step_fn = TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.switches, (per_process, *self.image_shape),
+                            self.device, dist=self.dist)
         first_step_seconds = time.perf_counter() - t_start
         self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": first_step_seconds,
                        "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches), "device": str(self.device),
@@ -428,9 +380,10 @@ class Trainer:
                         bad = np.flatnonzero(~np.isfinite(values))
                         if bad.size:
                             bad_step = self.step - filled + int(bad[0]) + 1
-                            raise NcsnTuneError(
+                            raise RunError(
                                 f"the loss became {values[bad[0]]} at step {bad_step}; training stopped. The last good checkpoint "
-                                f"is the one from step {last_saved} in {self.run_dir}. Try a lower --lr or check the data"
+                                f"is the one from step {last_saved} in {self.run_dir}. Try a lower learning rate or check the data",
+                                fields="lr",
                             )
                         now = time.perf_counter()
                         record = {"step": self.step, "loss": float(values.mean()), "it_per_s": filled / max(now - t_window, 1e-9),

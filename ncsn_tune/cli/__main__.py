@@ -1,0 +1,5 @@
+"""``python -m ncsn_tune.cli``: the ``ncsn-tune`` command."""
+
+from . import main
+
+main()

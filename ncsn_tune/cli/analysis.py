@@ -1,0 +1,335 @@
+"""The analysis commands (no torch): sigmas, step-size, plot, simulate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..analysis.noise_schedule import NoiseSchedule, solve_gamma
+from ..analysis.step_size import StepSize, optimal_step_size
+from ..config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
+from ..errors import NcsnTuneError
+from ..tuning import ScheduleChoice, derive_schedule, resolve, resolve_schedule, save_step_size
+from .app import main
+from .options import data_options, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
+from .render import Report, fmt
+
+A = AnalysisConfig
+
+
+# ------------------------------------------------------------------------------------------------ sigmas
+
+
+def schedule_summary(schedule: NoiseSchedule, path: Path | None) -> dict:
+    """The numbers ``sigmas`` reports (JSON keys), the equation's gamma and L beside the schedule's."""
+    equation = schedule.overlap_equation()
+    data = schedule.data or {}
+    return {"sigma_max": schedule.sigma_max, "sigma_min": schedule.sigma_min, "num_scales": schedule.num_scales,
+            "gamma": equation[0] if equation else None, "ratio": schedule.ratio,
+            "overlap": schedule.overlap if schedule.dim else None, "target_overlap": schedule.target_overlap, "dim": schedule.dim,
+            "equation_num_scales": equation[1] if equation else None, "data": data or None, "num_points": data.get("num_points"),
+            "pair": schedule.source.get("pair"), "pixel_scale": data.get("pixel_scale"), "t1": schedule.source or None,
+            "schedule_file": str(path) if path else None, "sigmas": schedule.sigmas.tolist()}
+
+
+def schedule_rows(s: dict) -> list[list[str]]:
+    rows = []
+    if s["data"]:
+        rows += [["data", s["data"]["name"], f"{s['data']['path']} ({s['data'].get('split') or 'all files'})"],
+                 ["points N", fmt(s["num_points"]), f"pixel scale: {s['pixel_scale']}"]]
+    rows.append(["dimension D", fmt(s["dim"]), "C*H*W"])
+    t1 = s["t1"]
+    if t1 and "pair" in t1:
+        rows.append(["sigma_max", f"{s['sigma_max']:.6f}", f"T1: exact max distance, pair {tuple(t1['pair'])}; {t1['method']}: "
+                     f"{t1['pairs_evaluated']:,} of {t1['pairs_total']:,} pairs in {t1['seconds']:.2f} s"])
+    else:
+        rows.append(["sigma_max", f"{s['sigma_max']:.6g}", "given"])
+    rows.append(["sigma_min", fmt(s["sigma_min"]), "given" if s["sigma_min"] != A.sigma_min else "paper default"])
+    rows.append(["gamma", fmt(s["gamma"], 8), "T2: root of Phi(sqrt(2D)(g-1)+3g) - Phi(sqrt(2D)(g-1)-3g) = C"])
+    how = "ceil(log(sigma_max/sigma_min)/log gamma) + 1" if s["target_overlap"] else f"given (the equation gives {fmt(s['equation_num_scales'])})"
+    rows += [["num_scales L", str(s["num_scales"]), how],
+             ["realised ratio", fmt(s["ratio"], 8), "(sigma_max/sigma_min)^(1/(L-1))"],
+             ["realised overlap", fmt(s["overlap"]), "what the realised ratio achieves"]]
+    sig = s["sigmas"]
+    rows.append(["sigmas", ", ".join(f"{v:.4g}" for v in sig[:3]) + ", ..., " + ", ".join(f"{v:.4g}" for v in sig[-3:]),
+                 "descending, geometric"])
+    return rows
+
+
+@main.command()
+@data_options
+@click.option("--sigma-max", type=float, help="Use this sigma_max instead of computing it from --data (Technique 1).")
+@click.option("--dim", type=int, help="Data dimension D = C*H*W (with --sigma-max and no --data).")
+@click.option("--sigma-min", type=float, help=f"The smallest scale [default: {A.sigma_min}].")
+@click.option("--overlap", "target_overlap", type=float, help=f"Target overlap C of adjacent scales [default: {A.target_overlap}].")
+@click.option("--num-scales", type=int, help="Use L scales instead of the equation's L; the overlap they achieve is reported.")
+@path_option("--output", help=f"Schedule file to write, .json or .yaml [default: WORKDIR/{SCHEDULE_FILE}].")
+@json_option
+def sigmas(output, as_json, **opts):
+    """Techniques 1 and 2: sigma_max (exact), gamma, the number of scales L and the schedule.
+
+    \b
+    ncsn-tune sigmas --data cifar10
+    ncsn-tune sigmas --sigma-max 50 --dim 3072 --num-scales 232
+    """
+    report = Report(as_json)
+    data = read_data(report, opts)
+    with report.progress() as progress:
+        schedule = derive_schedule(given_from(opts, data), progress=progress)
+    path = schedule.save(output or workdir() / SCHEDULE_FILE)
+    summary = schedule_summary(schedule, path)
+    report.result(summary)
+    if not as_json:
+        report.table("Noise schedule (Song & Ermon 2020, Techniques 1-2)", ["quantity", "value", "how"], schedule_rows(summary), (1,))
+        report.line(f"Saved the schedule to {path}")
+        report.command(f"ncsn-tune step-size --M {A.steps_per_scale}")
+
+
+# ------------------------------------------------------------------------------------------------ step-size
+
+
+def choose_schedule(report: Report, opts: dict, **extra) -> ScheduleChoice:
+    """The resolver's schedule for the shared schedule options, its notes printed."""
+    data = read_data(report, opts)
+    with report.progress() as progress:
+        choice = resolve_schedule(given_from(opts, data, **extra), workdir=workdir(), progress=progress)
+    return choice
+
+
+def step_rows(choice: ScheduleChoice, steps: list[int], given_eps: float | None) -> list[tuple[StepSize, StepSize | None]]:
+    """For each M: Technique 4's optimum, and the given eps with its s^2/sigma^2 (or None)."""
+    return [(optimal_step_size(choice.ratio, m, choice.sigma_min),
+             StepSize.given(given_eps, choice.ratio, m, choice.sigma_min) if given_eps is not None else None) for m in steps]
+
+
+def step_size_options(default_steps: str):
+    return stack(
+        click.option("--M", "steps_per_scale", default=default_steps, show_default=True,
+                     help="Langevin steps per scale: one value or a list, e.g. 1,3,5,10."),
+        schedule_options,
+        click.option("--step-size", "--mark", "step_size", type=float, help="A given eps (e.g. a published 6.2e-6): its s^2/sigma^2."),
+    )
+
+
+@main.command("step-size")
+@step_size_options(str(A.steps_per_scale))
+@path_option("--output", help=f"Step-size file to write (one M) [default: WORKDIR/{STEP_SIZE_FILE}].")
+@json_option
+def step_size(steps_per_scale, step_size, output, as_json, **opts):
+    """Technique 4: the eps that brings Proposition 3's s^2/sigma^2 closest to 1 for M steps per scale.
+
+    \b
+    ncsn-tune step-size --M 5                     (uses the schedule 'sigmas' saved)
+    ncsn-tune step-size --M 1,3,5,10 --sigma-max 50 --num-scales 232
+    """
+    report = Report(as_json)
+    steps = parse_steps(steps_per_scale)
+    choice = choose_schedule(report, opts)
+    rows = step_rows(choice, steps, step_size)
+    saved = save_step_size(rows[0][0], output or workdir() / STEP_SIZE_FILE, choice.schedule, choice.file) if len(rows) == 1 else None
+    results = [{**best.to_dict(), **({"given_step_size": g.step_size, "given_variance_ratio": g.variance_ratio} if g else {})}
+               for best, g in rows]
+    report.result({**results[0], "step_size_file": saved, "notes": list(choice.notes)} if saved else results)
+    if as_json:
+        return
+    report.notes(choice.notes)
+    columns = ["M", "eps (optimal)", "s^2/sigma^2 at eps"] + ([f"s^2/sigma^2 at eps = {step_size:g}"] if step_size else [])
+    table = [[str(b.steps_per_scale), f"{b.step_size:.6e}", f"{b.variance_ratio:.6f}"] + ([f"{g.variance_ratio:.6f}"] if g else [])
+             for b, g in rows]
+    report.table(f"Langevin step size (Technique 4), ratio {choice.ratio:.8g}, sigma_min {choice.sigma_min:g}", columns, table,
+                 tuple(range(len(columns))))
+    report.line("For a ratio > 1, s^2/sigma^2 stays above 1 for every eps, so the optimum is its minimum (Proposition 3: exact "
+                "for a single-Gaussian model, an approximation for real data).")
+    report.line(f"Saved the step size for M = {steps[0]} to {saved}" if saved else
+                f"Several values of M ({', '.join(map(str, steps))}): no step size saved; give one M to save it.")
+
+
+# ------------------------------------------------------------------------------------------------ plot
+
+
+@main.group()
+def plot():
+    """Figures (PNG or PDF by the --output suffix): step-size, schedule, overlap."""
+
+
+figure_output = path_option("--output", required=True, help="The figure to write: .png or .pdf.")
+
+
+def save_figure(report: Report, fig, output: Path) -> Path:
+    if output.suffix.lower() not in (".png", ".pdf"):
+        raise NcsnTuneError(f"a figure must end in .png or .pdf, got {output.name}", fields="output")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=200, bbox_inches="tight")
+    report.line(f"Wrote {output}")
+    return output
+
+
+@plot.command("step-size")
+@step_size_options("1,3,5,10")
+@figure_output
+@json_option
+def plot_step_size_cmd(steps_per_scale, step_size, output, as_json, **opts):
+    """s^2/sigma^2 against eps for several M, each optimum marked (Technique 4); takes what step-size takes."""
+    from ..plots import plot_step_size
+
+    report = Report(as_json)
+    steps = parse_steps(steps_per_scale)
+    choice = choose_schedule(report, opts)
+    fig = plot_step_size(choice.ratio, choice.sigma_min, steps, step_size)
+    save_figure(report, fig, output)
+    report.result({"figure": output, "optima": [o.to_dict() for o in fig.optima], "notes": list(choice.notes)})
+    for o in fig.optima:
+        report.line(f"M = {o.steps_per_scale}: eps = {o.step_size:.6e}, s^2/sigma^2 = {o.variance_ratio:.6f}")
+
+
+@plot.command("schedule")
+@schedule_options
+@path_option("--compare", "compare_file", help="A second schedule file, drawn beside with its own eps.")
+@click.option("--compare-num-scales", type=int, help="A second schedule with the same ends and this many scales (e.g. 232).")
+@click.option("--M", "steps_per_scale", type=int, default=A.steps_per_scale, show_default=True, help="M for each schedule's eps.")
+@click.option("--step-size", type=float, help="One eps for every schedule [default: each schedule's Technique 4 optimum for M].")
+@figure_output
+@json_option
+def plot_schedule_cmd(compare_file, compare_num_scales, steps_per_scale, step_size, output, as_json, **opts):
+    """Noise scales against their index with alpha_i and the overlap; several schedules side by side."""
+    from ..plots import plot_schedule
+
+    report = Report(as_json)
+    schedule = require_schedule(choose_schedule(report, opts))
+    schedules = [schedule]
+    if compare_file is not None:
+        schedules.append(NoiseSchedule.load(compare_file))
+    if compare_num_scales is not None:
+        schedules.append(schedule.with_num_scales(compare_num_scales))
+    eps = [step_size if step_size is not None else s.step_size(steps_per_scale).step_size for s in schedules]
+    labels = [f"L = {s.num_scales}" for s in schedules]
+    save_figure(report, plot_schedule(schedules, eps, labels), output)
+    rows = [{"num_scales": s.num_scales, "ratio": s.ratio, "overlap": s.overlap if s.dim else None, "step_size": e}
+            for s, e in zip(schedules, eps)]
+    report.result({"figure": output, "schedules": rows})
+    for r in rows:
+        report.line(f"L = {r['num_scales']}: ratio {r['ratio']:.6f}, overlap {fmt(r['overlap'], 4)}, eps {r['step_size']:.4g}")
+
+
+def require_schedule(choice: ScheduleChoice) -> NoiseSchedule:
+    if choice.schedule is None:
+        raise NcsnTuneError("this needs a schedule, not a bare ratio", fields="ratio")
+    return choice.schedule
+
+
+@plot.command("overlap")
+@schedule_options
+@figure_output
+@json_option
+def plot_overlap_cmd(output, as_json, **opts):
+    """The overlap C against gamma for the data's dimension, the chosen gamma marked (Technique 2)."""
+    from ..plots import plot_overlap
+
+    report = Report(as_json)
+    target = opts["target_overlap"] or A.target_overlap
+    only_dim = opts["dim"] is not None and not any(opts[k] for k in ("sigma_max", "num_scales", "data", "schedule"))
+    if only_dim:
+        dim, gamma = opts["dim"], solve_gamma(opts["dim"], target)
+    else:
+        schedule = require_schedule(choose_schedule(report, opts))
+        if schedule.dim is None:
+            raise NcsnTuneError("the overlap depends on the data dimension D", fields=("dim", "data"))
+        dim, gamma = schedule.dim, schedule.gamma or schedule.ratio
+        target = schedule.target_overlap or target
+    save_figure(report, plot_overlap(dim, gamma, target), output)
+    report.result({"figure": output, "dim": dim, "gamma": gamma, "target_overlap": target})
+    report.line(f"gamma = {gamma:.8f}")
+
+
+# ------------------------------------------------------------------------------------------------ simulate
+
+
+@main.command()
+@schedule_options
+@click.option("--M", "steps_per_scale", type=click.IntRange(min=1), help="Langevin steps per scale [default: as step-size resolves].")
+@click.option("--step-size", type=float, help="eps [default: the saved one if it fits, else Technique 4's optimum for M].")
+@click.option("--chains", type=click.IntRange(min=1), default=64, show_default=True, help="Chains (each of --sim-dim coordinates).")
+@click.option("--sim-dim", type=click.IntRange(min=1), help="Dimensions simulated per chain [default: the schedule's D].")
+@click.option("--mode", type=click.Choice(["per-scale", "annealed"]), default="per-scale", show_default=True,
+              help="per-scale: each scale starts where Proposition 3 assumes; annealed: chains run through all scales.")
+@click.option("--sweep", is_flag=True, help="Also measure the last scale at several eps around the optimum for M = 1, 3, 5, 10.")
+@click.option("--toy", type=click.Choice(["gmm"]), help="The paper's Figure 2 experiment instead: a mixture sampled with a small and with "
+              "Technique 1's sigma_max.")
+@click.option("--toy-dim", type=click.IntRange(min=1), default=2, show_default=True, help="Dimension of the mixture (--toy gmm).")
+@click.option("--weights", default="0.8,0.2", show_default=True, help="Mode weights of the mixture (--toy gmm).")
+@click.option("--separation", type=float, default=10.0, show_default=True, help="Distance between the modes (--toy gmm).")
+@click.option("--small-sigma-max", type=float, default=1.0, show_default=True, help="The too-small sigma_max (--toy gmm).")
+@click.option("--tau", type=float, default=0.5, show_default=True, help="Standard deviation of each mixture component (--toy gmm).")
+@click.option("--samples", "num_samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples (--toy gmm).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@path_option("--output", help="Figure of the result (.png or .pdf).")
+@json_option
+def simulate(steps_per_scale, step_size, chains, sim_dim, mode, sweep, toy, toy_dim, weights, separation, small_sigma_max, tau, num_samples,
+             seed, output, as_json, **opts):
+    """Monte Carlo check of Proposition 3 with an exact Gaussian score, or the paper's Figure 2 experiment (--toy gmm)."""
+    report = Report(as_json)
+    if toy == "gmm":
+        return simulate_mixture(report, weights, separation, toy_dim, tau, small_sigma_max, opts, num_samples, steps_per_scale, seed,
+                                output)
+    from ..analysis.simulation import compounded_ratios, simulate_proposition3, sweep_step_sizes
+
+    data = read_data(report, opts)
+    tuning = resolve(given_from(opts, data, steps_per_scale=steps_per_scale, step_size=step_size), workdir=workdir())
+    schedule = require_schedule(tuning)
+    dim = sim_dim or schedule.dim
+    if dim is None:
+        raise NcsnTuneError("the simulation needs a dimension: give the schedule's D or the dimensions per chain",
+                            fields=("dim", "sim_dim"))
+    m, eps = tuning.steps_per_scale, tuning.step_size
+    with report.progress() as progress:
+        check = simulate_proposition3(schedule.sigmas, m, eps, dim, chains, mode, seed, device=opts["device"], progress=progress)
+        sweeps = sweep_step_sizes(schedule.ratio, schedule.sigma_min, dim=dim, num_chains=chains, seed=seed,
+                                  device=opts["device"]) if sweep else []
+    if output is not None:
+        from ..plots import plot_proposition3
+
+        save_figure(report, plot_proposition3(check, sweeps or None), output)
+    report.result({**check.to_dict(), "notes": list(tuning.notes), **({"sweep": [s.to_dict() for s in sweeps]} if sweeps else {})})
+    if as_json:
+        return
+    report.notes(tuning.notes)
+    report.line(f"M = {m}, eps = {eps:.6e}, {chains} chains x {dim} dimensions, mode {mode}.")
+    n = len(check.sigmas)
+    rows = [[str(i), f"{check.sigmas[i]:.4g}", f"{check.predicted[i]:.5f}", f"{check.measured[i]:.5f}", f"{check.standard_errors[i]:.5f}"]
+            for i in sorted({0, 1, n // 2, n - 1})]
+    report.table("Proposition 3 by Monte Carlo (exact score of an isotropic Gaussian)",
+                 ["scale i", "sigma", "predicted s^2/sigma^2", "measured", "standard error"], rows, (0, 1, 2, 3, 4))
+    z = abs(check.measured_ratio - check.predicted_ratio) / check.standard_error
+    report.line(f"Last scale: measured {check.measured_ratio:.5f} against {check.predicted_ratio:.5f} ({z:.1f} standard errors); "
+                f"largest relative gap over all {n} scales {check.max_relative_error:.2%}.")
+    if mode == "per-scale":
+        report.line(f"Chains that run through all scales without reset compound the excess and settle near "
+                    f"{compounded_ratios(schedule.sigmas, m, eps)[-1]:.4f} (--mode annealed measures that).")
+    for s in sweeps:
+        report.line(f"M = {s.steps_per_scale}: lowest measured ratio at eps = {s.lowest_measured_at:.3g} "
+                    f"(Technique 4's optimum {s.optimum.step_size:.3g}).")
+
+
+def simulate_mixture(report: Report, weights, separation, dim, tau, small_sigma_max, opts, num_samples, steps_per_scale, seed, output):
+    """``simulate --toy gmm``: the mixture sampled with a small sigma_max and with Technique 1's."""
+    from ..analysis.simulation import gmm_experiment, mixture_on_circle
+
+    try:
+        w = [float(v) for v in weights.split(",")]
+    except ValueError:
+        raise NcsnTuneError(f"--weights takes numbers separated by commas, got {weights!r}") from None
+    mixture = mixture_on_circle(w, separation, dim, tau)
+    m = steps_per_scale or A.steps_per_scale
+    results = gmm_experiment(mixture, small_sigma_max, opts["sigma_min"] or A.sigma_min, num_samples, m,
+                             opts["target_overlap"] or A.target_overlap, seed)
+    if output is not None:
+        from ..plots import plot_gmm
+
+        save_figure(report, plot_gmm(results, mixture), output)
+    report.result({"dim": dim, "weights": mixture.weights.tolist(), "results": [r.to_dict() for r in results]})
+    rows = [[f"{r.sigma_max:.3g} ({r.label})", str(r.num_scales), ", ".join(f"{f:.3f}" for f in r.fractions),
+             ", ".join(f"{v:.3f}" for v in r.weights), f"{r.total_variation:.3f}"] for r in results]
+    report.table(f"Figure 2 experiment: {len(w)} modes in {dim} dimensions, {num_samples} samples, M = {m}",
+                 ["sigma_max", "L", "mode shares", "weights", "total variation"], rows, (1, 4))
+    report.line("Too small a sigma_max leaves each chain in the basin it started in, so the shares follow the basins, not the weights.")

@@ -1,0 +1,200 @@
+"""The model commands (torch, imported when they run): train, sample, evaluate."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..config import TrainConfig, workdir
+from ..data import SPLITS
+from .app import main
+from .options import config_options, json_option, path_option
+from .render import Report, fmt
+
+checkpoint_option = click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+                                 help="A run folder (its newest checkpoint) or a checkpoint file.")
+device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the same seed gives the same result).")
+ema_option = click.option("--no-ema", is_flag=True, help="Use the raw weights instead of their EMA (Technique 5).")
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+class TrainEvents:
+    """Renders the trainer's events: a progress bar or lines, and one line per evaluation, sample grid and stop."""
+
+    def __init__(self, report: Report, progress) -> None:
+        self.report, self.progress, self.total = report, progress, None
+
+    def __call__(self, event: dict) -> None:
+        kind, say = event["event"], self.report.stderr.print
+        if kind == "start":
+            self.total = event["steps"]
+            what = "compile, CUDA graph capture" if event["device"].startswith("cuda") else "nothing to compile on a CPU"
+            say(f"device {event['device']} ({event['processes']} process{'es' if event['processes'] > 1 else ''}), set-up ({what}) "
+                f"{event['setup_seconds']:.1f} s", markup=False)
+        elif kind == "log" and self.progress is not None:
+            self.progress(event["step"], self.total, "training", f"loss {event['loss']:.2f}, {event['it_per_s']:.1f} it/s")
+        elif kind == "eval":
+            say(f"step {event['step']}: held-out DSM loss {event['eval_loss']:.3f}", markup=False)
+        elif kind == "samples":
+            say(f"step {event['step']}: samples in {event['path']}", markup=False)
+        elif kind == "stopped":
+            say(f"{event['signal']}: saved a checkpoint at step {event['step']} and stopped", markup=False)
+
+
+@main.command()
+@config_options(TrainConfig, {"steps_per_scale": ["--M"]})
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<data name>].")
+@path_option("--config", "config_file", help="YAML configuration: ours, or an official NCSNv2 config (e.g. configs/cifar10.yml).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint (--steps is the total to reach).")
+@path_option("--init-from", help="Start from the weights (and EMA) of an official NCSNv2 checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Resolve and print the configuration and the parameter count; do not train.")
+@click.option("--gpus", type=click.IntRange(min=1), help="Train on N GPUs: runs torchrun --nproc_per_node N -m ncsn_tune train ...")
+@json_option
+def train(output, config_file, resume, init_from, dry_run, gpus, as_json, **settings):
+    """Train NCSNv2 with the derived noise schedule and step size (Techniques 1-5).
+
+    \b
+    ncsn-tune train                                  (uses what sigmas/step-size saved, or derives it)
+    ncsn-tune train --data cifar10 --output runs/cifar10 --steps 300000
+    ncsn-tune train --output runs/cifar10 --resume --steps 400000
+    ncsn-tune train --config ncsnv2/configs/cifar10.yml --dry-run
+    """
+    from ..model.distributed import relaunch_under_torchrun, select_local_gpu
+    from ..model.runs import count_model_parameters, run_training, setup_run
+
+    if gpus is not None and gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return relaunch_under_torchrun(sys.argv[1:], gpus)
+    main_process = select_local_gpu()  # under torchrun: each rank on its own GPU, and one voice
+    report = Report(as_json, quiet=not main_process)
+    with report.progress() as progress:
+        setup = setup_run(settings, output=output, config_file=config_file, resume=resume, workdir=workdir(), progress=progress)
+    summary = {**setup.summary(), "num_parameters": count_model_parameters(setup)}
+    report.result(summary)
+    c, s = setup.config, setup.plan.schedule
+    rows = [[k, str(getattr(c, k))] for k in ("data", "batch_size", "steps", "lr", "ema_rate", "ngf", "architecture", "device", "seed")]
+    rows += [["image shape", "x".join(map(str, setup.plan.train.image_shape)) + f" ({setup.plan.train.num_points:,} images)"],
+             ["sigma_max / sigma_min", f"{s.sigma_max:.6g} / {s.sigma_min:g}"], ["L (overlap)", f"{s.num_scales} ({s.overlap:.4f})"],
+             ["M, eps", f"{c.steps_per_scale}, {c.step_size:.6e}"], ["parameters", f"{summary['num_parameters']:,}"]]
+    report.table(f"Training configuration ({setup.run_dir})", ["setting", "value"], rows, (1,))
+    report.notes(setup.notes)
+    if dry_run:
+        return None
+    if setup.resume is not None:
+        report.line(f"Resuming from {setup.resume.path} (step {setup.resume.step}).")
+    with report.progress() as progress:
+        result = run_training(setup, init_from=init_from, callback=TrainEvents(report, progress), main_process=main_process)
+    report.line(f"Trained to step {result['step']} in {result['seconds']:.1f} s; checkpoints and metrics in {setup.run_dir}.")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ sample
+
+
+@main.command()
+@checkpoint_option
+@click.option("--num", type=click.IntRange(min=1), default=64, show_default=True, help="Number of samples.")
+@path_option("--output", default=Path("samples.png"), show_default=True, help="Grid of the samples (.png, .jpg or .webp).")
+@path_option("--npz", help="Also save the raw samples: 'uint8' (N,H,W,C) and 'float' (N,C,H,W).")
+@click.option("--M", "steps_per_scale", type=click.IntRange(min=1), help="Langevin steps per scale [default: the run's].")
+@click.option("--step-size", type=float, help="eps [default: the run's, or Technique 4's optimum when M or the schedule changes].")
+@path_option("--schedule", help="Sample with this schedule file instead of the run's.")
+@click.option("--num-scales", type=int, help="Sample with L geometric scales between the schedule's ends.")
+@click.option("--no-denoise", is_flag=True, help="Leave out the final denoising step.")
+@ema_option
+@seed_option
+@device_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Samples per batch on the device.")
+@click.option("--compile/--no-compile", "use_compile", default=None,
+              help="torch.compile the network (GPU only; ~30 s of compiling, then 1.7x the images/s at batch 1000 on an H100) "
+                   "[default: on from 1,000 samples].")
+@path_option("--diagnostics", help="Per-scale diagnostics: .json/.yaml, or a .png/.pdf plot.")
+@path_option("--chain", help="One chain from noise to image: a PNG strip, or an animated GIF when the name ends in .gif.")
+@json_option
+def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, num_scales, no_denoise, no_ema, seed, device, batch_size,
+           use_compile, diagnostics, chain, as_json):
+    """Annealed Langevin dynamics from a trained model (uniform start, final denoising step, EMA weights).
+
+    \b
+    ncsn-tune sample --checkpoint runs/cifar10 --num 64 --output samples.png
+    ncsn-tune sample --checkpoint runs/cifar10 --M 3          (eps re-derived for M = 3)
+    """
+    from ..model.generate import check_sample_outputs, sample_checkpoint, write_samples
+
+    report = Report(as_json)
+    check_sample_outputs(output, npz, diagnostics, chain)
+    with report.progress() as progress:
+        run = sample_checkpoint(checkpoint, num=num, batch_size=batch_size, seed=seed, schedule_file=schedule, num_scales=num_scales,
+                                steps_per_scale=steps_per_scale, step_size=step_size, denoise=not no_denoise, ema=not no_ema,
+                                device=device, compile=use_compile, trace_chain=chain is not None, progress=progress)
+    written = write_samples(run, output, npz, diagnostics, chain)
+    report.result({**run.to_dict(), "files": written})
+    if as_json:
+        return
+    report.line(f"Sampled {num} images from {run.checkpoint.path} (step {run.checkpoint.step}) into {', '.join(map(str, written))}")
+    report.notes(run.tuning.notes)
+    d, n = run.diagnostics.summary(), run.tuning.schedule.num_scales
+    rows = [[str(i), f"{d['sigmas'][i]:.4g}", f"{d['image_norm'][i]:.2f}", f"{d['score_norm_times_sigma_over_sqrt_dim'][i]:.3f}"]
+            for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})]
+    report.table("Per-scale diagnostics (after each scale's M steps)", ["scale i", "sigma", "mean ||x||", "sigma ||s|| / sqrt(D)"],
+                 rows, (0, 1, 2, 3))
+    report.line("sigma ||s|| / sqrt(D) near 1: the chain is at the noise level the model expects (Proposition 3's picture).")
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+
+@main.command()
+@checkpoint_option
+@click.option("--data", help="Images to evaluate on [default: the run's held-out split (CIFAR-10's test set), else its training images].")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), help="Folder holding cifar-10-batches-py/.")
+@click.option("--split", type=click.Choice(SPLITS), help="CIFAR-10 split [default: test].")
+@click.option("--images", type=click.IntRange(min=1), default=1000, show_default=True, help="Images, each noised at every scale.")
+@path_option("--samples", help="Samples (.npz from ncsn-tune sample --npz): find each one's nearest training image.")
+@click.option("--fid", "with_fid", is_flag=True, help="FID of --samples against the training images' statistics (or --fid-reference).")
+@path_option("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth [default: the torch.hub or ncsn_tune cache].")
+@path_option("--fid-reference", help="Reference statistics (.npz with mu and sigma, as pytorch-fid writes) instead of the training images.")
+@click.option("--fid-images", type=int, help="Training images for the reference statistics [default: all].")
+@ema_option
+@device_option
+@seed_option
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluation"), show_default=True,
+              help="Folder for evaluation.json and the figures.")
+@json_option
+def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, inception_weights, fid_reference, fid_images, no_ema, device,
+             seed, output_dir, as_json):
+    """DSM loss per noise scale on held-out images; with --samples the nearest training image of each sample, and --fid.
+
+    \b
+    ncsn-tune evaluate --checkpoint runs/cifar10
+    ncsn-tune evaluate --checkpoint runs/cifar10 --samples s.npz --fid --inception-weights pt_inception-2015-12-05-6726825d.pth
+    """
+    from ..model.evaluate import evaluate_checkpoint, write_evaluation
+
+    report = Report(as_json)
+    with report.progress() as progress:
+        result = evaluate_checkpoint(checkpoint, data=data, data_root=data_root, split=split, images=images, samples=samples, fid=with_fid,
+                                     inception_weights=inception_weights, fid_reference=fid_reference, fid_images=fid_images,
+                                     ema=not no_ema, device=device, seed=seed, progress=progress)
+    written = write_evaluation(result, output_dir)
+    report.result({**result.to_dict(), "files": written})
+    if as_json:
+        return
+    report.line(f"{result.checkpoint} (step {result.step}): DSM loss {result.loss:.3f} on {result.images:,} {result.data}")
+    n = len(result.loss_by_scale)
+    rows = [[str(i), f"{result.sigmas[i]:.4g}", f"{result.loss_by_scale[i]:.3f}"] for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})]
+    report.table("DSM loss by noise scale (each image noised at every scale)", ["scale i", "sigma", "loss"], rows, (0, 1, 2))
+    if result.nearest is not None:
+        d = result.to_dict()["nearest"]
+        report.line(f"Nearest training images: median distance {fmt(d['median_distance'], 4)}, smallest {fmt(d['min_distance'], 4)} "
+                    f"(exact); pairs in {output_dir / 'nearest_neighbours.png'}")
+    if result.fid is not None:
+        f = result.fid
+        report.line(f"FID {f['fid']:.2f}: {f['num_samples']} samples against {f['reference']} ({f['reference_images']} images)")
+    report.notes(result.notes + (result.fid or {}).get("notes", []))
+    report.line(f"Wrote {', '.join(map(str, written))}")

@@ -1,0 +1,153 @@
+"""How commands talk: text for people, one JSON document for scripts, progress for long work.
+
+With ``--json`` stdout carries exactly one JSON document and everything meant
+for people goes to stderr. Tables never cut a number or a path, commands the
+user is told to type are never wrapped, and progress shows as a bar on a
+terminal and as a line every few seconds on stderr otherwise (a pipe, a log
+file, a cluster scheduler).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+#: Seconds between progress lines when stderr is not a terminal.
+PROGRESS_EVERY_S = 5.0
+
+
+def _console(stream) -> Console:
+    tty = stream.isatty()
+    # Off a terminal rich would assume 80 columns and cut table cells; a wide page keeps every cell whole.
+    return Console(file=stream, highlight=False, soft_wrap=False, width=None if tty else 250, emoji=False)
+
+
+def fmt(value: Any, digits: int = 6) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if abs(value) >= 10000 else str(value)
+    return str(value)
+
+
+def plain(value: Any) -> Any:
+    """NumPy scalars/arrays, tuples and paths as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Report:
+    """The output of one command."""
+
+    def __init__(self, as_json: bool = False, quiet: bool = False) -> None:
+        """``quiet``: print nothing at all (the other ranks of a torchrun job)."""
+        self.as_json, self.quiet = as_json, quiet
+        self.stdout = _console(sys.stdout)
+        self.stderr = _console(sys.stderr)
+        if quiet:
+            self.stdout.quiet = self.stderr.quiet = True
+        self.people = self.stderr if as_json else self.stdout
+        self._emitted = False
+
+    # -------------------------------------------------------------- text for people
+
+    def line(self, text: str = "") -> None:
+        self.people.print(text, markup=False, soft_wrap=True)
+
+    def notes(self, notes) -> None:
+        for note in notes:
+            self.line(f"- {note}")
+
+    def command(self, text: str, before: str = "next: ") -> None:
+        """A command for the user to type: on one line, never wrapped."""
+        self.people.print(f"{before}{text}", markup=False, soft_wrap=True, overflow="ignore", crop=False)
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]], right: tuple[int, ...] = ()) -> None:
+        self.people.print(title, markup=False, soft_wrap=True)
+        table = Table()
+        for k, name in enumerate(columns):
+            table.add_column(name, justify="right" if k in right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*[fmt(v) if not isinstance(v, str) else v for v in row])
+        self.people.print(table)
+
+    def warn(self, text: str) -> None:
+        self.stderr.print(f"Warning: {text}", markup=False, soft_wrap=True)
+
+    # -------------------------------------------------------------- for scripts
+
+    def result(self, data: dict | list) -> None:
+        """The command's result: one JSON document on stdout under --json (nothing otherwise)."""
+        if self.as_json and not self.quiet:
+            if self._emitted:
+                raise RuntimeError("a command emits one JSON document")
+            self._emitted = True
+            sys.stdout.write(json.dumps(plain(data)) + "\n")
+            sys.stdout.flush()
+
+    # -------------------------------------------------------------- long work
+
+    @contextmanager
+    def progress(self, enabled: bool = True) -> Iterator[Callable[..., None] | None]:
+        """A callback ``progress(done, total, what, detail="")`` for library functions; a bar on a terminal, lines otherwise."""
+        if not enabled or self.quiet:
+            yield None
+            return
+        if self.stderr.is_terminal:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                          TimeRemainingColumn(), TextColumn("{task.fields[detail]}"), console=self.stderr, transient=True) as bar:
+                tasks: dict[str, Any] = {}
+
+                def update(done: int, total, what: str = "working", detail: str = "") -> None:
+                    if what not in tasks:
+                        tasks[what] = bar.add_task(what, total=total, detail=detail)
+                    bar.update(tasks[what], completed=done, total=total, detail=detail)
+
+                yield update
+            return
+        yield ProgressLines(self.stderr)
+
+
+class ProgressLines:
+    """Progress as plain lines on stderr: nothing for work shorter than :data:`PROGRESS_EVERY_S` seconds, then
+    a line at most that often per task, and a last line when the task completes."""
+
+    def __init__(self, console: Console, every: float = PROGRESS_EVERY_S) -> None:
+        self.console, self.every, self.start = console, every, time.monotonic()
+        self.last: dict[str, float] = {}
+
+    def __call__(self, done: int, total, what: str = "working", detail: str = "") -> None:
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        previous = self.last.get(what)
+        if previous == math.inf:  # this task has printed its last line
+            return
+        if finished:
+            if previous is None:  # short work: no lines at all
+                return
+        elif now - (previous if previous is not None else self.start) < self.every:
+            return
+        self.last[what] = math.inf if finished else now
+        share = f" ({100.0 * done / total:.0f}%)" if total else ""
+        count = f"{done:,}/{total:,}" if total else f"{done:,}"
+        extra = f", {detail}" if detail else ""
+        self.console.print(f"{what}: {count}{share}, {now - self.start:.1f} s{extra}", markup=False, soft_wrap=True)

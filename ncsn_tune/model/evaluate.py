@@ -1,0 +1,228 @@
+"""Evaluating a trained model: held-out DSM loss per scale, nearest training images of samples, FID.
+
+:func:`held_out_loss` is the one implementation of the validation loss (the
+trainer's periodic evaluation uses it too). :func:`evaluate_checkpoint` does
+what ``ncsn-tune evaluate`` does and returns an :class:`Evaluation`;
+:func:`write_evaluation` writes its files. Every input (samples file, FID
+weights, data) is checked before any long computation starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.nearest_neighbours import Neighbours, nearest_neighbours
+from ..data import DataIdentity, Dataset, load_dataset
+from ..errors import CheckpointError, DataError, NcsnTuneError
+from .checkpoint import Checkpoint, load_checkpoint, load_model
+from .loss import dsm_loss_by_scale
+
+
+@torch.no_grad()
+def held_out_loss(model, images: torch.Tensor, sigmas: torch.Tensor, *, batch_size: int = 256, generator: torch.Generator | None = None,
+                  bf16: bool | None = None) -> np.ndarray:
+    """The DSM loss per noise scale (L values) of ``model`` on ``images`` (N, C, H, W in [0, 1]) noised at every scale.
+
+    bf16 autocast on a GPU by default (as training runs); the loss is accumulated in float64.
+    """
+    device = images.device
+    if bf16 is None:
+        bf16 = device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        by_scale = dsm_loss_by_scale(model, images, sigmas.to(device), batch_size=batch_size, generator=generator)
+    return by_scale.cpu().numpy()
+
+
+def read_samples(path: Path) -> np.ndarray:
+    """Samples written by ``ncsn-tune sample --npz``: float (N, C, H, W) clipped to [0, 1] (the 'float' array,
+    else 'uint8' (N, H, W, C) / 255)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise NcsnTuneError(f"{path}: samples must be a .npz file as ncsn-tune sample --npz writes, got {path.suffix or 'no suffix'!r}",
+                            fields="samples")
+    if not path.is_file():
+        raise NcsnTuneError(f"samples file {path} does not exist", fields="samples")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "float" in f:
+                samples = np.asarray(f["float"], dtype=np.float32)
+            elif "uint8" in f:
+                samples = np.asarray(f["uint8"], dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
+            else:
+                raise KeyError("neither a 'float' nor a 'uint8' array")
+    except (OSError, KeyError, ValueError, EOFError) as exc:
+        raise NcsnTuneError(f"{path} is not a samples file of ncsn-tune sample --npz ({exc})", fields="samples") from None
+    if samples.ndim != 4 or len(samples) == 0:
+        raise NcsnTuneError(f"{path}: expected samples shaped (N, C, H, W), got {samples.shape}", fields="samples")
+    if not np.isfinite(samples).all():
+        raise NcsnTuneError(f"{path}: the samples hold NaN or infinite values", fields="samples")
+    return np.clip(samples, 0.0, 1.0)  # the image range; sampling may overshoot it slightly
+
+
+def run_data(ckpt: Checkpoint, split: str = "train") -> Dataset:
+    """The data a run was trained on (its recorded absolute path), ``split`` of it for CIFAR-10."""
+    config = ckpt.config
+    spec, root = config.get("data") or "cifar10", config.get("data_root")
+    try:
+        return load_dataset(spec, root, split, download=False)
+    except DataError as err:
+        raise DataError(f"the run's training data cannot be read ({err}); give the data again", fields="data") from None
+
+
+def evaluation_data(ckpt: Checkpoint, data: str | None = None, data_root: str | None = None, split: str | None = None,
+                    progress=None) -> tuple[Dataset, bool, str]:
+    """(images, held_out, description): the given data, else the run's held-out split (CIFAR-10's test set),
+    else the run's training images, said so (no held-out split exists for them)."""
+    train_identity = DataIdentity.from_dict(ckpt.data)
+    name = ckpt.config.get("data") or "cifar10"
+    if data is not None:
+        dataset = load_dataset(data, data_root, split or "test", progress=progress)
+    elif name.lower() in ("cifar10", "cifar-10"):
+        dataset = load_dataset("cifar10", ckpt.config.get("data_root"), split or "test", download=False, progress=progress)
+    else:
+        dataset = run_data(ckpt)
+    held_out = not (train_identity is not None and train_identity.same_data(dataset.identity()))
+    if data is None and not (dataset.name == "cifar10" and dataset.split == "test"):
+        held_out = False  # the run's own images (also when an old checkpoint did not record their identity)
+    what = "held-out" if held_out else "training images (no held-out split)"
+    return dataset, held_out, f"{what}: {dataset.identity().describe()}"
+
+
+@dataclass
+class Evaluation:
+    """What ``ncsn-tune evaluate`` reports."""
+
+    checkpoint: str
+    step: int
+    data: str
+    held_out: bool
+    images: int
+    sigmas: list[float]
+    loss_by_scale: np.ndarray
+    samples: np.ndarray | None = None
+    nearest: Neighbours | None = None
+    nearest_images: np.ndarray | None = None
+    fid: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float:
+        return float(np.mean(self.loss_by_scale))
+
+    def to_dict(self) -> dict:
+        out = {"checkpoint": self.checkpoint, "step": self.step, "data": self.data, "held_out": self.held_out, "images": self.images,
+               "eval_loss": self.loss, "sigmas": self.sigmas, "eval_loss_by_scale": self.loss_by_scale.tolist(), "notes": self.notes}
+        if self.nearest is not None:
+            d = self.nearest.distances
+            out["nearest"] = {"indices": self.nearest.indices.tolist(), "distances": d.tolist(),
+                              "median_distance": float(np.median(d)), "min_distance": float(d.min())}
+        if self.fid is not None:
+            out["fid"] = self.fid
+        return out
+
+
+def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str | None = None, split: str | None = None,
+                        images: int = 1000, samples: Path | None = None, fid: bool = False, inception_weights: Path | None = None,
+                        fid_reference: Path | None = None, fid_images: int | None = None, ema: bool = True, device: str = "auto",
+                        seed: int = 0, progress=None) -> Evaluation:
+    """Held-out DSM loss per scale of a checkpoint; with ``samples`` their exact nearest training images, and FID."""
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise NcsnTuneError(f"the number of evaluation images must be at least 1, got {images!r}", fields="images")
+    if fid and samples is None:
+        raise NcsnTuneError("FID needs samples (an .npz written by ncsn-tune sample --npz)", fields="samples")
+    if fid_images is not None and fid_images < 2:
+        raise NcsnTuneError(f"FID needs at least 2 reference images, got {fid_images}", fields="fid_images")
+    sample_array = read_samples(samples) if samples is not None else None
+    weights_path = None
+    if fid:
+        from .inception import find_inception_weights
+
+        weights_path = find_inception_weights(inception_weights)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if sample_array is not None and tuple(sample_array.shape[1:]) != ckpt.image_shape:
+        raise NcsnTuneError(f"the samples have shape {sample_array.shape[1:]} but the model's images {ckpt.image_shape}", fields="samples")
+    model = load_model(ckpt, device=device, ema=ema)
+    dev = next(model.parameters()).device
+    dataset, held_out, described = evaluation_data(ckpt, data, data_root, split, progress)
+    if dataset.image_shape != ckpt.image_shape:
+        raise NcsnTuneError(f"the data has shape {dataset.image_shape} but the model was trained on {ckpt.image_shape}", fields="data")
+    n = min(images, dataset.num_points)
+    x = torch.from_numpy(dataset.unit_float32(slice(0, n))).to(dev)
+    sigmas = torch.tensor(ckpt.schedule.sigmas, dtype=torch.float32, device=dev)
+    by_scale = held_out_loss(model, x, sigmas, batch_size=250, generator=torch.Generator(dev).manual_seed(seed))
+    if not np.isfinite(by_scale).all():
+        raise CheckpointError(f"{ckpt.path}: the loss is not finite at {int((~np.isfinite(by_scale)).sum())} scale(s); the weights "
+                              "give NaN or infinite scores there")
+    result = Evaluation(str(ckpt.path), ckpt.step, described, held_out, n, ckpt.schedule.sigmas.tolist(), by_scale)
+    if not held_out:
+        result.notes.append("the loss is on training images: this data has no held-out split (give one as data to measure generalisation)")
+    if sample_array is not None:
+        train = run_data(ckpt)
+        queries = (sample_array.reshape(len(sample_array), -1) - train.offset) / train.scale  # compare in the data's stored units
+        result.samples = sample_array
+        result.nearest = nearest_neighbours(queries, train.points(), scale=train.scale, progress=progress)
+        result.nearest_images = train.unit_float32(result.nearest.indices)
+        if fid:
+            result.fid = fid_of_samples(sample_array, train, weights_path, fid_reference, fid_images, ckpt.run_dir, dev, progress)
+    return result
+
+
+def fid_of_samples(samples: np.ndarray, train: Dataset, weights_path: Path, reference_file: Path | None, reference_images: int | None,
+                   cache_dir: Path, device, progress=None) -> dict:
+    """FID of the samples against ``reference_file``'s statistics, or against the training images' (computed once
+    and kept in ``cache_dir``)."""
+    from .fid import FeatureStatistics, cached_reference, feature_statistics, fid
+    from .inception import inception_features, load_fid_inception
+
+    network, sha, notes = load_fid_inception(weights_path, device)
+    if reference_file is not None:
+        reference = FeatureStatistics.load(reference_file)
+        where, stats_file = str(reference_file), reference_file
+    else:
+        n = train.num_points if reference_images is None else min(reference_images, train.num_points)
+        source = f"{train.name} {train.split or ''} images from {train.source}".replace("  ", " ")
+        cache = Path(cache_dir) / f"fid_reference_{train.split or 'data'}_{n}.npz"
+        reference = cached_reference(cache, source, n, sha)
+        if reference is None:
+            features = inception_features(network, lambda a, b: train.unit_float32(slice(a, b)), count=n, progress=progress)
+            reference = feature_statistics(features, source, sha)
+            reference.save(cache)
+            notes.append(f"reference statistics computed from {n} training images and saved to {cache}")
+        else:
+            notes.append(f"reference statistics reused from {cache}")
+        where, stats_file = source, cache
+    stats = feature_statistics(inception_features(network, samples, progress=progress), "samples", sha)
+    if stats.num_images < 50000:
+        notes.append(f"FID from {stats.num_images} samples is biased upwards against the usual 50,000; compare only FIDs of equal "
+                     "sample counts")
+    value = fid(stats, reference)
+    if not math.isfinite(value):
+        raise NcsnTuneError("FID came out non-finite; the samples' features hold NaN or infinite values")
+    return {"fid": value, "num_samples": stats.num_images, "reference": where, "reference_images": reference.num_images,
+            "reference_statistics": str(stats_file), "weights": str(weights_path), "notes": notes}
+
+
+def write_evaluation(result: Evaluation, output_dir: Path) -> list[Path]:
+    """evaluation.json, evaluation.png (loss by scale, distance histogram) and, with samples,
+    nearest_neighbours.png (each sample beside its nearest training image). Returns the paths written."""
+    from ..files import write_mapping
+    from ..images import image_grid, save_image
+    from ..plots import plot_eval
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = [write_mapping(output_dir / "evaluation.json", result.to_dict())]
+    distances = result.nearest.distances if result.nearest is not None else None
+    figure = output_dir / "evaluation.png"
+    plot_eval(result.loss_by_scale, result.sigmas, distances, held_out=result.held_out).savefig(figure, dpi=200, bbox_inches="tight")
+    written.append(figure)
+    if result.nearest is not None:
+        pairs = np.empty((2 * len(result.samples), *result.samples.shape[1:]), dtype=np.float32)
+        pairs[0::2], pairs[1::2] = result.samples, result.nearest_images
+        written.append(save_image(image_grid(pairs, columns=16), output_dir / "nearest_neighbours.png"))
+    return written
