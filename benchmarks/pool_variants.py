@@ -15,18 +15,14 @@ the given modes; the table gives network evaluations/s and images/s of the 1,161
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ncsn_tune.model import network  # noqa: E402
-from ncsn_tune.model.network import NCSNv2  # noqa: E402
-from ncsn_tune.model.sampling import FastScore  # noqa: E402
+from ncsn_tune.model import network
+from ncsn_tune.model.accel import FastScore, SpeedSwitches
+from ncsn_tune.model.network import NCSNv2
 
 
 def shifted_maxima(x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +74,8 @@ def main() -> None:
             for mode in args.modes.split(","):
                 torch._dynamo.reset()
                 t0 = time.perf_counter()
-                score = FastScore(model, x.shape, compile=mode != "eager", compile_mode="default" if mode == "eager" else mode)
+                switches = SpeedSwitches(compile=mode != "eager", compile_mode="default" if mode == "eager" else mode)
+                score = FastScore(model, x.shape, switches)
                 build = time.perf_counter() - t0
                 rate = evaluations_per_second(score, x, sigma)
                 print(f"pool {pool:<10} {mode:<28} build {build:6.1f} s  {rate:8.0f} evaluations/s  {rate / 1161:6.2f} images/s", flush=True)

@@ -12,16 +12,12 @@ pool of the chained residual pooling against the same pool done as 5x1 then 1x5.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ncsn_tune.model.network import NCSNv2  # noqa: E402
+from ncsn_tune.model.network import NCSNv2
 
 
 def timed(fn, reps: int = 20) -> float:

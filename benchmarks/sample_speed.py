@@ -12,33 +12,33 @@ Steps/s are measured over --timed-steps evaluations after warm-up and converted 
 full 1,161-evaluation schedule; one complete run of the fastest variant checks the conversion.
 Then fp32 and bf16 samples from the same seed are compared (pixel difference and statistics).
 
-    python benchmarks/sample_speed.py --checkpoint runs/cifar10 --official device_data/official_ncsnv2
+    PYTHONPATH=. python benchmarks/sample_speed.py --checkpoint runs/cifar10 --official device_data/official_ncsnv2
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from official import import_official
 
-from ncsn_tune.analysis import schedule_from_num_scales  # noqa: E402
-from ncsn_tune.model.generate import load_model  # noqa: E402
-from ncsn_tune.model.network import NCSNv2  # noqa: E402
-from ncsn_tune.model.sampling import FastScore, sample_annealed_langevin  # noqa: E402
+from ncsn_tune import NoiseSchedule
+from ncsn_tune.model.accel import FastScore, SpeedSwitches
+from ncsn_tune.model.checkpoint import load_model
+from ncsn_tune.model.network import NCSNv2
+from ncsn_tune.model.sampling import sample_annealed_langevin
 
 EVALS = 232 * 5 + 1
+FP32 = SpeedSwitches(bf16=False, channels_last=False, fused_adam=False, compile=False, cuda_graphs=False)
 
 
 def official_model(official_dir: Path, state: dict, sigmas: torch.Tensor, device):
-    sys.path.insert(0, str(official_dir))
     import argparse as ap
 
-    from models.ncsnv2 import NCSNv2 as Official
+    Official = import_official(official_dir, "models.ncsnv2").NCSNv2
 
     ns = ap.Namespace
     config = ns(data=ns(logit_transform=False, rescaled=False, channels=3, image_size=32),
@@ -74,9 +74,9 @@ def main() -> None:
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    schedule = schedule_from_num_scales(50.0, 3072, 232, 0.01)
+    schedule = NoiseSchedule.from_num_scales(50.0, 3072, 232)
     if args.checkpoint:
-        model, _ = load_model(Path(args.checkpoint), device)
+        model = load_model(Path(args.checkpoint), device=device)
         schedule_sigmas = model.sigmas
     else:
         torch.manual_seed(0)
@@ -94,11 +94,11 @@ def main() -> None:
             off = official_model(Path(args.official), state, sigmas, device)
             labels = torch.full((batch,), 100, dtype=torch.long, device=device)
             variants.append(("official fp32", lambda xx, s, off=off, labels=labels: off(xx, labels)))
-        variants.append(("fp32", FastScore(model, x.shape, bf16=False, channels_last=False, cuda_graphs=False)))
-        variants.append(("bf16+cl+graph", FastScore(model, x.shape, bf16=True, channels_last=True, cuda_graphs=True)))
+        variants.append(("fp32", FastScore(model, x.shape, FP32)))
+        variants.append(("bf16+cl+graph", FastScore(model, x.shape, SpeedSwitches(compile=False))))
         if not args.no_compile:
             t0 = time.perf_counter()
-            fast = FastScore(model, x.shape, bf16=True, channels_last=True, cuda_graphs=True, compile=True)
+            fast = FastScore(model, x.shape, SpeedSwitches(compile=True))
             print(f"compile + capture at batch {batch}: {time.perf_counter() - t0:.1f} s", flush=True)
             variants.append(("+compile", fast))
         for name, fn in variants:
@@ -109,10 +109,11 @@ def main() -> None:
         model = model.to(memory_format=torch.contiguous_format)
 
     # one complete run with the fastest variant at batch 100, to check the conversion
-    best = FastScore(model, (100, 3, 32, 32), compile=not args.no_compile)
+    best = FastScore(model, (100, 3, 32, 32), SpeedSwitches(compile=not args.no_compile))
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    sample_annealed_langevin(best, torch.rand(100, 3, 32, 32, device=device), sigmas, 5, 6.2e-6, generator=torch.Generator(device).manual_seed(0))
+    sample_annealed_langevin(best, torch.rand(100, 3, 32, 32, device=device), sigmas, steps_per_scale=5, step_size=6.2e-6,
+                             generator=torch.Generator(device).manual_seed(0))
     torch.cuda.synchronize()
     full = time.perf_counter() - t0
     print(f"complete run, batch 100, {'+compile' if not args.no_compile else 'bf16+cl+graph'}: {full:.2f} s = {100 / full:.2f} images/s")
@@ -121,12 +122,13 @@ def main() -> None:
         x0 = torch.rand(args.compare, 3, 32, 32, device=device, generator=torch.Generator(device).manual_seed(1))
         outs = {}
         # built one at a time: a captured graph reads the weights where they were at capture time
-        fast = [("fp32", lambda: FastScore(model, x0.shape, bf16=False, channels_last=False, cuda_graphs=False)),
-                ("bf16+cl+graph", lambda: FastScore(model, x0.shape, compile=False))]
+        fast = [("fp32", lambda: FastScore(model, x0.shape, FP32)),
+                ("bf16+cl+graph", lambda: FastScore(model, x0.shape, SpeedSwitches(compile=False)))]
         if not args.no_compile:
-            fast.append(("+compile", lambda: FastScore(model, x0.shape, compile=True)))
+            fast.append(("+compile", lambda: FastScore(model, x0.shape, SpeedSwitches(compile=True))))
         for name, make in fast:
-            outs[name] = sample_annealed_langevin(make(), x0.clone(), schedule_sigmas, 5, 6.2e-6, generator=torch.Generator(device).manual_seed(2)).clamp(0, 1)
+            outs[name] = sample_annealed_langevin(make(), x0.clone(), schedule_sigmas, steps_per_scale=5, step_size=6.2e-6,
+                                                  generator=torch.Generator(device).manual_seed(2)).clamp(0, 1)
         a = outs["fp32"]
         print(f"\nsame seed, {args.compare} samples, against fp32 (channel means {[round(v, 4) for v in a.mean((0, 2, 3)).tolist()]}, "
               f"pixel std {float(a.std()):.4f}):")

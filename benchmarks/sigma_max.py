@@ -30,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ncsn_tune.analysis import max_pairwise_distance  # noqa: E402
-from ncsn_tune.data import load_cifar10  # noqa: E402
+from ncsn_tune.analysis import max_pairwise_distance
+from ncsn_tune.data import load_cifar10
 
 
 def machine(device: str) -> str:

@@ -14,38 +14,36 @@ timed steps after warm-up, and peak GPU memory. Then fp32 and the default varian
 for --compare-steps steps from the same weights on the same batches, and their mean losses per window
 are printed: bf16 must leave the loss curve unchanged in expectation.
 
-    python benchmarks/train_speed.py --subset device_data/cifar10-subset --official device_data/official_ncsnv2
+    PYTHONPATH=. python benchmarks/train_speed.py --subset device_data/cifar10-subset --official device_data/official_ncsnv2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from official import import_official
 
-from ncsn_tune.analysis import schedule_from_num_scales  # noqa: E402
-from ncsn_tune.config import TrainConfig  # noqa: E402
-from ncsn_tune.data import load_cifar10  # noqa: E402
-from ncsn_tune.model.ema import EMA  # noqa: E402
-from ncsn_tune.model.network import NCSNv2  # noqa: E402
-from ncsn_tune.model.train import BatchSampler, DeviceImages, SpeedSwitches, TrainStep, build_optimizer  # noqa: E402
+from ncsn_tune import NoiseSchedule, TrainConfig
+from ncsn_tune.data import load_cifar10
+from ncsn_tune.model.accel import SpeedSwitches
+from ncsn_tune.model.ema import EMA
+from ncsn_tune.model.network import NCSNv2
+from ncsn_tune.model.train import BatchSampler, DeviceImages, TrainStep, build_optimizer
 
 
 def official_step(official_dir: Path, init_state: dict, sigmas: torch.Tensor, device):
     """The official model, loss, Adam and EMA helper, as its runner uses them (fp32, eager)."""
-    sys.path.insert(0, str(official_dir))
     import argparse as ap
 
-    from losses.dsm import anneal_dsm_score_estimation
-    from models.ema import EMAHelper
-    from models.ncsnv2 import NCSNv2 as Official
+    anneal_dsm_score_estimation = import_official(official_dir, "losses.dsm").anneal_dsm_score_estimation
+    EMAHelper = import_official(official_dir, "models.ema").EMAHelper
+    Official = import_official(official_dir, "models.ncsnv2").NCSNv2
 
     ns = ap.Namespace
     config = ns(
@@ -72,7 +70,7 @@ def official_step(official_dir: Path, init_state: dict, sigmas: torch.Tensor, de
     return step
 
 
-def our_step(init_state: dict, sigmas, switches: SpeedSwitches, device, batch, compile_mode="default"):
+def our_step(init_state: dict, sigmas, switches: SpeedSwitches, device, batch):
     model = NCSNv2(3, 32, 128, sigmas=sigmas.cpu().numpy()).to(device)
     model.load_state_dict(init_state)
     if switches.channels_last:
@@ -80,7 +78,7 @@ def our_step(init_state: dict, sigmas, switches: SpeedSwitches, device, batch, c
     config = TrainConfig()
     opt = build_optimizer(model, config, switches)
     ema = EMA(model, 0.999)
-    return TrainStep(model, opt, ema, sigmas, switches, (batch, 3, 32, 32), device, compile_mode=compile_mode)
+    return TrainStep(model, opt, ema, sigmas, switches, (batch, 3, 32, 32), device)
 
 
 def main() -> None:
@@ -100,8 +98,8 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
 
     data = load_cifar10(args.subset, download=False)
-    images = DeviceImages(data.values, data.scale, 0.0, device)
-    schedule = schedule_from_num_scales(50.0, 3072, 232, 0.01)
+    images = DeviceImages(data, device)
+    schedule = NoiseSchedule.from_num_scales(50.0, 3072, 232)
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
     torch.manual_seed(0)
     init_state = NCSNv2(3, 32, 128, sigmas=schedule.sigmas).state_dict()
@@ -118,7 +116,8 @@ def main() -> None:
         "bf16+cl+fused": SpeedSwitches(**{**off, "bf16": True, "channels_last": True, "fused_adam": True}),
         "+graph": SpeedSwitches(**{**off, "bf16": True, "channels_last": True, "fused_adam": True, "cuda_graphs": True}),
         "all": SpeedSwitches(bf16=True, channels_last=True, fused_adam=True, compile=True, cuda_graphs=True),
-        "all-max-autotune": SpeedSwitches(bf16=True, channels_last=True, fused_adam=True, compile=True, cuda_graphs=True),
+        "all-max-autotune": SpeedSwitches(bf16=True, channels_last=True, fused_adam=True, compile=True, cuda_graphs=True,
+                                          compile_mode="max-autotune-no-cudagraphs"),
     }
     rows = []
     for name in args.variants.split(","):
@@ -133,8 +132,7 @@ def main() -> None:
             if name == "official":
                 step = official_step(Path(args.official), init_state, sigmas, device)
             else:
-                mode = "max-autotune-no-cudagraphs" if name == "all-max-autotune" else "default"
-                step = our_step(init_state, sigmas, variants[name], device, args.batch, mode)
+                step = our_step(init_state, sigmas, variants[name], device, args.batch)
             fmt = torch.channels_last if name != "official" and variants[name].channels_last else torch.contiguous_format
             it = batches(args.steps + 20)
             step(next(it).contiguous(memory_format=fmt))

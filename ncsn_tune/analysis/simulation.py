@@ -15,7 +15,7 @@ ratio * sqrt(2 / (chains * D)).
   ratio.
 - ``mode="annealed"`` runs the chains through all scales without reset, as a
   sampler does; the prediction is then Proposition 3's update compounded
-  (r_i = (1-a)**(2M) (gamma**2 r_{i-1} - 2/(2-a)) + 2/(2-a)), which equals the
+  (r_i = (1-a)**(2M) (ratio**2 r_{i-1} - 2/(2-a)) + 2/(2-a)), which equals the
   proposition's formula only at the first scale.
 
 Figure 2 (``gmm_experiment``): a mixture of point masses (or isotropic
@@ -76,7 +76,7 @@ class Proposition3Check:
 
 
 def compounded_ratios(sigmas: np.ndarray, steps_per_scale: int, step_size: float) -> np.ndarray:
-    """s_i**2/sigma_i**2 of annealed chains started at N(0, (sigma_1 gamma_1)**2): Proposition 3's update, compounded.
+    """s_i**2/sigma_i**2 of annealed chains started at N(0, (sigma_1 ratio)**2): Proposition 3's update, compounded.
 
     With r_0 = 1 at a virtual scale sigma_0 = sigma_1**2 / sigma_2 (one ratio
     above the first), r_i = q (r_{i-1} sigma_{i-1}**2 / sigma_i**2 - 2/(2-a)) + 2/(2-a), q = (1-a)**(2M).
@@ -166,9 +166,9 @@ def simulate_proposition3(
     n = int(num_chains) * int(dim)
     first_prev = sigmas[0] ** 2 / sigmas[1]
     prev = np.concatenate([[first_prev], sigmas[:-1]])
-    gammas = prev / sigmas
+    ratios = prev / sigmas
     if mode == "per-scale":
-        predicted = variance_ratio(step_size, gammas, steps_per_scale, sigma_min)
+        predicted = variance_ratio(step_size, ratios, steps_per_scale, sigma_min)
     else:
         predicted = compounded_ratios(sigmas, steps_per_scale, step_size)
     sums = np.zeros(len(sigmas))

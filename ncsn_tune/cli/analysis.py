@@ -272,7 +272,7 @@ def simulate(steps_per_scale, step_size, chains, sim_dim, mode, sweep, toy, toy_
     if toy == "gmm":
         return simulate_mixture(report, weights, separation, toy_dim, tau, small_sigma_max, opts, num_samples, steps_per_scale, seed,
                                 output)
-    from ..analysis.simulation import compounded_ratios, simulate_proposition3, sweep_step_sizes
+    from ..analysis.simulation import simulate_proposition3, sweep_step_sizes
 
     data = read_data(report, opts)
     tuning = resolve(given_from(opts, data, steps_per_scale=steps_per_scale, step_size=step_size), workdir=workdir())
@@ -291,10 +291,16 @@ def simulate(steps_per_scale, step_size, chains, sim_dim, mode, sweep, toy, toy_
 
         save_figure(report, plot_proposition3(check, sweeps or None), output)
     report.result({**check.to_dict(), "notes": list(tuning.notes), **({"sweep": [s.to_dict() for s in sweeps]} if sweeps else {})})
-    if as_json:
-        return
+    if not as_json:
+        render_proposition3(report, check, sweeps, tuning, schedule, mode)
+
+
+def render_proposition3(report: Report, check, sweeps, tuning, schedule: NoiseSchedule, mode: str) -> None:
+    from ..analysis.simulation import compounded_ratios
+
     report.notes(tuning.notes)
-    report.line(f"M = {m}, eps = {eps:.6e}, {chains} chains x {dim} dimensions, mode {mode}.")
+    m, eps = check.steps_per_scale, check.step_size
+    report.line(f"M = {m}, eps = {eps:.6e}, {check.num_chains} chains x {check.dim} dimensions, mode {mode}.")
     n = len(check.sigmas)
     rows = [[str(i), f"{check.sigmas[i]:.4g}", f"{check.predicted[i]:.5f}", f"{check.measured[i]:.5f}", f"{check.standard_errors[i]:.5f}"]
             for i in sorted({0, 1, n // 2, n - 1})]
