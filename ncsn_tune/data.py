@@ -222,7 +222,7 @@ def _cifar_folder_in(root: Path, split: str) -> Path | None:
 def cifar10_search_roots(data_root: str | os.PathLike | None) -> list[tuple[str, Path]]:
     """Where CIFAR-10 is looked for, in order, with the reason for each place."""
     if data_root is not None:
-        return [("--data-root", Path(data_root).expanduser())]
+        return [("data root", Path(data_root).expanduser())]
     roots = []
     if os.environ.get("NCSN_TUNE_DATA"):
         roots.append(("$NCSN_TUNE_DATA", Path(os.environ["NCSN_TUNE_DATA"]).expanduser()))
@@ -294,15 +294,16 @@ def find_cifar10(
     places = "; ".join(f"{why}: {root}" for why, root in roots)
     how = (
         f"download {CIFAR10_URL} (md5 {CIFAR10_MD5}), unpack it so that DIR/{CIFAR10_FOLDER}/data_batch_1 exists, "
-        "then pass --data-root DIR or set NCSN_TUNE_DATA=DIR"
+        "then give DIR as the data root or set NCSN_TUNE_DATA=DIR"
     )
     if not download:
-        raise DataError(f"CIFAR-10 ({split} split) was not found ({places}); {how}")
+        raise DataError(f"CIFAR-10 ({split} split) was not found ({places}); {how}", fields="data_root")
     try:
         download_cifar10(target, progress)
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise DataError(f"CIFAR-10 was not found ({places}) and could not be downloaded ({reason}); {how}") from None
+        raise DataError(f"CIFAR-10 was not found ({places}) and could not be downloaded ({reason}); {how}",
+                        fields="data_root") from None
     found = _cifar_folder_in(target, split)
     if found is None:
         raise DataError(f"the downloaded CIFAR-10 in {target} lacks files of the {split} split; delete it and try again")
@@ -396,7 +397,8 @@ def pixel_scale(values: np.ndarray, rescale: bool = True) -> tuple[float, float,
         return 1.0 / 255.0, 0.0, "[0, 255] / 255"
     raise DataError(
         f"values span [{lo:g}, {hi:g}]: pixels are scaled to [0, 1] from uint8, [0, 1], [-1, 1] or [0, 255] data; "
-        "rescale the data, or pass --no-rescale to use the values as they are"
+        "rescale the data, or turn rescaling off to use the values as they are",
+        fields="rescale",
     )
 
 

@@ -45,7 +45,7 @@ def test_missing_offline_says_where_to_put_it(tmp_path, monkeypatch):
     with pytest.raises(DataError) as err:
         load_cifar10(tmp_path / "empty")
     msg = str(err.value)
-    assert "could not be downloaded" in msg and "--data-root" in msg and "NCSN_TUNE_DATA" in msg
+    assert "could not be downloaded" in msg and "data root" in msg and "NCSN_TUNE_DATA" in msg and err.value.fields == ("data_root",)
     with pytest.raises(DataError, match="was not found"):
         load_cifar10(tmp_path / "empty", download=False)
 
@@ -121,8 +121,15 @@ def test_float_ranges_are_scaled(tmp_path, lo, hi, note, first):
 
 def test_out_of_range_floats_and_no_rescale(tmp_path):
     np.save(tmp_path / "x.npy", np.array([[0.0, 300.0], [1.0, 2.0]]))
-    with pytest.raises(DataError, match="--no-rescale"):
+    with pytest.raises(DataError, match="turn rescaling off") as err:
         load_dataset(str(tmp_path / "x.npy"))
+    assert err.value.fields == ("rescale",)
+    from click.testing import CliRunner
+
+    from ncsn_tune.cli import main
+
+    r = CliRunner().invoke(main, ["sigmas", "--data", str(tmp_path / "x.npy")])
+    assert r.exit_code == 2 and "(option --no-rescale)" in r.stderr
     assert load_dataset(str(tmp_path / "x.npy"), rescale=False).scale == 1.0
 
 

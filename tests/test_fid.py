@@ -56,7 +56,7 @@ def test_architecture_matches_the_fid_network():
 def test_missing_and_wrong_weights_give_clear_errors(no_caches, random_weights):
     with pytest.raises(NcsnTuneError, match=WEIGHTS_FILE) as err:
         find_inception_weights(None)
-    assert WEIGHTS_URL in str(err.value) and "--inception-weights" in str(err.value)
+    assert WEIGHTS_URL in str(err.value) and err.value.fields == ("inception_weights",)
     with pytest.raises(NcsnTuneError, match="no such file"):
         find_inception_weights(no_caches / "nowhere.pth")
     bad = no_caches / "bad.pth"
@@ -115,9 +115,9 @@ def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
     run = lambda *extra: CliRunner().invoke(main_cli(), args + list(extra))  # noqa: E731
 
     r = run("--fid")
-    assert r.exit_code == 2 and "FID needs samples" in r.output and "--samples" in r.output
+    assert r.exit_code == 2 and "FID needs samples" in r.output and "(option --samples)" in r.output
     r = run("--samples", str(tmp_path / "s.npz"), "--fid")
-    assert r.exit_code == 2 and WEIGHTS_FILE in r.output and WEIGHTS_URL in r.output
+    assert r.exit_code == 2 and WEIGHTS_FILE in r.output and WEIGHTS_URL in r.output and "(option --inception-weights)" in r.output
 
     r = run("--samples", str(tmp_path / "s.npz"), "--fid", "--inception-weights", str(random_weights))
     assert r.exit_code == 0, r.output

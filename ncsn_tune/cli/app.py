@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import NcsnTuneError
 
 #: Library names whose command-line option is not named after them.
-OPTION_NAMES = {"schedule_file": "schedule", "steps_per_scale": "steps_per_scale"}
+OPTION_NAMES = {"schedule_file": "schedule", "rescale": "no_rescale", "ema": "no_ema"}
 
 
 def option_flags(command: click.Command, fields: tuple[str, ...]) -> list[str]:

@@ -34,7 +34,9 @@ class TrainEvents:
         kind, say = event["event"], self.report.stderr.print
         if kind == "start":
             self.total = event["steps"]
-            what = "compile, CUDA graph capture" if event["device"].startswith("cuda") else "nothing to compile on a CPU"
+            done = [name for name, on in (("torch.compile", event["switches"]["compile"]), ("CUDA graph capture",
+                    event["switches"]["cuda_graphs"])) if on]
+            what = ", ".join(done) or ("nothing to compile on a CPU" if event["device"] == "cpu" else "no compile, no CUDA graph")
             say(f"device {event['device']} ({event['processes']} process{'es' if event['processes'] > 1 else ''}), set-up ({what}) "
                 f"{event['setup_seconds']:.1f} s", markup=False)
         elif kind == "log" and self.progress is not None:

@@ -43,7 +43,7 @@ def read_samples(path: Path) -> np.ndarray:
     else 'uint8' (N, H, W, C) / 255)."""
     path = Path(path)
     if path.suffix.lower() != ".npz":
-        raise NcsnTuneError(f"{path}: samples must be a .npz file as ncsn-tune sample --npz writes, got {path.suffix or 'no suffix'!r}",
+        raise NcsnTuneError(f"{path}: samples must be a .npz file as the sampler writes them, got {path.suffix or 'no suffix'!r}",
                             fields="samples")
     if not path.is_file():
         raise NcsnTuneError(f"samples file {path} does not exist", fields="samples")
@@ -56,7 +56,7 @@ def read_samples(path: Path) -> np.ndarray:
             else:
                 raise KeyError("neither a 'float' nor a 'uint8' array")
     except (OSError, KeyError, ValueError, EOFError) as exc:
-        raise NcsnTuneError(f"{path} is not a samples file of ncsn-tune sample --npz ({exc})", fields="samples") from None
+        raise NcsnTuneError(f"{path} is not a samples file as the sampler writes them ({exc})", fields="samples") from None
     if samples.ndim != 4 or len(samples) == 0:
         raise NcsnTuneError(f"{path}: expected samples shaped (N, C, H, W), got {samples.shape}", fields="samples")
     if not np.isfinite(samples).all():
@@ -134,7 +134,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise NcsnTuneError(f"the number of evaluation images must be at least 1, got {images!r}", fields="images")
     if fid and samples is None:
-        raise NcsnTuneError("FID needs samples (an .npz written by ncsn-tune sample --npz)", fields="samples")
+        raise NcsnTuneError("FID needs samples (an .npz as the sampler writes them)", fields="samples")
     if fid_images is not None and fid_images < 2:
         raise NcsnTuneError(f"FID needs at least 2 reference images, got {fid_images}", fields="fid_images")
     sample_array = read_samples(samples) if samples is not None else None

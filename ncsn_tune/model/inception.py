@@ -216,8 +216,8 @@ def find_inception_weights(path: Path | None = None) -> Path:
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise NcsnTuneError(f"--inception-weights {path}: no such file. FID needs {WEIGHTS_FILE} (pytorch-fid's port of the "
-                                f"TensorFlow FID Inception network), from {WEIGHTS_URL}")
+            raise NcsnTuneError(f"Inception weights {path}: no such file. FID needs {WEIGHTS_FILE} (pytorch-fid's port of the "
+                                f"TensorFlow FID Inception network), from {WEIGHTS_URL}", fields="inception_weights")
         return path
     from ..data import cache_dir
 
@@ -228,8 +228,8 @@ def find_inception_weights(path: Path | None = None) -> Path:
             return candidate
     raise NcsnTuneError(
         f"FID needs the Inception weights {WEIGHTS_FILE} (pytorch-fid's port of the TensorFlow FID network, about 95 MB), which are not "
-        f"on this machine and cannot be downloaded from here. Get it from {WEIGHTS_URL} and pass --inception-weights FILE, "
-        f"or put it in {candidates[0].parent} or {candidates[1].parent}"
+        f"on this machine and cannot be downloaded from here. Get it from {WEIGHTS_URL} and give its path, "
+        f"or put it in {candidates[0].parent} or {candidates[1].parent}", fields="inception_weights"
     )
 
 
