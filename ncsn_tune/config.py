@@ -25,7 +25,11 @@ ARCHITECTURES = ("ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest")
 
 def workdir() -> Path:
     """Where one step saves what the next reads: ``$NCSN_TUNE_WORKDIR``, else ``.ncsn-tune`` here."""
-    return Path(os.environ.get("NCSN_TUNE_WORKDIR") or DEFAULT_WORKDIR)
+    path = Path(os.environ.get("NCSN_TUNE_WORKDIR") or DEFAULT_WORKDIR)
+    if path.exists() and not path.is_dir():
+        where = "NCSN_TUNE_WORKDIR" if os.environ.get("NCSN_TUNE_WORKDIR") else "the work folder"
+        raise NcsnTuneError(f"{where} {path} is a file, not a folder; point NCSN_TUNE_WORKDIR at a folder")
+    return path
 
 
 def setting(default: Any, help: str) -> Any:

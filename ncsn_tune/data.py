@@ -20,7 +20,8 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +123,8 @@ class Dataset:
     source: str | None
     split: str | None = None
     labels: np.ndarray | None = None
+    #: What reading the data changed that the user should know (e.g. images converted to RGB).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_points(self) -> int:
@@ -428,8 +431,10 @@ def load_array(path: Path, rescale: bool = True) -> Dataset:
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                keys = list(archive.keys())
-                preferred = [k for k in ("images", "x", "data", "arr_0") if k in keys]
+                keys = [k for k in archive.keys() if k != "written_by"]
+                preferred = [k for k in ("images", "x", "data", "arr_0", "uint8") if k in keys]
+                if not keys:
+                    raise DataError(f"{path} holds no arrays; save the images into it (numpy.savez(path, images=...))")
                 if len(keys) == 1 or preferred:
                     key = keys[0] if len(keys) == 1 else preferred[0]
                 else:
@@ -520,12 +525,12 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
     files = image_files(folder)
     if not files:
         raise DataError(f"{folder} holds no PNG or JPEG images (searched recursively)")
-    size, modes = None, set()
+    size, modes = None, Counter()
     for path in files:
         try:
             with Image.open(path) as img:
                 this = img.size
-                modes.add(img.mode)
+                modes[img.mode] += 1
         except (OSError, UnidentifiedImageError) as err:
             raise DataError(f"{path} is not a readable image ({err})") from None
         if size is None:
@@ -534,19 +539,30 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
             raise DataError(
                 f"images differ in size: {first} is {size[0]}x{size[1]}, {path} is {this[0]}x{this[1]}; resize them to one size"
             )
-    mode = "L" if modes <= {"L", "1"} else "RGB"
+    mode = "L" if set(modes) <= {"L", "1"} else "RGB"
+    notes = []
+    if mode == "RGB":
+        grey, alpha = sum(modes[m] for m in ("L", "1", "I", "I;16", "F")), sum(modes[m] for m in ("RGBA", "LA", "PA"))
+        other = sum(n for m, n in modes.items() if m not in ("RGB", "L", "1", "I", "I;16", "F", "RGBA", "LA", "PA"))
+        if grey:
+            notes.append(f"{grey:,} grayscale image(s) in {folder} were converted to RGB (the grey value in all three channels)")
+        if alpha:
+            notes.append(f"{alpha:,} image(s) in {folder} have an alpha channel, which was dropped (converted to RGB)")
+        if other:
+            notes.append(f"{other:,} image(s) in {folder} in other colour modes ({', '.join(sorted(set(modes) - {'RGB'}))}) were "
+                         "converted to RGB")
     shape = (1 if mode == "L" else 3, size[1], size[0])
     lazy = ImageFolderArray(files, mode, shape)
     if stream is None:
         stream = len(files) * int(np.prod(shape)) > memory_limit
     if stream:
-        return Dataset(folder.name, lazy, 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)", str(folder.resolve()))
+        return Dataset(folder.name, lazy, 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)", str(folder.resolve()), notes=notes)
     values = np.empty((len(files), *shape), dtype=np.uint8)
     for start in range(0, len(files), 256):
         values[start : start + 256] = lazy[start : start + 256]
         if progress is not None:
             progress(min(start + 256, len(files)), len(files), "reading images")
-    return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()))
+    return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=notes)
 
 
 def load_dataset(

@@ -28,18 +28,33 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+#: What marks a file as written by ncsn_tune: a key of its JSON files, a comment of its YAML files, and the
+#: metadata of its images, figures and archives. A command may replace its own earlier outputs; any other
+#: existing file it replaces only when told to (``force``).
+WRITTEN_BY = "ncsn-tune"
+MAPPING_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: Path):
     """A binary file that appears at ``path`` only when the block ends without an exception.
 
     Written to a temporary file in the same folder, flushed to disk and renamed
     over ``path``; on any exception (KeyboardInterrupt too) the temporary file
-    is removed and ``path`` keeps its previous content.
+    is removed and ``path`` keeps its previous content. The file gets the
+    permissions of any new file (0666 less the user's umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -56,6 +71,52 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return Path(path)
 
 
+def written_by_us(path: Path, limit: int = 1 << 26) -> bool:
+    """Whether the file carries ncsn_tune's mark (read up to ``limit`` bytes from each end)."""
+    marker = WRITTEN_BY.encode()
+    if Path(path).suffix.lower() == ".npz":  # compressed members: the mark is an array of its own
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return "written_by" in archive and str(archive["written_by"]).startswith(WRITTEN_BY)
+        except (OSError, ValueError, EOFError):
+            return False
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(limit)
+            if marker in head:
+                return True
+            if size > limit:
+                f.seek(max(limit, size - limit))
+                return marker in f.read(limit)
+    except OSError:
+        return False
+    return False
+
+
+def check_output(path: Path, suffixes: tuple[str, ...], *, force: bool = False, what: str = "output") -> Path:
+    """Check, before any work, that ``path`` can be written: a suffix from ``suffixes`` (the formats written),
+    a parent that is (or can be) a folder, and no existing file of someone else's unless ``force``."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        names = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
+        raise NcsnTuneError(f"{path}: the {what.replace('_', ' ')} must end in {names} (the suffix chooses the format), got "
+                            f"{path.suffix or 'no suffix'!r}", fields=what)
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NcsnTuneError(f"{path}: {parent} is a file, not a folder", fields=what)
+            break
+    if path.is_dir():
+        raise NcsnTuneError(f"{path} is a folder; give a file name", fields=what)
+    if path.exists() and not force and not written_by_us(path):
+        raise NcsnTuneError(f"{path} exists and was not written by ncsn-tune; choose another name, or allow replacing it",
+                            fields=(what, "force"))
+    return path
+
+
 def _plain(value: Any) -> Any:
     """NumPy scalars and tuples to plain Python, for JSON and YAML."""
     if isinstance(value, dict):
@@ -68,31 +129,44 @@ def _plain(value: Any) -> Any:
 
 
 def write_mapping(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as YAML (.yml/.yaml) or JSON (anything else), atomically."""
+    """Write ``data`` as JSON (.json) or YAML (.yml/.yaml), atomically, with ncsn_tune's mark."""
+    from . import __version__
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MAPPING_SUFFIXES:
+        raise NcsnTuneError(f"{path}: a settings file must end in .json, .yaml or .yml, got {suffix or 'no suffix'!r}", fields="output")
     data = _plain(data)
-    if Path(path).suffix.lower() in (".yml", ".yaml"):
-        text = yaml.safe_dump(data, sort_keys=False)
+    mark = f"{WRITTEN_BY} {__version__}"
+    if suffix == ".json":
+        text = json.dumps({"_written_by": mark, **data}, indent=2) + "\n"
     else:
-        text = json.dumps(data, indent=2) + "\n"
-    return atomic_write_bytes(Path(path), text.encode())
+        text = f"# written by {mark}\n" + yaml.safe_dump(data, sort_keys=False)
+    return atomic_write_bytes(path, text.encode())
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
-    """Read a JSON or YAML mapping; a missing or unreadable file is an :class:`NcsnTuneError`."""
+    """Read a JSON (.json) or YAML (anything else) mapping; a missing or unreadable file is an :class:`NcsnTuneError`."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise NcsnTuneError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise NcsnTuneError(f"{path} is a folder, not a settings file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise NcsnTuneError(f"{path} cannot be read ({err})") from None
+    is_json = path.suffix.lower() == ".json"
     try:
-        if path.suffix.lower() in (".yml", ".yaml"):
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise NcsnTuneError(f"{path} is not valid {'YAML' if path.suffix.lower() in ('.yml', '.yaml') else 'JSON'} ({err})") from None
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise NcsnTuneError(f"{path} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise NcsnTuneError(f"{path} is not valid YAML: {problem}{where}") from None
     if not isinstance(data, dict):
         raise NcsnTuneError(f"{path} does not hold a mapping of settings")
+    data.pop("_written_by", None)
     return data

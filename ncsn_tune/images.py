@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NcsnTuneError
-from .files import atomic_open
+from .files import WRITTEN_BY, atomic_open
 
 #: Suffix -> Pillow format of the image files written.
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".webp": "WEBP"}
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".webp": "WEBP", ".pdf": "PDF"}
 
 
 def _numpy(images) -> np.ndarray:
@@ -58,13 +58,42 @@ def image_format(path: Path, allowed: tuple[str, ...] = (".png", ".jpg", ".jpeg"
     return IMAGE_FORMATS[suffix]
 
 
+def _marked(image, fmt: str) -> dict:
+    """Save options that mark the file as ncsn_tune's (PNG text, EXIF Software for JPEG/WebP, GIF comment)."""
+    from PIL import Image, PngImagePlugin
+
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", WRITTEN_BY)
+        return {"pnginfo": info}
+    if fmt == "GIF":
+        return {"comment": WRITTEN_BY.encode()}
+    exif = Image.Exif()
+    exif[0x0131] = WRITTEN_BY  # Software
+    return {"exif": exif.tobytes()}
+
+
 def save_image(array: np.ndarray, path: Path) -> Path:
     """Write a uint8 image array in the format of the path's suffix (PNG, JPEG, WebP), atomically."""
     from PIL import Image
 
     fmt = image_format(path)
+    image = Image.fromarray(array)
     with atomic_open(Path(path)) as f:
-        Image.fromarray(array).save(f, format=fmt)
+        image.save(f, format=fmt, **_marked(image, fmt))
+    return Path(path)
+
+
+def save_figure(fig, path: Path, dpi: int = 200, close: bool = False) -> Path:
+    """Write a matplotlib figure as PNG or PDF (by suffix), atomically, marked as ncsn_tune's; ``close`` frees it."""
+    fmt = image_format(path, (".png", ".pdf")).lower()
+    metadata = {"Software": WRITTEN_BY} if fmt == "png" else {"Creator": WRITTEN_BY}
+    with atomic_open(Path(path)) as f:
+        fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return Path(path)
 
 
@@ -79,7 +108,7 @@ def save_gif(frames, path: Path, upscale: int = 4, frame_ms: int = 150, last_ms:
         images.append(Image.fromarray(array[..., 0] if array.shape[2] == 1 else array))
     durations = [frame_ms] * (len(images) - 1) + [last_ms]
     with atomic_open(Path(path)) as f:
-        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0, **_marked(images[0], "GIF"))
     return Path(path)
 
 

@@ -10,9 +10,10 @@ from ..analysis.noise_schedule import NoiseSchedule, solve_gamma
 from ..analysis.step_size import StepSize, optimal_step_size
 from ..config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
 from ..errors import NcsnTuneError
+from ..files import MAPPING_SUFFIXES, check_output
 from ..tuning import ScheduleChoice, derive_schedule, resolve, resolve_schedule, save_step_size
 from .app import main
-from .options import data_options, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
+from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
 from .render import Report, fmt
 
 A = AnalysisConfig
@@ -65,8 +66,9 @@ def schedule_rows(s: dict) -> list[list[str]]:
 @click.option("--overlap", "target_overlap", type=float, help=f"Target overlap C of adjacent scales [default: {A.target_overlap}].")
 @click.option("--num-scales", type=int, help="Use L scales instead of the equation's L; the overlap they achieve is reported.")
 @path_option("--output", help=f"Schedule file to write, .json or .yaml [default: WORKDIR/{SCHEDULE_FILE}].")
+@force_option
 @json_option
-def sigmas(output, as_json, **opts):
+def sigmas(output, force, as_json, **opts):
     """Techniques 1 and 2: sigma_max (exact), gamma, the number of scales L and the schedule.
 
     \b
@@ -74,10 +76,11 @@ def sigmas(output, as_json, **opts):
     ncsn-tune sigmas --sigma-max 50 --dim 3072 --num-scales 232
     """
     report = Report(as_json)
+    path = check_output(output or workdir() / SCHEDULE_FILE, MAPPING_SUFFIXES, force=force)
     data = read_data(report, opts)
     with report.progress() as progress:
         schedule = derive_schedule(given_from(opts, data), progress=progress)
-    path = schedule.save(output or workdir() / SCHEDULE_FILE)
+    schedule.save(path)
     summary = schedule_summary(schedule, path)
     report.result(summary)
     if not as_json:
@@ -114,9 +117,10 @@ def step_size_options(default_steps: str):
 
 @main.command("step-size")
 @step_size_options(str(A.steps_per_scale))
-@path_option("--output", help=f"Step-size file to write (one M) [default: WORKDIR/{STEP_SIZE_FILE}].")
+@path_option("--output", help=f"Step-size file to write (one M), .json or .yaml [default: WORKDIR/{STEP_SIZE_FILE}].")
+@force_option
 @json_option
-def step_size(steps_per_scale, step_size, output, as_json, **opts):
+def step_size(steps_per_scale, step_size, output, force, as_json, **opts):
     """Technique 4: the eps that brings Proposition 3's s^2/sigma^2 closest to 1 for M steps per scale.
 
     \b
@@ -125,9 +129,10 @@ def step_size(steps_per_scale, step_size, output, as_json, **opts):
     """
     report = Report(as_json)
     steps = parse_steps(steps_per_scale)
+    target = check_output(output or workdir() / STEP_SIZE_FILE, MAPPING_SUFFIXES, force=force) if len(steps) == 1 else None
     choice = choose_schedule(report, opts)
     rows = step_rows(choice, steps, step_size)
-    saved = save_step_size(rows[0][0], output or workdir() / STEP_SIZE_FILE, choice.schedule, choice.file) if len(rows) == 1 else None
+    saved = save_step_size(rows[0][0], target, choice.schedule, choice.file) if target else None
     results = [{**best.to_dict(), **({"given_step_size": g.step_size, "given_variance_ratio": g.variance_ratio} if g else {})}
                for best, g in rows]
     report.result({**results[0], "step_size_file": saved, "notes": list(choice.notes)} if saved else results)
@@ -153,14 +158,19 @@ def plot():
     """Figures (PNG or PDF by the --output suffix): step-size, schedule, overlap."""
 
 
-figure_output = path_option("--output", required=True, help="The figure to write: .png or .pdf.")
+figure_output = stack(path_option("--output", required=True, help="The figure to write: .png or .pdf."), force_option)
+FIGURE_SUFFIXES = (".png", ".pdf")
+
+
+def check_figure(output: Path | None, force: bool) -> None:
+    if output is not None:
+        check_output(output, FIGURE_SUFFIXES, force=force)
 
 
 def save_figure(report: Report, fig, output: Path) -> Path:
-    if output.suffix.lower() not in (".png", ".pdf"):
-        raise NcsnTuneError(f"a figure must end in .png or .pdf, got {output.name}", fields="output")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=200, bbox_inches="tight")
+    from ..images import save_figure as write
+
+    write(fig, output, close=True)
     report.line(f"Wrote {output}")
     return output
 
@@ -169,11 +179,12 @@ def save_figure(report: Report, fig, output: Path) -> Path:
 @step_size_options("1,3,5,10")
 @figure_output
 @json_option
-def plot_step_size_cmd(steps_per_scale, step_size, output, as_json, **opts):
+def plot_step_size_cmd(steps_per_scale, step_size, output, force, as_json, **opts):
     """s^2/sigma^2 against eps for several M, each optimum marked (Technique 4); takes what step-size takes."""
     from ..plots import plot_step_size
 
     report = Report(as_json)
+    check_figure(output, force)
     steps = parse_steps(steps_per_scale)
     choice = choose_schedule(report, opts)
     fig = plot_step_size(choice.ratio, choice.sigma_min, steps, step_size)
@@ -191,11 +202,12 @@ def plot_step_size_cmd(steps_per_scale, step_size, output, as_json, **opts):
 @click.option("--step-size", type=float, help="One eps for every schedule [default: each schedule's Technique 4 optimum for M].")
 @figure_output
 @json_option
-def plot_schedule_cmd(compare_file, compare_num_scales, steps_per_scale, step_size, output, as_json, **opts):
+def plot_schedule_cmd(compare_file, compare_num_scales, steps_per_scale, step_size, output, force, as_json, **opts):
     """Noise scales against their index with alpha_i and the overlap; several schedules side by side."""
     from ..plots import plot_schedule
 
     report = Report(as_json)
+    check_figure(output, force)
     schedule = require_schedule(choose_schedule(report, opts))
     schedules = [schedule]
     if compare_file is not None:
@@ -222,11 +234,12 @@ def require_schedule(choice: ScheduleChoice) -> NoiseSchedule:
 @schedule_options
 @figure_output
 @json_option
-def plot_overlap_cmd(output, as_json, **opts):
+def plot_overlap_cmd(output, force, as_json, **opts):
     """The overlap C against gamma for the data's dimension, the chosen gamma marked (Technique 2)."""
     from ..plots import plot_overlap
 
     report = Report(as_json)
+    check_figure(output, force)
     target = opts["target_overlap"] or A.target_overlap
     only_dim = opts["dim"] is not None and not any(opts[k] for k in ("sigma_max", "num_scales", "data", "schedule"))
     if only_dim:
@@ -264,11 +277,13 @@ def plot_overlap_cmd(output, as_json, **opts):
 @click.option("--samples", "num_samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples (--toy gmm).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @path_option("--output", help="Figure of the result (.png or .pdf).")
+@force_option
 @json_option
 def simulate(steps_per_scale, step_size, chains, sim_dim, mode, sweep, toy, toy_dim, weights, separation, small_sigma_max, tau, num_samples,
-             seed, output, as_json, **opts):
+             seed, output, force, as_json, **opts):
     """Monte Carlo check of Proposition 3 with an exact Gaussian score, or the paper's Figure 2 experiment (--toy gmm)."""
     report = Report(as_json)
+    check_figure(output, force)
     if toy == "gmm":
         return simulate_mixture(report, weights, separation, toy_dim, tau, small_sigma_max, opts, num_samples, steps_per_scale, seed,
                                 output)

@@ -11,7 +11,7 @@ import click
 from ..config import TrainConfig, workdir
 from ..data import SPLITS
 from .app import main
-from .options import config_options, json_option, path_option
+from .options import config_options, force_option, json_option, path_option
 from .render import Report, fmt
 
 checkpoint_option = click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
@@ -47,6 +47,8 @@ class TrainEvents:
             say(f"step {event['step']}: samples in {event['path']}", markup=False)
         elif kind == "stopped":
             say(f"{event['signal']}: saved a checkpoint at step {event['step']} and stopped", markup=False)
+        elif kind == "note":
+            say(event["text"], markup=False)
 
 
 @main.command()
@@ -75,24 +77,30 @@ def train(output, config_file, resume, init_from, dry_run, gpus, as_json, **sett
     main_process = select_local_gpu()  # under torchrun: each rank on its own GPU, and one voice
     report = Report(as_json, quiet=not main_process)
     with report.progress() as progress:
-        setup = setup_run(settings, output=output, config_file=config_file, resume=resume, workdir=workdir(), progress=progress)
+        setup = setup_run(settings, output=output, config_file=config_file, resume=resume, init_from=init_from, workdir=workdir(),
+                          progress=progress)
     summary = {**setup.summary(), "num_parameters": count_model_parameters(setup)}
-    report.result(summary)
-    c, s = setup.config, setup.plan.schedule
-    rows = [[k, str(getattr(c, k))] for k in ("data", "batch_size", "steps", "lr", "ema_rate", "ngf", "architecture", "device", "seed")]
-    rows += [["image shape", "x".join(map(str, setup.plan.train.image_shape)) + f" ({setup.plan.train.num_points:,} images)"],
-             ["sigma_max / sigma_min", f"{s.sigma_max:.6g} / {s.sigma_min:g}"], ["L (overlap)", f"{s.num_scales} ({s.overlap:.4f})"],
-             ["M, eps", f"{c.steps_per_scale}, {c.step_size:.6e}"], ["parameters", f"{summary['num_parameters']:,}"]]
-    report.table(f"Training configuration ({setup.run_dir})", ["setting", "value"], rows, (1,))
-    report.notes(setup.notes)
+    render_setup(report, setup, summary["num_parameters"])
     if dry_run:
+        report.result(summary)
         return None
     if setup.resume is not None:
         report.line(f"Resuming from {setup.resume.path} (step {setup.resume.step}).")
     with report.progress() as progress:
-        result = run_training(setup, init_from=init_from, callback=TrainEvents(report, progress), main_process=main_process)
+        result = run_training(setup, callback=TrainEvents(report, progress), main_process=main_process)
+    report.result({**summary, "result": result})
     report.line(f"Trained to step {result['step']} in {result['seconds']:.1f} s; checkpoints and metrics in {setup.run_dir}.")
     return None
+
+
+def render_setup(report: Report, setup, num_parameters: int) -> None:
+    c, s = setup.config, setup.plan.schedule
+    rows = [[k, str(getattr(c, k))] for k in ("data", "batch_size", "steps", "lr", "ema_rate", "ngf", "architecture", "device", "seed")]
+    rows += [["image shape", "x".join(map(str, setup.plan.train.image_shape)) + f" ({setup.plan.train.num_points:,} images)"],
+             ["sigma_max / sigma_min", f"{s.sigma_max:.6g} / {s.sigma_min:g}"], ["L (overlap)", f"{s.num_scales} ({s.overlap:.4f})"],
+             ["M, eps", f"{c.steps_per_scale}, {c.step_size:.6e}"], ["parameters", f"{num_parameters:,}"]]
+    report.table(f"Training configuration ({setup.run_dir})", ["setting", "value"], rows, (1,))
+    report.notes(setup.notes)
 
 
 # ------------------------------------------------------------------------------------------------ sample
@@ -117,9 +125,10 @@ def train(output, config_file, resume, init_from, dry_run, gpus, as_json, **sett
                    "[default: on from 1,000 samples].")
 @path_option("--diagnostics", help="Per-scale diagnostics: .json/.yaml, or a .png/.pdf plot.")
 @path_option("--chain", help="One chain from noise to image: a PNG strip, or an animated GIF when the name ends in .gif.")
+@force_option
 @json_option
 def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, num_scales, no_denoise, no_ema, seed, device, batch_size,
-           use_compile, diagnostics, chain, as_json):
+           use_compile, diagnostics, chain, force, as_json):
     """Annealed Langevin dynamics from a trained model (uniform start, final denoising step, EMA weights).
 
     \b
@@ -129,7 +138,7 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, n
     from ..model.generate import check_sample_outputs, sample_checkpoint, write_samples
 
     report = Report(as_json)
-    check_sample_outputs(output, npz, diagnostics, chain)
+    check_sample_outputs(output, npz, diagnostics, chain, force)
     with report.progress() as progress:
         run = sample_checkpoint(checkpoint, num=num, batch_size=batch_size, seed=seed, schedule_file=schedule, num_scales=num_scales,
                                 steps_per_scale=steps_per_scale, step_size=step_size, denoise=not no_denoise, ema=not no_ema,
@@ -139,7 +148,7 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, n
     if as_json:
         return
     report.line(f"Sampled {num} images from {run.checkpoint.path} (step {run.checkpoint.step}) into {', '.join(map(str, written))}")
-    report.notes(run.tuning.notes)
+    report.notes(run.checkpoint.notes + list(run.tuning.notes))
     d, n = run.diagnostics.summary(), run.tuning.schedule.num_scales
     rows = [[str(i), f"{d['sigmas'][i]:.4g}", f"{d['image_norm'][i]:.2f}", f"{d['score_norm_times_sigma_over_sqrt_dim'][i]:.3f}"]
             for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})]
@@ -167,18 +176,20 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, n
 @seed_option
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluation"), show_default=True,
               help="Folder for evaluation.json and the figures.")
+@force_option
 @json_option
 def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, inception_weights, fid_reference, fid_images, no_ema, device,
-             seed, output_dir, as_json):
+             seed, output_dir, force, as_json):
     """DSM loss per noise scale on held-out images; with --samples the nearest training image of each sample, and --fid.
 
     \b
     ncsn-tune evaluate --checkpoint runs/cifar10
     ncsn-tune evaluate --checkpoint runs/cifar10 --samples s.npz --fid --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
-    from ..model.evaluate import evaluate_checkpoint, write_evaluation
+    from ..model.evaluate import check_evaluation_outputs, evaluate_checkpoint, write_evaluation
 
     report = Report(as_json)
+    check_evaluation_outputs(output_dir, force)
     with report.progress() as progress:
         result = evaluate_checkpoint(checkpoint, data=data, data_root=data_root, split=split, images=images, samples=samples, fid=with_fid,
                                      inception_weights=inception_weights, fid_reference=fid_reference, fid_images=fid_images,

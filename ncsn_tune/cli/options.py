@@ -37,6 +37,7 @@ def stack(*decorators):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout; messages go to stderr.")
+force_option = click.option("--force", is_flag=True, help="Replace existing output files that ncsn-tune did not write.")
 
 data_options = stack(
     click.option("--data", metavar="cifar10|FILE|DIR", help="Data set: cifar10, a .npy/.npz array or a folder of PNG/JPEG images."),
@@ -81,8 +82,11 @@ def read_data(report: Report, opts: dict[str, Any], split: str | None = None) ->
     if opts.get("data") is None:
         return None
     with report.progress() as progress:
-        return load_dataset(opts["data"], opts.get("data_root"), split or opts.get("split", A.split),
+        data = load_dataset(opts["data"], opts.get("data_root"), split or opts.get("split", A.split),
                             download=not opts.get("no_download"), rescale=not opts.get("no_rescale"), progress=progress)
+    for note in data.notes:
+        report.warn(note)
+    return data
 
 
 def given_from(opts: dict[str, Any], data: Dataset | None = None, **extra) -> Given:

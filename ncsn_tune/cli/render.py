@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -20,14 +21,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-#: Seconds between progress lines when stderr is not a terminal.
+#: Seconds between progress lines when stderr is not a terminal ($NCSN_TUNE_PROGRESS_EVERY overrides).
 PROGRESS_EVERY_S = 5.0
+
+
+def progress_every() -> float:
+    try:
+        return max(0.0, float(os.environ.get("NCSN_TUNE_PROGRESS_EVERY", PROGRESS_EVERY_S)))
+    except ValueError:
+        return PROGRESS_EVERY_S
 
 
 def _console(stream) -> Console:
     tty = stream.isatty()
-    # Off a terminal rich would assume 80 columns and cut table cells; a wide page keeps every cell whole.
-    return Console(file=stream, highlight=False, soft_wrap=False, width=None if tty else 250, emoji=False)
+    # Off a terminal rich would assume 80 columns and cut table cells; there every table gets its own full width.
+    return Console(file=stream, highlight=False, soft_wrap=False, width=None if tty else 100_000, emoji=False)
 
 
 def fmt(value: Any, digits: int = 6) -> str:
@@ -88,7 +96,7 @@ class Report:
             table.add_column(name, justify="right" if k in right else "left", overflow="fold")
         for row in rows:
             table.add_row(*[fmt(v) if not isinstance(v, str) else v for v in row])
-        self.people.print(table)
+        self.people.print(table)  # on a terminal cells fold rather than being cut; elsewhere each row is whole
 
     def warn(self, text: str) -> None:
         self.stderr.print(f"Warning: {text}", markup=False, soft_wrap=True)
@@ -131,8 +139,8 @@ class ProgressLines:
     """Progress as plain lines on stderr: nothing for work shorter than :data:`PROGRESS_EVERY_S` seconds, then
     a line at most that often per task, and a last line when the task completes."""
 
-    def __init__(self, console: Console, every: float = PROGRESS_EVERY_S) -> None:
-        self.console, self.every, self.start = console, every, time.monotonic()
+    def __init__(self, console: Console, every: float | None = None) -> None:
+        self.console, self.every, self.start = console, progress_every() if every is None else every, time.monotonic()
         self.last: dict[str, float] = {}
 
     def __call__(self, done: int, total, what: str = "working", detail: str = "") -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,23 @@ def read_torch_file(path: Path, what: str, hint: str = "", map_location="cpu") -
     saying it is not a readable ``what``, followed by ``hint``."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist{hint}") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
-        first = (str(err).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} is not a readable {what} ({type(err).__name__}: {first}){hint}") from None
+        raise CheckpointError(f"{path} is not a readable {what}: {_why_unreadable(err)}{hint}") from None
+
+
+def _why_unreadable(err: Exception) -> str:
+    """torch.load's failure in one complete clause (its own messages run to paragraphs)."""
+    text = str(err)
+    if isinstance(err, EOFError) or any(k in text for k in ("central directory", "PytorchStreamReader", "unexpected EOF", "truncated")):
+        return "the file is truncated or damaged (an interrupted copy or a full disk)"
+    if any(k in text for k in ("invalid load key", "could not find MARK", "Unsupported operand")) or isinstance(err, (ValueError, TypeError)):
+        return "it is not a file written by torch.save"
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds Python objects other than tensors and plain containers, which are not loaded (they could run code)"
+    first = (text.splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first if len(first) <= 160 else first[:first.rfind(' ', 0, 160)] + ' ...'}"
 
 
 @dataclass
@@ -99,6 +113,7 @@ class Checkpoint:
     optimizer: dict | None = None
     rng: dict | None = None
     data: dict | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -109,9 +124,29 @@ _REQUIRED = ("step", "config", "schedule", "sampling", "image_shape", "model", "
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> Checkpoint:
-    """Read one of our checkpoints (a file, or a run folder's newest); a missing, corrupt, foreign or
-    incomplete file is a :class:`CheckpointError` that names what is wrong."""
-    path = resolve_checkpoint(path)
+    """Read one of our checkpoints: a file, or a run folder's newest readable one (an unreadable newer one, e.g.
+    truncated by a full disk, is skipped and the notes say so). A missing, corrupt, foreign or incomplete file is
+    a :class:`CheckpointError` that names what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        return _load_checkpoint_file(resolve_checkpoint(path), map_location)
+    candidates = list_checkpoints(path)
+    if not candidates:
+        resolve_checkpoint(path)  # raises: no checkpoint
+    skipped = []
+    for candidate in reversed(candidates):
+        try:
+            ckpt = _load_checkpoint_file(candidate, map_location)
+        except CheckpointError as err:
+            skipped.append(f"{candidate.name} ({err})")
+            continue
+        if skipped:
+            ckpt.notes.append(f"skipped the unreadable newer checkpoint(s) {'; '.join(skipped)}: using {candidate.name} (step {ckpt.step})")
+        return ckpt
+    raise CheckpointError(f"{path} holds no readable checkpoint: {'; '.join(skipped)}")
+
+
+def _load_checkpoint_file(path: Path, map_location="cpu") -> Checkpoint:
     state = read_torch_file(path, "checkpoint", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         if isinstance(state, (list, tuple)):

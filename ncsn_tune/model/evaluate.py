@@ -207,20 +207,33 @@ def fid_of_samples(samples: np.ndarray, train: Dataset, weights_path: Path, refe
             "reference_statistics": str(stats_file), "weights": str(weights_path), "notes": notes}
 
 
+EVALUATION_FILES = ("evaluation.json", "evaluation.png", "nearest_neighbours.png")
+
+
+def check_evaluation_outputs(output_dir: Path, force: bool = False) -> None:
+    """Before any work: the folder can hold the evaluation's files without replacing a file of someone else's."""
+    from ..files import check_output
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NcsnTuneError(f"{output_dir} is a file, not a folder", fields="output_dir")
+    for name in EVALUATION_FILES:
+        check_output(output_dir / name, (Path(name).suffix,), force=force, what="output_dir")
+
+
 def write_evaluation(result: Evaluation, output_dir: Path) -> list[Path]:
     """evaluation.json, evaluation.png (loss by scale, distance histogram) and, with samples,
     nearest_neighbours.png (each sample beside its nearest training image). Returns the paths written."""
     from ..files import write_mapping
-    from ..images import image_grid, save_image
+    from ..images import image_grid, save_figure, save_image
     from ..plots import plot_eval
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = [write_mapping(output_dir / "evaluation.json", result.to_dict())]
     distances = result.nearest.distances if result.nearest is not None else None
-    figure = output_dir / "evaluation.png"
-    plot_eval(result.loss_by_scale, result.sigmas, distances, held_out=result.held_out).savefig(figure, dpi=200, bbox_inches="tight")
-    written.append(figure)
+    fig = plot_eval(result.loss_by_scale, result.sigmas, distances, held_out=result.held_out)
+    written.append(save_figure(fig, output_dir / "evaluation.png", close=True))
     if result.nearest is not None:
         pairs = np.empty((2 * len(result.samples), *result.samples.shape[1:]), dtype=np.float32)
         pairs[0::2], pairs[1::2] = result.samples, result.nearest_images

@@ -127,18 +127,16 @@ class SampleRun:
 
 
 def check_sample_outputs(output: Path | None = None, npz: Path | None = None, diagnostics: Path | None = None,
-                         chain: Path | None = None) -> None:
-    """Refuse output names whose suffix does not name a format we write, before any sampling starts."""
-    from ..images import image_format
+                         chain: Path | None = None, force: bool = False) -> None:
+    """Before any sampling: every output's suffix names a format we write, and no file of someone else's would
+    be replaced (unless ``force``)."""
+    from ..files import check_output
 
-    if output is not None:
-        image_format(output)
-    if npz is not None and Path(npz).suffix.lower() != ".npz":
-        raise NcsnTuneError(f"{npz}: the raw samples are written as .npz, got {Path(npz).suffix or 'no suffix'!r}", fields="npz")
-    if diagnostics is not None and Path(diagnostics).suffix.lower() not in (".json", ".yaml", ".yml", ".png", ".pdf"):
-        raise NcsnTuneError(f"{diagnostics}: diagnostics are written as .json/.yaml or plotted as .png/.pdf", fields="diagnostics")
-    if chain is not None:
-        image_format(chain, (".png", ".jpg", ".jpeg", ".webp", ".gif"))
+    for path, suffixes, what in ((output, (".png", ".jpg", ".jpeg", ".webp"), "output"), (npz, (".npz",), "npz"),
+                                 (diagnostics, (".json", ".yaml", ".yml", ".png", ".pdf"), "diagnostics"),
+                                 (chain, (".png", ".jpg", ".jpeg", ".webp", ".gif"), "chain")):
+        if path is not None:
+            check_output(path, suffixes, force=force, what=what)
 
 
 def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int = 100, seed: int = 0, schedule_file: Path | None = None,
@@ -168,23 +166,22 @@ def write_samples(run: SampleRun, output: Path | None = None, npz: Path | None =
                   chain: Path | None = None) -> list[Path]:
     """The grid image, the raw samples (.npz: 'uint8' (N,H,W,C) and 'float' (N,C,H,W)), the diagnostics (.json/.yaml,
     or a .png/.pdf plot) and one chain (a strip, or a .gif animation). Returns the paths written."""
-    from ..files import atomic_open, write_mapping
-    from ..images import image_grid, save_chain, save_image, to_uint8_hwc
+    from ..files import WRITTEN_BY, atomic_open, write_mapping
+    from ..images import image_grid, save_chain, save_figure, save_image, to_uint8_hwc
 
     written = []
     if output is not None:
         written.append(save_image(image_grid(run.samples), output))
     if npz is not None:
         with atomic_open(Path(npz)) as f:
-            np.savez_compressed(f, uint8=to_uint8_hwc(run.samples), float=run.samples.numpy())
+            np.savez_compressed(f, uint8=to_uint8_hwc(run.samples), float=run.samples.numpy(), written_by=np.array(WRITTEN_BY))
         written.append(Path(npz))
     if diagnostics is not None:
         summary = run.diagnostics.summary()
         if Path(diagnostics).suffix.lower() in (".png", ".pdf"):
             from ..plots import plot_sampling_diagnostics
 
-            Path(diagnostics).parent.mkdir(parents=True, exist_ok=True)
-            plot_sampling_diagnostics(summary, run.diagnostics.dim).savefig(diagnostics, dpi=150, bbox_inches="tight")
+            save_figure(plot_sampling_diagnostics(summary, run.diagnostics.dim), diagnostics, dpi=150, close=True)
         else:
             write_mapping(Path(diagnostics), summary)
         written.append(Path(diagnostics))

@@ -29,6 +29,7 @@ class RunSetup:
     run_dir: Path
     resume: Checkpoint | None = None
     notes: list[str] = field(default_factory=list)
+    init_weights: tuple[dict, dict | None] | None = None
 
     def summary(self) -> dict:
         s, config = self.plan.schedule, self.config
@@ -40,11 +41,17 @@ class RunSetup:
 
 
 def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
-              workdir: Path | None = None, progress=None) -> RunSetup:
+              init_from: Path | None = None, workdir: Path | None = None, progress=None) -> RunSetup:
     """Resolve a run from ``settings`` (TrainConfig fields given; None = not given) on top of the run folder's
-    config.yaml (``resume``), a YAML file (ours or an official NCSNv2 one), or the defaults."""
+    config.yaml (``resume``), a YAML file (ours or an official NCSNv2 one), or the defaults. Every input is
+    read and checked here, before any long work; nothing is written."""
     given = {k: v for k, v in settings.items() if v is not None}
     ckpt = None
+    if init_from is not None and resume:
+        raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        raise RunError(f"{output} is a file, not a run folder", fields="output")
+    init = load_official_weights(init_from) if init_from is not None else None
     if resume:
         if output is None:
             raise RunError("continuing a run needs its folder", fields="output")
@@ -68,7 +75,8 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
                        fields="steps")
     if ckpt is None and list_checkpoints(run_dir):
         raise RunError(f"{run_dir} already holds checkpoints: continue it, or choose another run folder", fields=("resume", "output"))
-    return RunSetup(plan.config, plan, run_dir, ckpt, list(plan.notes))
+    notes = (ckpt.notes if ckpt is not None else []) + list(plan.notes)
+    return RunSetup(plan.config, plan, run_dir, ckpt, notes, init)
 
 
 def count_model_parameters(setup: RunSetup) -> int:
@@ -78,14 +86,10 @@ def count_model_parameters(setup: RunSetup) -> int:
     return count_parameters(build_model(setup.config, setup.plan.train.image_shape, setup.plan.schedule.sigmas))
 
 
-def run_training(setup: RunSetup, *, init_from: Path | None = None, callback: Callable[[dict], None] | None = None,
-                 main_process: bool = True) -> dict:
+def run_training(setup: RunSetup, *, callback: Callable[[dict], None] | None = None, main_process: bool = True) -> dict:
     """Write the run folder's config.yaml and schedule.json (rank 0) and train; returns the trainer's summary."""
     from .train import Trainer
 
-    init = load_official_weights(init_from) if init_from is not None else None
-    if init is not None and setup.resume is not None:
-        raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
     if main_process:
         setup.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(setup.config, setup.run_dir / "config.yaml")
@@ -93,5 +97,5 @@ def run_training(setup: RunSetup, *, init_from: Path | None = None, callback: Ca
             setup.plan.schedule.save(setup.run_dir / "schedule.json")
     plan = setup.plan
     trainer = Trainer(setup.config, plan.schedule, plan.step_size, plan.train, plan.test, setup.run_dir, resume=setup.resume,
-                      init_weights=init, callback=callback)
+                      init_weights=setup.init_weights, callback=callback)
     return trainer.run()

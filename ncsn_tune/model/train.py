@@ -49,9 +49,6 @@ def build_model(config: TrainConfig, image_shape: tuple[int, int, int], sigmas: 
     channels, height, width = image_shape
     if height != width:
         raise NcsnTuneError(f"NCSNv2 needs square images, got {height}x{width}", fields="data")
-    if height < 8:
-        raise NcsnTuneError(f"NCSNv2 halves the image size three times and needs images of at least 8x8, got {height}x{width}",
-                            fields="data")
     return NCSNv2(channels, height, config.ngf, config.architecture, sigmas=np.asarray(sigmas, dtype=np.float32))
 
 
@@ -340,6 +337,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.run_dir / "metrics.jsonl"
         writer = _tensorboard(self.run_dir) if self.dist.main else None
+        if self.dist.main and writer is None:
+            self.callback({"event": "note", "text": "TensorBoard logs are off: the tensorboard package is not installed "
+                                                    "(pip install tensorboard); metrics.jsonl has every value"})
         t_start = time.perf_counter()
         per_process = config.batch_size // self.dist.world
         shard = self.dist.shard(config.batch_size) if self.dist.active else slice(None)
@@ -432,6 +432,6 @@ class Trainer:
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
+    except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
