@@ -49,8 +49,8 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     ckpt = None
     if init_from is not None and resume:
         raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
-    if output is not None and Path(output).exists() and not Path(output).is_dir():
-        raise RunError(f"{output} is a file, not a run folder", fields="output")
+    if output is not None:
+        check_run_folder(Path(output))
     init = load_official_weights(init_from) if init_from is not None else None
     if resume:
         if output is None:
@@ -69,7 +69,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     except TypeError as exc:
         raise NcsnTuneError(str(exc)) from None
     plan = plan_training(config, run=ckpt, workdir=workdir, progress=progress)
-    run_dir = Path(output) if output is not None else Path("runs") / plan.train.name
+    run_dir = Path(output) if output is not None else check_run_folder(Path("runs") / plan.train.name)
     if ckpt is not None and ckpt.step >= plan.config.steps:
         raise RunError(f"the run is already at step {ckpt.step}; give a total number of steps above that to train further",
                        fields="steps")
@@ -77,6 +77,20 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         raise RunError(f"{run_dir} already holds checkpoints: continue it, or choose another run folder", fields=("resume", "output"))
     notes = (ckpt.notes if ckpt is not None else []) + list(plan.notes)
     return RunSetup(plan.config, plan, run_dir, ckpt, notes, init)
+
+
+def check_run_folder(run_dir: Path) -> Path:
+    """A run folder that is (or can be made) a folder this process may write in."""
+    import os
+
+    for folder in [run_dir, *run_dir.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunError(f"{folder} is a file, not a folder; choose another run folder", fields="output")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise RunError(f"{folder} is not writable; choose a run folder you can write to", fields="output")
+            return run_dir
+    return run_dir
 
 
 def count_model_parameters(setup: RunSetup) -> int:
