@@ -35,6 +35,16 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILES = ("test_batch",)
+#: md5 of the official batch files (as published with the archive) and the images each holds.
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CIFAR10_BATCH_IMAGES = 10_000
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -288,6 +298,9 @@ def find_cifar10(
     progress: Progress | None = None,
 ) -> Path:
     """The folder holding the CIFAR-10 batches of ``split``, downloading it when allowed."""
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise DataError(f"the data root {data_root} does not exist (or is not a folder); give the folder that holds "
+                        f"{CIFAR10_FOLDER}/", fields="data_root")
     roots = cifar10_search_roots(data_root)
     for _, root in roots:
         found = _cifar_folder_in(root, split)
@@ -358,7 +371,27 @@ def load_cifar10(
     labels = np.concatenate([p[1] for p in parts])
     if len(values) == 0:
         raise DataError(f"the CIFAR-10 batches in {folder} hold no images")
-    return Dataset("cifar10", values, 1.0 / 255.0, 0.0, "uint8 / 255", str(Path(folder).resolve()), split, labels)
+    notes = check_cifar_batches(folder, {name: len(p[0]) for name, p in zip(_cifar_files(split), parts)})
+    return Dataset("cifar10", values, 1.0 / 255.0, 0.0, "uint8 / 255", str(Path(folder).resolve()), split, labels, notes)
+
+
+def check_cifar_batches(folder: Path, counts: dict[str, int]) -> list[str]:
+    """Each batch against the official file: a full-size batch (10,000 images) must have the official md5 (else
+    it is damaged or changed, an error); batches of another size are a subset, said in the returned notes."""
+    subsets = []
+    for name, count in counts.items():
+        if count == CIFAR10_BATCH_IMAGES:
+            got = file_digest(Path(folder) / name, "md5")
+            if got != CIFAR10_BATCH_MD5[name]:
+                raise DataError(f"{Path(folder) / name} differs from the official CIFAR-10 file (md5 {got}, expected "
+                                f"{CIFAR10_BATCH_MD5[name]}): it is damaged or was changed; replace it with the official one, or give "
+                                "changed data as a .npy array")
+        else:
+            subsets.append(f"{name}: {count:,}")
+    if not subsets:
+        return []
+    return [f"{folder} is not the official CIFAR-10 but a subset ({', '.join(subsets)} images instead of {CIFAR10_BATCH_IMAGES:,} "
+            "per batch); its results are properties of the subset"]
 
 
 # --------------------------------------------------------------------------- arrays and folders

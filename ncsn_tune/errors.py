@@ -37,3 +37,15 @@ class CheckpointError(NcsnTuneError):
 
 class RunError(NcsnTuneError):
     """A training run that cannot start or continue (a busy folder, a full disk, a diverged loss)."""
+
+
+class Interrupted(BaseException):
+    """Work stopped at once by a signal (a second Ctrl-C or SIGTERM); the exit status is 128 + ``signum``.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it; files being
+    written when it arrives are left as they were (every write is atomic).
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

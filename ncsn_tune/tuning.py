@@ -396,11 +396,12 @@ def load_training_data(spec: str, data_root: str | None, progress=None) -> tuple
         return train, None, [f"the CIFAR-10 test batch is not in {train.source}: the held-out loss is not computed"]
 
 
-def plan_training(config, *, run=None, workdir: Path | None = None, progress=None) -> TrainingPlan:
+def plan_training(config, *, run=None, changed: set[str] = frozenset(), workdir: Path | None = None, progress=None) -> TrainingPlan:
     """Resolve a training run: its data (:func:`resolve_data`), schedule, M and eps (:func:`resolve`).
 
     ``run``: the checkpoint a resumed run continues; its schedule is kept (a configuration whose
-    schedule numbers differ from it is refused) and it must be the same data.
+    schedule numbers differ from it is refused) and it must be the same data; its M and eps stay unless
+    ``changed`` names them.
     """
     config.validate()
     data = resolve_data(config.data, config.data_root, workdir=workdir)
@@ -416,7 +417,8 @@ def plan_training(config, *, run=None, workdir: Path | None = None, progress=Non
             if value is not None and not math.isclose(value, getattr(run.schedule, name), rel_tol=1e-12):
                 raise ScheduleError(f"the run was trained with {name} = {getattr(run.schedule, name):g}; the schedule cannot change "
                                     f"when a run continues (asked for {value:g})", fields=name)
-        given = Given(data=train, steps_per_scale=config.steps_per_scale, step_size=config.step_size, run=run, device=config.device)
+        given = Given(data=train, steps_per_scale=config.steps_per_scale if "steps_per_scale" in changed else None,
+                      step_size=config.step_size if "step_size" in changed else None, run=run, device=config.device)
     else:
         given = Given(schedule_file=Path(config.schedule) if config.schedule else None, sigma_max=config.sigma_max,
                       sigma_min=config.sigma_min, num_scales=config.num_scales, target_overlap=config.target_overlap, data=train,

@@ -42,6 +42,10 @@ def test_found_through_the_environment_and_the_cache(fake_cifar, monkeypatch, tm
 
 def test_missing_offline_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    with pytest.raises(DataError, match="does not exist") as err:
+        load_cifar10(tmp_path / "empty")  # a data root that does not exist is not created
+    assert not (tmp_path / "empty").exists() and err.value.fields == ("data_root",)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as err:
         load_cifar10(tmp_path / "empty")
     msg = str(err.value)

@@ -231,7 +231,7 @@ def test_sigint_saves_and_stops(tmp_path):
 
     def callback(event):
         if event["event"] == "log" and event["step"] == 5:
-            holder["trainer"]._request_stop(signal.SIGINT, None)
+            holder["trainer"]._on_signal(signal.SIGINT, None)
 
     trainer = make_trainer(tmp_path, steps=100, callback=callback)
     holder["trainer"] = trainer

@@ -15,7 +15,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import NcsnTuneError
+from ..errors import Interrupted, NcsnTuneError
 
 #: Library names whose command-line option is not named after them.
 OPTION_NAMES = {"schedule_file": "schedule", "rescale": "no_rescale", "ema": "no_ema"}
@@ -68,6 +68,9 @@ class Group(click.Group):
         except OSError as exc:
             click.echo(f"Error: {describe_os_error(exc)}", err=True)
             sys.exit(2)
+        except Interrupted as exc:
+            click.echo(f"Stopped: {exc}", err=True)
+            sys.exit(128 + exc.signum)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -85,7 +88,8 @@ def describe_os_error(exc: OSError) -> str:
     """An operating-system error as what failed, where, and what to do."""
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno == errno.ENOSPC:
-        return f"the disk is full{where}; free some space and run the command again"
+        return (f"the disk is full{where}; free some space and run the command again (files written before are intact: "
+                "every write is atomic)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied{where}; choose a folder you can write to"
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):

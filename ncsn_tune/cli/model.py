@@ -56,11 +56,12 @@ class TrainEvents:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<data name>].")
 @path_option("--config", "config_file", help="YAML configuration: ours, or an official NCSNv2 config (e.g. configs/cifar10.yml).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint (--steps is the total to reach).")
+@click.option("--overwrite", is_flag=True, help="Start afresh in a run folder that holds a run, deleting that run's files.")
 @path_option("--init-from", help="Start from the weights (and EMA) of an official NCSNv2 checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Resolve and print the configuration and the parameter count; do not train.")
 @click.option("--gpus", type=click.IntRange(min=1), help="Train on N GPUs: runs torchrun --nproc_per_node N -m ncsn_tune train ...")
 @json_option
-def train(output, config_file, resume, init_from, dry_run, gpus, as_json, **settings):
+def train(output, config_file, resume, overwrite, init_from, dry_run, gpus, as_json, **settings):
     """Train NCSNv2 with the derived noise schedule and step size (Techniques 1-5).
 
     \b
@@ -77,8 +78,8 @@ def train(output, config_file, resume, init_from, dry_run, gpus, as_json, **sett
     main_process = select_local_gpu()  # under torchrun: each rank on its own GPU, and one voice
     report = Report(as_json, quiet=not main_process)
     with report.progress() as progress:
-        setup = setup_run(settings, output=output, config_file=config_file, resume=resume, init_from=init_from, workdir=workdir(),
-                          progress=progress)
+        setup = setup_run(settings, output=output, config_file=config_file, resume=resume, init_from=init_from, overwrite=overwrite,
+                          workdir=workdir(), progress=progress)
     summary = {**setup.summary(), "num_parameters": count_model_parameters(setup)}
     render_setup(report, setup, summary["num_parameters"])
     if dry_run:
@@ -89,6 +90,10 @@ def train(output, config_file, resume, init_from, dry_run, gpus, as_json, **sett
     with report.progress() as progress:
         result = run_training(setup, callback=TrainEvents(report, progress), main_process=main_process)
     report.result({**summary, "result": result})
+    if result["stopped_by"]:  # 128 + the signal, as shells report a process ended by it, so requeue scripts can tell
+        report.line(f"Stopped by {result['stopped_by']} at step {result['step']} with a checkpoint; resumable:")
+        report.command(f"ncsn-tune train --output {setup.run_dir} --resume", before="  ")
+        return 128 + (result["signal_number"] or 15)
     report.line(f"Trained to step {result['step']} in {result['seconds']:.1f} s; checkpoints and metrics in {setup.run_dir}.")
     return None
 

@@ -49,8 +49,18 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int = 3) -> Path
     from ..files import atomic_open
 
     path = checkpoint_path(Path(run_dir), int(state["step"]))
-    with atomic_open(path) as f:
-        torch.save({"format": FORMAT, **state}, f)
+    try:
+        with atomic_open(path) as f:
+            torch.save({"format": FORMAT, **state}, f)
+    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        if "write" not in str(err).lower():
+            raise
+        import errno
+        import shutil
+
+        free = shutil.disk_usage(Path(run_dir)).free
+        raise OSError(errno.ENOSPC, f"could not write the checkpoint ({free / 1e6:.0f} MB free); the previous checkpoint is kept",
+                      str(path)) from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

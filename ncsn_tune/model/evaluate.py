@@ -25,16 +25,17 @@ from .loss import dsm_loss_by_scale
 
 @torch.no_grad()
 def held_out_loss(model, images: torch.Tensor, sigmas: torch.Tensor, *, batch_size: int = 256, generator: torch.Generator | None = None,
-                  bf16: bool | None = None) -> np.ndarray:
+                  bf16: bool | None = None, callback=None) -> np.ndarray:
     """The DSM loss per noise scale (L values) of ``model`` on ``images`` (N, C, H, W in [0, 1]) noised at every scale.
 
     bf16 autocast on a GPU by default (as training runs); the loss is accumulated in float64.
+    ``callback(scale_index)`` is called after each scale of each batch.
     """
     device = images.device
     if bf16 is None:
         bf16 = device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        by_scale = dsm_loss_by_scale(model, images, sigmas.to(device), batch_size=batch_size, generator=generator)
+        by_scale = dsm_loss_by_scale(model, images, sigmas.to(device), batch_size=batch_size, generator=generator, callback=callback)
     return by_scale.cpu().numpy()
 
 

@@ -43,10 +43,11 @@ def dsm_loss(model, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Gene
 
 
 @torch.no_grad()
-def dsm_loss_by_scale(model, x: torch.Tensor, sigmas: torch.Tensor, samples_per_scale: int = 1, batch_size: int = 256, generator: torch.Generator | None = None):
+def dsm_loss_by_scale(model, x: torch.Tensor, sigmas: torch.Tensor, samples_per_scale: int = 1, batch_size: int = 256,
+                      generator: torch.Generator | None = None, callback=None):
     """Held-out DSM loss at every scale: each image is noised at every scale ``samples_per_scale`` times.
 
-    Returns a float64 tensor of shape (L,) with the mean loss per scale.
+    Returns a float64 tensor of shape (L,) with the mean loss per scale; ``callback(idx)`` after each scale of each batch.
     """
     total = torch.zeros(len(sigmas), dtype=torch.float64, device=x.device)
     count = 0
@@ -57,5 +58,7 @@ def dsm_loss_by_scale(model, x: torch.Tensor, sigmas: torch.Tensor, samples_per_
                 indices = torch.full((batch.shape[0],), idx, device=x.device, dtype=torch.long)
                 noise = torch.randn(batch.shape, device=x.device, dtype=batch.dtype, generator=generator)
                 total[idx] += dsm_loss_per_sample(model, batch, sigmas, indices, noise).double().sum()
+            if callback is not None:
+                callback(idx)
         count += batch.shape[0] * samples_per_scale
     return total / count

@@ -2,14 +2,29 @@
 
 :func:`setup_run` turns what was given (settings, a YAML file, a run folder to
 continue) into a :class:`RunSetup` -- the resolved configuration and the
-:class:`~ncsn_tune.tuning.TrainingPlan` -- without writing anything;
-:func:`run_training` writes the run folder's ``config.yaml`` and
-``schedule.json`` and trains. ``ncsn-tune train`` is these two calls.
+:class:`~ncsn_tune.tuning.TrainingPlan` -- reading and checking every input and
+writing nothing. :func:`run_training` locks the run folder, writes its
+``config.yaml`` and ``schedule.json`` and trains. ``ncsn-tune train`` is these
+two calls.
+
+The run folder cannot be corrupted by the usual accidents: an OS lock (held
+while training, released by the kernel when the process dies, so a killed run
+never leaves a stale one) keeps a second trainer out; a fresh run never starts
+over an existing one unless told to (``overwrite``); a continued run restores
+its checkpoint exactly, then applies the settings that may change (learning
+rate and the other optimiser settings, EMA rate, intervals, total steps, speed
+switches, M and eps for the sample grids), and refuses the others (data,
+schedule, architecture, ngf, seed) before anything is written; temporary files
+of a writer that was killed are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,6 +33,14 @@ from ..config import TrainConfig, load_train_config, save_config
 from ..errors import CheckpointError, NcsnTuneError, RunError
 from ..tuning import TrainingPlan, plan_training
 from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_official_weights
+
+#: Settings a continued run may not change: they are part of the trained model, its data or its schedule.
+FIXED_ON_RESUME = ("data", "data_root", "schedule", "sigma_max", "sigma_min", "num_scales", "target_overlap", "architecture", "ngf",
+                   "seed")
+#: What a run folder holds (the files a fresh run refuses to mix with, and ``overwrite`` removes).
+RUN_FILES = ("config.yaml", "schedule.json", "metrics.jsonl")
+RUN_PATTERNS = ("checkpoint_*.pt", "samples_*.png", "fid_reference_*.npz")
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -30,59 +53,32 @@ class RunSetup:
     resume: Checkpoint | None = None
     notes: list[str] = field(default_factory=list)
     init_weights: tuple[dict, dict | None] | None = None
+    changed: dict = field(default_factory=dict)
+    overwrite: bool = False
 
     def summary(self) -> dict:
         s, config = self.plan.schedule, self.config
         return {"num_scales": s.num_scales, "sigma_max": s.sigma_max, "sigma_min": s.sigma_min, "ratio": s.ratio,
                 "overlap": s.overlap, "step_size": self.plan.step_size, "steps_per_scale": config.steps_per_scale,
                 "batch_size": config.batch_size, "steps": config.steps, "run_dir": str(self.run_dir),
-                "resume_from": str(self.resume.path) if self.resume else None, "notes": self.notes,
-                "config": dataclasses.asdict(config)}
+                "resume_from": str(self.resume.path) if self.resume else None,
+                "changed": {k: list(v) for k, v in self.changed.items()}, "notes": self.notes, "config": dataclasses.asdict(config)}
 
 
-def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
-              init_from: Path | None = None, workdir: Path | None = None, progress=None) -> RunSetup:
-    """Resolve a run from ``settings`` (TrainConfig fields given; None = not given) on top of the run folder's
-    config.yaml (``resume``), a YAML file (ours or an official NCSNv2 one), or the defaults. Every input is
-    read and checked here, before any long work; nothing is written."""
-    given = {k: v for k, v in settings.items() if v is not None}
-    ckpt = None
-    if init_from is not None and resume:
-        raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
-    if output is not None:
-        check_run_folder(Path(output))
-    init = load_official_weights(init_from) if init_from is not None else None
-    if resume:
-        if output is None:
-            raise RunError("continuing a run needs its folder", fields="output")
-        saved = Path(output) / "config.yaml"
-        if not saved.is_file():
-            raise RunError(f"{output} has no config.yaml: it is not a run folder to continue", fields="output")
-        base = load_train_config(saved)
-        ckpt = load_checkpoint(output)
-    elif config_file is not None:
-        base = load_train_config(config_file)
-    else:
-        base = TrainConfig()
-    try:
-        config = dataclasses.replace(base, **given).validate()
-    except TypeError as exc:
-        raise NcsnTuneError(str(exc)) from None
-    plan = plan_training(config, run=ckpt, workdir=workdir, progress=progress)
-    run_dir = Path(output) if output is not None else check_run_folder(Path("runs") / plan.train.name)
-    if ckpt is not None and ckpt.step >= plan.config.steps:
-        raise RunError(f"the run is already at step {ckpt.step}; give a total number of steps above that to train further",
-                       fields="steps")
-    if ckpt is None and list_checkpoints(run_dir):
-        raise RunError(f"{run_dir} already holds checkpoints: continue it, or choose another run folder", fields=("resume", "output"))
-    notes = (ckpt.notes if ckpt is not None else []) + list(plan.notes)
-    return RunSetup(plan.config, plan, run_dir, ckpt, notes, init)
+def run_files(run_dir: Path) -> list[Path]:
+    """The files of a run in ``run_dir`` (empty when there is none)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    found += [p for pattern in RUN_PATTERNS for p in sorted(run_dir.glob(pattern))]
+    if (run_dir / "tensorboard").is_dir():
+        found.append(run_dir / "tensorboard")
+    return found
 
 
 def check_run_folder(run_dir: Path) -> Path:
     """A run folder that is (or can be made) a folder this process may write in."""
-    import os
-
     for folder in [run_dir, *run_dir.parents]:
         if folder.exists():
             if not folder.is_dir():
@@ -93,6 +89,72 @@ def check_run_folder(run_dir: Path) -> Path:
     return run_dir
 
 
+def _same(name: str, old, new) -> bool:
+    if name in ("data", "data_root") and old is not None and new is not None and old != "cifar10" and new != "cifar10":
+        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    return old == new
+
+
+def changes_on_resume(base: TrainConfig, given: dict) -> dict[str, tuple]:
+    """The settings given for a continued run that differ from the run's; refuses those that cannot change."""
+    changed = {k: (getattr(base, k), v) for k, v in given.items() if not _same(k, getattr(base, k), v)}
+    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    if fixed:
+        what = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
+        raise RunError(f"a continued run cannot change {what}: they belong to the trained model, its data or its schedule; start a "
+                       "new run for them", fields=tuple(fixed))
+    return changed
+
+
+def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
+              init_from: Path | None = None, overwrite: bool = False, workdir: Path | None = None, progress=None) -> RunSetup:
+    """Resolve a run from ``settings`` (TrainConfig fields given; None = not given) on top of the run folder's
+    config.yaml (``resume``), a YAML file (ours or an official NCSNv2 one), or the defaults. Every input is
+    read and checked here, before any long work; nothing is written."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    ckpt, changed = None, {}
+    if init_from is not None and resume:
+        raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
+    if overwrite and resume:
+        raise RunError("continuing a run and starting it afresh exclude each other", fields=("overwrite", "resume"))
+    if output is not None:
+        check_run_folder(Path(output))
+        RunLock.refuse_if_held(Path(output))
+    init = load_official_weights(init_from) if init_from is not None else None
+    if resume:
+        if output is None:
+            raise RunError("continuing a run needs its folder", fields="output")
+        saved = Path(output) / "config.yaml"
+        if not saved.is_file():
+            raise RunError(f"{output} has no config.yaml: it is not a run folder to continue", fields="output")
+        base = load_train_config(saved)
+        ckpt = load_checkpoint(output)
+        changed = changes_on_resume(base, given)
+    elif config_file is not None:
+        base = load_train_config(config_file)
+    else:
+        base = TrainConfig()
+    try:
+        config = dataclasses.replace(base, **given).validate()
+    except TypeError as exc:
+        raise NcsnTuneError(str(exc)) from None
+    plan = plan_training(config, run=ckpt, changed=set(changed), workdir=workdir, progress=progress)
+    run_dir = Path(output) if output is not None else check_run_folder(Path("runs") / plan.train.name)
+    if ckpt is not None and ckpt.step >= plan.config.steps:
+        raise RunError(f"the run is already at step {ckpt.step}; give a total number of steps above that to train further",
+                       fields="steps")
+    existing = run_files(run_dir)
+    if ckpt is None and existing and not overwrite:
+        steps = list_checkpoints(run_dir)
+        what = f"checkpoints up to {steps[-1].name}" if steps else "a run that wrote no checkpoint yet"
+        raise RunError(f"{run_dir} already holds {what}: continue it, start it afresh (its files are deleted), or choose another "
+                       "run folder", fields=("resume", "overwrite", "output"))
+    notes = (ckpt.notes if ckpt is not None else []) + list(plan.notes)
+    if changed:
+        notes.append("changed for the rest of the run: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    return RunSetup(plan.config, plan, run_dir, ckpt, notes, init, changed, overwrite and bool(existing))
+
+
 def count_model_parameters(setup: RunSetup) -> int:
     from .network import count_parameters
     from .train import build_model
@@ -100,16 +162,95 @@ def count_model_parameters(setup: RunSetup) -> int:
     return count_parameters(build_model(setup.config, setup.plan.train.image_shape, setup.plan.schedule.sigmas))
 
 
+class RunLock:
+    """An exclusive OS lock on a run folder (``.lock``), held while training. The kernel releases it when the
+    process ends, however it ends, so a killed run never leaves a stale lock; the file names the holder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd = None
+
+    @classmethod
+    def refuse_if_held(cls, run_dir: Path) -> None:
+        """Fail at once, naming the holder, when another process trains in ``run_dir`` (nothing is written)."""
+        path = Path(run_dir) / LOCK_FILE
+        if path.exists():
+            os.close(cls(run_dir)._lock(os.open(path, os.O_RDWR)))  # closing releases it
+
+    def _lock(self, fd: int) -> int:
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it", fields="output") from None
+        return fd
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = self._lock(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666))
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock; the file stays, naming nobody once unlocked
+            self.fd = None
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary files of atomic writes whose writer died (``.name.XXXX.tmp``); only call while holding the lock."""
+    stale = sorted(Path(run_dir).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def run_training(setup: RunSetup, *, callback: Callable[[dict], None] | None = None, main_process: bool = True) -> dict:
-    """Write the run folder's config.yaml and schedule.json (rank 0) and train; returns the trainer's summary."""
+    """Lock the run folder (rank 0), write its config.yaml and schedule.json once the trainer has restored
+    and checked everything, and train; returns the trainer's summary."""
     from .train import Trainer
 
-    if main_process:
-        setup.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(setup.config, setup.run_dir / "config.yaml")
-        if setup.resume is None:
-            setup.plan.schedule.save(setup.run_dir / "schedule.json")
-    plan = setup.plan
-    trainer = Trainer(setup.config, plan.schedule, plan.step_size, plan.train, plan.test, setup.run_dir, resume=setup.resume,
-                      init_weights=setup.init_weights, callback=callback)
-    return trainer.run()
+    callback = callback or (lambda event: None)
+    lock = RunLock(setup.run_dir) if main_process else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        if main_process:
+            _prepare_folder(setup, callback)
+        plan = setup.plan
+        trainer = Trainer(setup.config, plan.schedule, plan.step_size, plan.train, plan.test, setup.run_dir, resume=setup.resume,
+                          init_weights=setup.init_weights, callback=callback)
+        if main_process:
+            save_config(setup.config, setup.run_dir / "config.yaml")
+            if setup.resume is None:
+                plan.schedule.save(setup.run_dir / "schedule.json")
+        return trainer.run()
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _prepare_folder(setup: RunSetup, callback) -> None:
+    """Under the lock: the folder is still as setup_run saw it; leftovers of killed writers go, and with
+    ``overwrite`` the old run's files too."""
+    run_dir = setup.run_dir
+    stale = remove_stale_temporaries(run_dir)
+    if stale:
+        callback({"event": "note", "text": f"removed {len(stale)} temporary file(s) left by an interrupted write: "
+                                           f"{', '.join(p.name for p in stale)}"})
+    if setup.resume is not None:
+        newest = list_checkpoints(run_dir)
+        if not newest or newest[-1].name < setup.resume.path.name:
+            raise RunError(f"{run_dir} changed while this run was being prepared (its checkpoint {setup.resume.path.name} is gone)",
+                           fields="output")
+    elif setup.overwrite:
+        for path in run_files(run_dir):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        callback({"event": "note", "text": f"started {run_dir} afresh: the earlier run's files were deleted"})
+    elif run_files(run_dir):
+        raise RunError(f"{run_dir} received a run while this one was being prepared; choose another run folder", fields="output")

@@ -24,7 +24,7 @@ from ..analysis.noise_schedule import NoiseSchedule
 from ..config import TrainConfig
 from ..data import Dataset, as_dataset
 from ..devices import torch_device
-from ..errors import CheckpointError, NcsnTuneError, RunError
+from ..errors import CheckpointError, Interrupted, NcsnTuneError, RunError
 from ..images import image_grid, save_image
 from .accel import SpeedSwitches, capture_cuda_graph, static_input
 from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
@@ -33,6 +33,7 @@ from .ema import EMA
 from .evaluate import held_out_loss
 from .loss import dsm_loss
 from .network import NCSNv2, count_parameters
+from .run_log import RunLog
 from .sampling import sample_annealed_langevin
 
 
@@ -251,8 +252,9 @@ class Trainer:
                                           fields="init_from") from None
         if resume is not None:
             self._restore(resume)
+            self._apply_settings()
         self.num_parameters = count_parameters(self.model)
-        self.stop_requested = None
+        self.stop_requested, self.stop_signal = None, None
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -271,6 +273,19 @@ class Trainer:
         if self.device.type == "cuda" and ckpt.rng.get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt.rng["cuda"], self.device)
         self.step = int(ckpt.step)
+
+    def _apply_settings(self) -> None:
+        """After a restore: the optimiser and EMA settings of this configuration (a resumed run may change them;
+        the restored Adam state carries the old ones)."""
+        config = self.config
+        for group in self.optimizer.param_groups:
+            for key, value in (("lr", config.lr), ("eps", config.adam_eps), ("weight_decay", config.weight_decay)):
+                if torch.is_tensor(group[key]):
+                    group[key].fill_(value)
+                else:
+                    group[key] = value
+            group["betas"] = (config.beta1, config.beta2)
+        self.ema.rate = config.ema_rate
 
     def checkpoint_state(self) -> dict:
         return {
@@ -306,7 +321,8 @@ class Trainer:
         model = self.ema.averaged_model(self.model).eval()
         x = self.test_images.batch(torch.arange(min(self.config.eval_images, len(self.test_images))))
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 1)
-        by_scale = held_out_loss(model, x, self.sigmas, batch_size=256, generator=generator, bf16=self.switches.bf16)
+        by_scale = held_out_loss(model, x, self.sigmas, batch_size=256, generator=generator, bf16=self.switches.bf16,
+                                 callback=self._check_stop)
         return {"eval_loss": float(by_scale.mean()), "eval_loss_by_scale": by_scale.tolist()}
 
     def sample_grid(self) -> Path:
@@ -315,123 +331,126 @@ class Trainer:
         x0 = torch.rand((self.config.sample_count, *self.image_shape), device=self.device, generator=generator)
         with self.switches.autocast(self.device):
             x = sample_annealed_langevin(model, x0, self.sigmas, steps_per_scale=self.steps_per_scale, step_size=self.step_size,
-                                         generator=generator)
+                                         generator=generator, callback=self._check_stop)
         path = save_image(image_grid(x), self.run_dir / f"samples_{self.step:08d}.png")
         self.callback({"event": "samples", "step": self.step, "path": str(path)})
         return path
 
     # ---------------------------------------------------------------- the loop
 
-    def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = signal.Signals(signum).name
+    def _on_signal(self, signum, frame) -> None:
+        """The first SIGINT/SIGTERM asks for a stop at the next step (sampling and evaluation break off); the
+        second stops at once."""
+        name = signal.Signals(signum).name
+        if self.stop_requested is not None:
+            raise Interrupted(f"stopped at once by a second {name} at step {self.step}; the last checkpoint written is intact "
+                              "and the run can continue from it", signum)
+        self.stop_requested, self.stop_signal = name, int(signum)
+
+    def _check_stop(self, info=None) -> None:
+        if self.stop_requested is not None:
+            raise _StopWork
+
+    def _log(self, log, window, filled, t_window, t_start, last_saved) -> None:
+        values = self.dist.mean(window[:filled]).cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            bad_step = self.step - filled + int(bad[0]) + 1
+            kept = (f"the last good checkpoint is the one from step {last_saved} in {self.run_dir}" if last_saved is not None
+                    else "no checkpoint had been written yet, so the run must start again")
+            raise RunError(f"the loss became {values[bad[0]]} at step {bad_step}; training stopped and {kept}. Try a lower "
+                           "learning rate or check the data", fields="lr")
+        now = time.perf_counter()
+        record = {"step": self.step, "loss": float(values.mean()), "it_per_s": filled / max(now - t_window, 1e-9), "time": now - t_start}
+        if log is not None:
+            log.record(record, {"loss": record["loss"], "it_per_s": record["it_per_s"]})
+        self.callback({"event": "log", **record})
+
+    def _side_work(self, log, due: dict) -> None:
+        """Evaluation and the sample grid (rank 0), either broken off by a stop request."""
+        try:
+            if due["eval"] and self.test_images is not None and log is not None:
+                result = {"step": self.step, **self.evaluate()}
+                log.record(result, {"eval_loss": result["eval_loss"],
+                                    **{f"eval_loss_by_scale/{i:04d}": v for i, v in enumerate(result["eval_loss_by_scale"])}})
+                self.callback({"event": "eval", **result})
+            if due["sample"] and log is not None:
+                self.sample_grid()
+        except _StopWork:
+            self.callback({"event": "note", "text": f"{self.stop_requested}: broke off the evaluation or sample grid of step {self.step}"})
+        if self.dist.active and (due["eval"] or due["sample"]):
+            self.dist.barrier()
 
     def run(self) -> dict:
         """Train until ``config.steps`` (the total, counting resumed steps).
 
-        Events passed to the callback: ``start``, ``log`` (step, loss,
-        it_per_s), ``eval``, ``samples``, ``checkpoint``, ``stopped``, ``done``.
-        A NaN or infinite loss raises :class:`NcsnTuneError` naming the step;
-        the last checkpoint written stays the last good one.
+        Events passed to the callback: ``start``, ``log`` (step, loss, it_per_s), ``eval``,
+        ``samples``, ``checkpoint``, ``note``, ``stopped``, ``done``. A NaN or infinite loss
+        raises :class:`RunError` naming the step; the last checkpoint written stays the last
+        good one. A first SIGINT/SIGTERM stops at the next step with a checkpoint (evaluation
+        and sampling break off); a second raises :class:`Interrupted` at once.
         """
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = self.run_dir / "metrics.jsonl"
-        writer = _tensorboard(self.run_dir) if self.dist.main else None
-        if self.dist.main and writer is None:
-            self.callback({"event": "note", "text": "TensorBoard logs are off: the tensorboard package is not installed "
-                                                    "(pip install tensorboard); metrics.jsonl has every value"})
+        log = RunLog(self.run_dir, self.step) if self.dist.main else None
+        if log is not None:
+            for note in log.notes:
+                self.callback({"event": "note", "text": note})
+            if log.writer is None:
+                self.callback({"event": "note", "text": "TensorBoard logs are off: the tensorboard package is not installed "
+                                                        "(pip install tensorboard); metrics.jsonl has every value"})
         t_start = time.perf_counter()
         per_process = config.batch_size // self.dist.world
         shard = self.dist.shard(config.batch_size) if self.dist.active else slice(None)
-        step_fn = TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.switches, (per_process, *self.image_shape),
-                            self.device, dist=self.dist)
-        first_step_seconds = time.perf_counter() - t_start
-        self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": first_step_seconds,
-                       "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches), "device": str(self.device),
-                       "processes": self.dist.world})
-        handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        window = torch.zeros(config.log_every, device=self.device)
-        filled, t_window = 0, time.perf_counter()
-        last_saved = self.step
-        stop = False
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with open(metrics_path, "a") if self.dist.main else open(os.devnull, "w") as metrics:
-                while self.step < config.steps:
-                    indices, flips = self.sampler.next()
-                    x = self.images.batch(indices[shard], flips[shard])
-                    if self.switches.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    loss = step_fn(x)
-                    window[filled] = loss
-                    filled += 1
-                    self.step += 1
-                    due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
-                    at_log = filled == config.log_every or self.step >= config.steps or any(due.values())
-                    if self.dist.active:
-                        # ranks stop only on a flag they all agree on at the same step, else their all-reduces would hang
-                        if at_log:
-                            stop = self.dist.any(self.stop_requested is not None, self.device)
-                    else:
-                        stop = self.stop_requested is not None
-                        at_log = at_log or stop
-                    if at_log:
-                        values = self.dist.mean(window[:filled]).cpu().numpy()
-                        bad = np.flatnonzero(~np.isfinite(values))
-                        if bad.size:
-                            bad_step = self.step - filled + int(bad[0]) + 1
-                            raise RunError(
-                                f"the loss became {values[bad[0]]} at step {bad_step}; training stopped. The last good checkpoint "
-                                f"is the one from step {last_saved} in {self.run_dir}. Try a lower learning rate or check the data",
-                                fields="lr",
-                            )
-                        now = time.perf_counter()
-                        record = {"step": self.step, "loss": float(values.mean()), "it_per_s": filled / max(now - t_window, 1e-9),
-                                  "time": now - t_start}
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                        if writer is not None:
-                            writer.add_scalar("loss", record["loss"], self.step)
-                            writer.add_scalar("it_per_s", record["it_per_s"], self.step)
-                        self.callback({"event": "log", **record})
-                        filled, t_window = 0, time.perf_counter()
-                    if not self.dist.active:
-                        stop = self.stop_requested is not None
-                    last = self.step >= config.steps or stop
-                    if due["eval"] and self.test_images is not None and self.dist.main:
-                        result = {"step": self.step, **self.evaluate()}
-                        metrics.write(json.dumps(result) + "\n")
-                        if writer is not None:
-                            writer.add_scalar("eval_loss", result["eval_loss"], self.step)
-                            for i, v in enumerate(result["eval_loss_by_scale"]):
-                                writer.add_scalar(f"eval_loss_by_scale/{i:04d}", v, self.step)
-                        self.callback({"event": "eval", **result})
-                        t_window = time.perf_counter()
-                    if due["sample"] and self.dist.main:
-                        self.sample_grid()
-                        t_window = time.perf_counter()
-                    if self.dist.active and (due["eval"] or due["sample"]):
-                        self.dist.barrier()
-                    if due["checkpoint"] or last:
-                        self.save()
-                        last_saved = self.step
-                        t_window = time.perf_counter()
-                    if stop:
-                        self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested or "SIGTERM (another rank)"})
-                        break
+            step_fn = TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.switches, (per_process, *self.image_shape),
+                                self.device, dist=self.dist)
+            self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": time.perf_counter() - t_start,
+                           "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches),
+                           "device": str(self.device), "processes": self.dist.world})
+            window = torch.zeros(config.log_every, device=self.device)
+            filled, t_window = 0, time.perf_counter()
+            last_saved = self.step if self.step > 0 else None
+            stop = False
+            while self.step < config.steps and not stop:
+                indices, flips = self.sampler.next()
+                x = self.images.batch(indices[shard], flips[shard])
+                if self.switches.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                window[filled] = step_fn(x)
+                filled += 1
+                self.step += 1
+                due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
+                at_log = filled == config.log_every or self.step >= config.steps or any(due.values())
+                if self.dist.active:  # ranks stop only on a flag they agree on at the same step, else their all-reduces would hang
+                    stop = self.dist.any(self.stop_requested is not None, self.device) if at_log else False
+                else:
+                    stop = self.stop_requested is not None
+                if at_log or stop:
+                    self._log(log, window, filled, t_window, t_start, last_saved)
+                    filled, t_window = 0, time.perf_counter()
+                if not stop and (due["eval"] or due["sample"]):
+                    self._side_work(log, due)
+                    t_window = time.perf_counter()
+                if not self.dist.active:  # a request that came while logging, evaluating or sampling
+                    stop = self.stop_requested is not None
+                if due["checkpoint"] or stop or self.step >= config.steps:
+                    self.save()
+                    last_saved, t_window = self.step, time.perf_counter()
+            if stop:
+                self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested or "SIGTERM (another rank)"})
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
-            if writer is not None:
-                writer.close()
+            if log is not None:
+                log.close()
             self.dist.close()
-        summary = {"step": self.step, "seconds": time.perf_counter() - t_start, "stopped_by": self.stop_requested}
+        summary = {"step": self.step, "seconds": time.perf_counter() - t_start, "stopped_by": self.stop_requested,
+                   "signal_number": self.stop_signal}
         self.callback({"event": "done", **summary})
         return summary
 
 
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+class _StopWork(Exception):
+    """Raised inside sampling or evaluation when a stop was requested, to break them off."""
