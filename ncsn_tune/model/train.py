@@ -10,7 +10,6 @@ that Python and kernel launches stay off the critical path. Each switch is in
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import time
