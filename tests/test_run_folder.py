@@ -354,10 +354,11 @@ def test_12_the_fault_injection_script_runs(tmp_path):
     assert report["all_checkpoints_loadable"] and report["metrics_each_step_once"] and report["equal_to_uninterrupted"]
 
 
-def test_12_a_checkpoint_with_foreign_objects_is_refused_in_one_clause(tmp_path):
-    class Payload:  # what a malicious pickle would carry
-        pass
+class Payload:  # what a malicious pickle would carry: an object of some class, rebuilt by unpickling
+    pass
 
+
+def test_12_a_checkpoint_with_foreign_objects_is_refused_in_one_clause(tmp_path):
     torch.save({"format": "ncsn_tune.checkpoint/1", "step": 1, "payload": Payload()}, tmp_path / "checkpoint_00000001.pt")
     r = run("sample", "--checkpoint", tmp_path, "--output", tmp_path / "s.png", "--device", "cpu")
     one_line_error(r, "holds Python objects other than tensors and plain containers, which are not loaded (they could run code)")
