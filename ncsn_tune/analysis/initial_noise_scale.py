@@ -310,8 +310,8 @@ def max_pairwise_distance(
     on_cpu = backend.name == "cpu"
     if block_size is None:  # measured: 1024 on 2 CPU cores, larger products keep a GPU busy
         block_size = 1024 if on_cpu else 4096
-    if chunk_rows is None:  # ~3 MB of float32 per chunk stays in a CPU's cache
-        chunk_rows = max(1, ((3 << 20) if on_cpu else (256 << 20)) // (4 * dim))
+    if chunk_rows is None:  # ~3 MB of float32 per chunk stays in a CPU's cache; sources that decode (image folders) read more
+        chunk_rows = max(1, ((3 << 20) if on_cpu else (256 << 20)) // (4 * dim), getattr(x, "preferred_chunk_rows", 1))
     if block_size < 1 or chunk_rows < 1:
         raise DataError(f"block_size and chunk_rows must be at least 1, got {block_size} and {chunk_rows}")
     with backend.exact_float32():

@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special
-
 from ..errors import ScheduleError
+from .roots import brent_root
 from .step_size import StepSize, optimal_step_size
 
+_ERFC = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def normal_cdf(x):
+    """Phi(x) = erfc(-x / sqrt(2)) / 2, the standard normal CDF, accurate to the last digits in both tails
+    (erfc of a positive argument keeps its relative accuracy); vectorised."""
+    result = 0.5 * _ERFC(-np.asarray(x, dtype=np.float64) / math.sqrt(2.0))
+    return float(result) if np.ndim(result) == 0 else result
+
+
 #: The overlap of two identical scales (gamma = 1): Phi(3) - Phi(-3).
-MAX_OVERLAP = float(special.ndtr(3.0) - special.ndtr(-3.0))
+MAX_OVERLAP = normal_cdf(3.0) - normal_cdf(-3.0)
 
 
 def overlap(gamma, dim):
@@ -38,8 +47,8 @@ def overlap(gamma, dim):
     gamma = np.asarray(gamma, dtype=np.float64)
     centre = math.sqrt(2.0 * dim) * (gamma - 1.0)
     lower, upper = centre - 3.0 * gamma, centre + 3.0 * gamma
-    by_cdf = special.ndtr(upper) - special.ndtr(lower)
-    by_tail = special.ndtr(-lower) - special.ndtr(-upper)
+    by_cdf = normal_cdf(upper) - normal_cdf(lower)
+    by_tail = normal_cdf(-lower) - normal_cdf(-upper)
     result = np.where(lower > 0, by_tail, by_cdf)
     return float(result) if result.ndim == 0 else result
 
@@ -92,9 +101,7 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
     if values[k] == 0:
         return float(1.0 + excess[k])
     lo = 0.0 if k == 0 else excess[k - 1]
-    root = optimize.brentq(
-        lambda t: overlap(1.0 + t, dim) - target_overlap, lo, excess[k], xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500
-    )
+    root = brent_root(lambda t: overlap(1.0 + t, dim) - target_overlap, lo, excess[k], xtol=1e-300, rtol=4 * np.finfo(float).eps)
     return float(1.0 + root)
 
 

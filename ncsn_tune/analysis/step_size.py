@@ -19,9 +19,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize
-
 from ..errors import ScheduleError
+from .roots import brent_root
 
 #: The largest M accepted: beyond it s^2/sigma^2 - 1 falls below 1e-8 and the run would take
 #: more than 10^11 network evaluations for a typical schedule.
@@ -148,7 +147,7 @@ def optimal_step_size(ratio: float, steps_per_scale: int, sigma_min: float = 0.0
     slopes = np.array([_slope(a, ratio, m) for a in grid])
     turns = np.flatnonzero((slopes[:-1] < 0) & (slopes[1:] >= 0))
     candidates = [
-        optimize.brentq(_slope, grid[k], grid[k + 1], args=(ratio, m), xtol=1e-300, rtol=4 * np.finfo(float).eps)
+        brent_root(lambda a: _slope(a, ratio, m), grid[k], grid[k + 1], xtol=1e-300, rtol=4 * np.finfo(float).eps)
         if slopes[k + 1] != 0
         else grid[k + 1]
         for k in turns

@@ -79,7 +79,7 @@ def train(output, config_file, resume, overwrite, init_from, dry_run, gpus, as_j
     report = Report(as_json, quiet=not main_process)
     with report.progress() as progress:
         setup = setup_run(settings, output=output, config_file=config_file, resume=resume, init_from=init_from, overwrite=overwrite,
-                          workdir=workdir(), progress=progress)
+                          workdir=workdir(), progress=progress, main_process=main_process)
     summary = {**setup.summary(), "num_parameters": count_model_parameters(setup)}
     render_setup(report, setup, summary["num_parameters"])
     if dry_run:

@@ -107,10 +107,13 @@ def changes_on_resume(base: TrainConfig, given: dict) -> dict[str, tuple]:
 
 
 def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
-              init_from: Path | None = None, overwrite: bool = False, workdir: Path | None = None, progress=None) -> RunSetup:
+              init_from: Path | None = None, overwrite: bool = False, workdir: Path | None = None, progress=None,
+              main_process: bool = True) -> RunSetup:
     """Resolve a run from ``settings`` (TrainConfig fields given; None = not given) on top of the run folder's
     config.yaml (``resume``), a YAML file (ours or an official NCSNv2 one), or the defaults. Every input is
-    read and checked here, before any long work; nothing is written."""
+    read and checked here, before any long work; nothing is written. Only the main process (rank 0 under
+    torchrun, which owns the folder) checks the folder's lock and whether it already holds a run: the other
+    ranks would race with rank 0's own writes."""
     given = {k: v for k, v in settings.items() if v is not None}
     ckpt, changed = None, {}
     if init_from is not None and resume:
@@ -119,7 +122,8 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         raise RunError("continuing a run and starting it afresh exclude each other", fields=("overwrite", "resume"))
     if output is not None:
         check_run_folder(Path(output))
-        RunLock.refuse_if_held(Path(output))
+        if main_process:
+            RunLock.refuse_if_held(Path(output))
     init = load_official_weights(init_from) if init_from is not None else None
     if resume:
         if output is None:
@@ -143,7 +147,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     if ckpt is not None and ckpt.step >= plan.config.steps:
         raise RunError(f"the run is already at step {ckpt.step}; give a total number of steps above that to train further",
                        fields="steps")
-    existing = run_files(run_dir)
+    existing = run_files(run_dir) if main_process else []
     if ckpt is None and existing and not overwrite:
         steps = list_checkpoints(run_dir)
         what = f"checkpoints up to {steps[-1].name}" if steps else "a run that wrote no checkpoint yet"
