@@ -142,8 +142,9 @@ class TrainConfig:
     bf16: bool = setting(True, "bf16 autocast (GPU).")
     channels_last: bool = setting(True, "channels_last memory format (GPU).")
     fused_adam: bool = setting(True, "Fused Adam (GPU).")
-    compile: bool = setting(True, "torch.compile the network (GPU).")
-    compile_mode: str = setting("default", "torch.compile mode: default (47 it/s after ~80 s on an H100) or max-autotune-no-cudagraphs.")
+    compile: bool | None = setting(None, "torch.compile the network (GPU) [default: when the planned steps repay the compile time].")
+    compile_mode: str = setting("default", "torch.compile mode: default (47 it/s on an H100) or max-autotune-no-cudagraphs.")
+    compile_scope: str = setting("model", "What torch.compile compiles: the whole network (model) or each block on its own (blocks).")
     cuda_graphs: bool = setting(True, "Capture the whole training step in one CUDA graph (GPU, one process).")
     deterministic: bool = setting(False, "Deterministic GPU kernels for bitwise-repeatable runs (slower).")
     # logging and checkpoints
@@ -172,6 +173,8 @@ class TrainConfig:
         for name in ("ema_rate", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise NcsnTuneError(f"{name} must lie in [0, 1), got {getattr(self, name)}", fields=name)
+        if self.compile_scope not in ("model", "blocks"):
+            raise NcsnTuneError(f"compile_scope must be model or blocks, got {self.compile_scope!r}", fields="compile_scope")
         if self.architecture != "auto" and self.architecture not in ARCHITECTURES:
             raise NcsnTuneError(f"unknown architecture {self.architecture!r}; use auto or one of {', '.join(ARCHITECTURES)}",
                                 fields="architecture")

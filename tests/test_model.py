@@ -306,3 +306,50 @@ def test_official_checkpoint_loads_with_init_from(tmp_path):
     assert trainer.model.sigmas.shape == (10,)
     with pytest.raises(NcsnTuneError, match="looks like an official"):
         ckpt.load_checkpoint(tmp_path / "checkpoint.pth")
+
+
+def test_compile_decisions_follow_the_planned_work():
+    from ncsn_tune.model.accel import SAMPLE_COSTS, TRAIN_COSTS, decide_compile
+
+    assert decide_compile(2000, False, TRAIN_COSTS, "steps")[0] == "off"  # a short run never waits for a cold compile
+    assert decide_compile(2000, False, TRAIN_COSTS, "steps", background=True)[0] == "off"  # nor switches too late to pay
+    assert decide_compile(300000, False, TRAIN_COSTS, "steps")[0] == "compile"
+    verdict, why = decide_compile(300000, False, TRAIN_COSTS, "steps", background=True)
+    assert verdict == "background" and "switches to the compiled step" in why
+    assert decide_compile(2000, True, TRAIN_COSTS, "steps")[0] == "compile"  # warm: the compile costs seconds
+    assert decide_compile(64 * 1161, False, SAMPLE_COSTS, "image evaluations")[0] == "off"
+    assert decide_compile(1000 * 1161, True, SAMPLE_COSTS, "image evaluations")[0] == "compile"
+
+
+class FinishedProcess:
+    """Stands in for the background compile: finished after ``polls`` polls."""
+
+    def __init__(self, polls):
+        self.polls, self.returncode = polls, None
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls <= 0:
+            self.returncode = 0
+        return self.returncode
+
+    def kill(self):
+        pass
+
+    def wait(self):
+        return self.returncode
+
+
+def test_switching_to_the_compiled_step_mid_run_leaves_the_run_as_it_was(tmp_path, monkeypatch):
+    from ncsn_tune.model import precompile
+    from ncsn_tune.model.accel import SpeedSwitches
+
+    make_trainer(tmp_path, "straight", steps=60, log_every=5, checkpoint_every=1000).run()
+    events = []
+    trainer = make_trainer(tmp_path, "switched", steps=60, log_every=5, checkpoint_every=1000, callback=events.append)
+    trainer.background = object()  # a spec; what start() receives
+    trainer.compiled_switches = SpeedSwitches(bf16=False, channels_last=False, fused_adam=False, compile=False, cuda_graphs=False)
+    monkeypatch.setattr(precompile, "start", lambda spec, folder: FinishedProcess(polls=2))
+    trainer.run()
+    assert losses(tmp_path / "switched") == losses(tmp_path / "straight")
+    assert any("switched to the compiled step at step 50" in e.get("text", "") for e in events)

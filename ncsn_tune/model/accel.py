@@ -5,11 +5,22 @@ is the one capture routine (warm-up on a side stream, then one graph), used by
 the trainer's step (:class:`ncsn_tune.model.train.TrainStep`) and by the
 sampler's score (:class:`FastScore`). On a CPU every switch is off and the
 model is called as it is.
+
+Compiling costs time before the first step, so whether it pays is decided from
+the work planned (:func:`decide_compile`, with costs measured by
+``benchmarks/startup.py``), and what it produced is kept: torch's caches live
+in ncsn_tune's user cache folder (not /tmp, which a reboot or a new container
+empties), and the compiled artefacts of a run are saved in its folder
+(``compile_cache/``) so that continuing it on another machine, or sampling from
+it, loads them instead of compiling again (:class:`CompileCache`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,15 +36,18 @@ class SpeedSwitches:
     compile: bool = False
     cuda_graphs: bool = True
     compile_mode: str = "default"
+    #: "model": one graph for the whole network; "blocks": each residual and refine block compiled on its own
+    #: (regional compilation: blocks of the same shape share one compiled graph).
+    compile_scope: str = "model"
 
     @classmethod
     def for_device(cls, device: torch.device, *, bf16=True, channels_last=True, fused_adam=True, compile=False, cuda_graphs=True,
-                   compile_mode="default", distributed: bool = False) -> "SpeedSwitches":
+                   compile_mode="default", compile_scope="model", distributed: bool = False) -> "SpeedSwitches":
         """The requested switches that apply on ``device``; CUDA graphs are left out under DistributedDataParallel
         (its gradient hooks run outside a captured graph)."""
         gpu = torch.device(device).type == "cuda"
         return cls(bf16 and gpu, channels_last and gpu, fused_adam and gpu, compile and gpu, cuda_graphs and gpu and not distributed,
-                   compile_mode)
+                   compile_mode, compile_scope)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -43,7 +57,131 @@ class SpeedSwitches:
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def compiled(self, module: torch.nn.Module) -> Callable:
-        return torch.compile(module, mode=self.compile_mode) if self.compile else module
+        """``module`` compiled as the switches say (in place for ``blocks``), or as it is."""
+        if not self.compile:
+            return module
+        use_persistent_cache()
+        if self.compile_scope == "blocks":
+            from .network import RefineBlock, ResidualBlock
+
+            for sub in module.modules():
+                if isinstance(sub, (ResidualBlock, RefineBlock)):
+                    sub.compile(mode=self.compile_mode)
+            return module
+        return torch.compile(module, mode=self.compile_mode)
+
+
+# ---------------------------------------------------------------------------------------------- keeping what compiling made
+
+
+def use_persistent_cache() -> Path:
+    """Point torch's compile caches at ncsn_tune's user cache folder (unless the user chose one)."""
+    from ..data import cache_dir
+
+    folder = cache_dir() / "torch_compile"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+class CompileCache:
+    """The compiled artefacts of one graph (training step or sampling score) of one run, kept in the run folder.
+
+    ``key`` names what was compiled (torch version, GPU, network, batch shape, switches): artefacts of
+    another key are never loaded. :meth:`load` before compiling makes it a warm start; :meth:`save` after
+    it keeps what this process compiled (torch's portable cache artefacts) for the next one.
+    """
+
+    def __init__(self, run_dir: Path, kind: str, model: torch.nn.Module, batch_shape, switches: SpeedSwitches) -> None:
+        device = next(model.parameters()).device
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        what = (kind, torch.__version__, gpu, type(model).__name__, getattr(model, "architecture", ""), getattr(model, "ngf", ""),
+                getattr(model, "channels", ""), getattr(model, "image_size", ""), tuple(batch_shape), switches.bf16,
+                switches.channels_last, switches.compile_mode, switches.compile_scope)
+        self.key = hashlib.sha256(repr(what).encode()).hexdigest()[:16]
+        self.path = Path(run_dir) / "compile_cache" / f"{kind}_{self.key}.bin"
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def load(self) -> str | None:
+        """Load the saved artefacts into torch's caches; a note, or None when there are none."""
+        if not self.exists:
+            return None
+        use_persistent_cache()
+        try:
+            torch.compiler.load_cache_artifacts(self.path.read_bytes())
+        except Exception as err:  # noqa: BLE001  (a stale or foreign cache only costs a full compile)
+            return f"could not load the compiled artefacts {self.path.name} ({type(err).__name__}); compiling afresh"
+        return f"loaded the compiled artefacts {self.path} (no full compile)"
+
+    def save(self) -> str | None:
+        from ..files import atomic_write_bytes
+
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is None:
+            return None
+        atomic_write_bytes(self.path, saved[0])
+        return f"saved the compiled artefacts to {self.path} ({len(saved[0]) / 1e6:.1f} MB)"
+
+
+# ---------------------------------------------------------------------------------------------- whether compiling pays
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileCosts:
+    """What compiling costs and saves, measured on one H100 with the CIFAR-10 configuration
+    (``benchmarks/startup.py``); other GPUs and image sizes differ, so decisions made from it are estimates."""
+
+    #: Seconds per unit of work (a training step at batch 128, or one network evaluation of one image) without
+    #: and with torch.compile, both inside a CUDA graph.
+    graph_s: float
+    compiled_s: float
+    #: Seconds of compiling before the first step, with empty caches (cold) and with this graph's artefacts (warm).
+    cold_s: float
+    warm_s: float
+
+    def break_even(self, warm: bool) -> float:
+        """Units of work from which compiling saves more than it costs."""
+        return (self.warm_s if warm else self.cold_s) / (self.graph_s - self.compiled_s)
+
+
+#: Training, per step at batch 128: 26.2 and 48.0 it/s; compiling cost 87.0 s before the first step cold and 9.6 s
+#: from the run's artefacts, against 12.6 s for the CUDA graph alone (docs/results/startup_h100.log).
+TRAIN_COSTS = CompileCosts(graph_s=1 / 26.2, compiled_s=1 / 48.0, cold_s=87.0 - 12.6, warm_s=10.0)
+#: Sampling, per image evaluation at batch 1000: 12,488 and 20,600 evaluations/s; compiling cost 38.8 s cold and
+#: 7.9 s from the artefacts, against 1.1 s for the CUDA graph alone.
+SAMPLE_COSTS = CompileCosts(graph_s=1 / 12488, compiled_s=1 / 20600, cold_s=38.8 - 1.1, warm_s=7.9 - 1.1)
+
+
+def decide_compile(work: float, warm: bool, costs: CompileCosts, unit: str, background: bool = False) -> tuple[str, str]:
+    """(``compile`` | ``background`` | ``off``, why), from the planned ``work`` in ``costs``' units.
+
+    Warm (the artefacts are there): compile first when it saves more than the warm compile costs. Cold:
+    with ``background``, compile in another process while the work starts on the CUDA-graph path, and switch
+    when the work left then saves more than the warm switch costs; without it, compile first when the whole
+    work saves more than a cold compile costs.
+    """
+    per_unit = costs.graph_s - costs.compiled_s
+    how = "estimates measured on an H100; --compile/--no-compile decide instead"
+    if warm:
+        saved = work * per_unit
+        verdict = "compile" if saved > costs.warm_s else "off"
+        return verdict, (f"torch.compile {'on' if verdict == 'compile' else 'off'}: {work:,.0f} {unit} to go and this graph's compiled "
+                         f"artefacts are cached (about {costs.warm_s:.0f} s to load, saving about {saved:.0f} s; {how})")
+    if background:
+        left = work - costs.cold_s / costs.graph_s  # what remains once the background compile is done
+        saved = left * per_unit
+        verdict = "background" if saved > costs.warm_s else "off"
+        return verdict, (f"torch.compile {'in the background' if verdict == 'background' else 'off'}: {work:,.0f} {unit} to go; "
+                         f"compiling takes about {costs.cold_s:.0f} s, so training starts on the CUDA graph "
+                         + (f"and switches to the compiled step when it is ready (about {saved:.0f} s saved; {how})" if verdict == "background"
+                            else f"and would finish before switching paid off ({how})"))
+    saved = work * per_unit
+    verdict = "compile" if saved > costs.cold_s else "off"
+    return verdict, (f"torch.compile {'on' if verdict == 'compile' else 'off (CUDA graph only)'}: {work:,.0f} {unit} to go; compiling "
+                     f"costs about {costs.cold_s:.0f} s (nothing cached yet) and would save about {saved:.0f} s ({how})")
 
 
 def capture_cuda_graph(fn: Callable[[], object], device: torch.device, warmup: int = 3,

@@ -8,6 +8,7 @@ geometric schedule, M and eps can be used at sampling time without retraining.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from ..analysis.noise_schedule import NoiseSchedule
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
-from .accel import FastScore, SpeedSwitches
+from .accel import SAMPLE_COSTS, CompileCache, FastScore, SpeedSwitches, decide_compile
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
 from .sampling import sample_annealed_langevin
@@ -66,13 +67,15 @@ class Diagnostics:
 
 def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float, num: int, batch_size: int = 100,
              seed: int = 0, denoise: bool = True, fast: bool = True, compile: bool = False, progress=None,
-             diagnostics: Diagnostics | None = None, trace_chain: bool = False) -> torch.Tensor:
+             diagnostics: Diagnostics | None = None, trace_chain: bool = False, cache_dir: Path | None = None,
+             notes: list | None = None) -> torch.Tensor:
     """``num`` samples (float, [0, 1]-ish, on the CPU) by annealed Langevin dynamics from a uniform start, in batches.
 
     The same ``seed`` gives the same samples. ``fast``: bf16, channels_last and a CUDA graph on a GPU
     (:class:`~ncsn_tune.model.accel.FastScore`), plus torch.compile with ``compile``. ``progress(done, total,
     unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``,
-    about 16 frames of the first chain.
+    about 16 frames of the first chain. With ``compile`` and ``cache_dir`` (a run folder) the compiled artefacts are
+    loaded from and saved to it (:class:`~ncsn_tune.model.accel.CompileCache`); what happened goes to ``notes``.
     """
     if num < 1 or batch_size < 1:
         raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
@@ -81,7 +84,17 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = max(1, min(batch_size, num))
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
-    score = FastScore(model, (batch_size, *shape), SpeedSwitches.for_device(device, compile=compile)) if fast else model
+    switches = SpeedSwitches.for_device(device, compile=compile)
+    cache = CompileCache(cache_dir, "sample", model, (batch_size, *shape), switches) if switches.compile and cache_dir else None
+    if cache is not None:
+        loaded = cache.load() or "no compiled artefacts in the run folder yet: compiling"
+        if notes is not None:
+            notes.append(loaded)
+    score = FastScore(model, (batch_size, *shape), switches) if fast else model
+    if cache is not None:
+        saved = cache.save()
+        if saved and notes is not None:
+            notes.append(saved)
     generator = torch.Generator(device).manual_seed(seed)
     outputs = []
     batches = math.ceil(num / batch_size)
@@ -101,11 +114,6 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
                                      generator=generator, callback=callback)
         outputs.append(x.detach().float().cpu())
     return torch.cat(outputs)[:num]
-
-
-#: Samples from which ``sample_checkpoint`` compiles the network by default: compiling (about 30-55 s on an H100)
-#: pays for itself from about a minute of sampling.
-COMPILE_FROM_SAMPLES = 1000
 
 
 @dataclass
@@ -152,10 +160,19 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int = 100, seed:
                            dim=int(np.prod(ckpt.image_shape)), run=ckpt))
     model = load_model(ckpt, device=device, ema=ema)
     diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)))
-    use_compile = num >= COMPILE_FROM_SAMPLES if compile is None else compile
+    notes = []
+    use_compile = bool(compile)
+    if compile is None and next(model.parameters()).device.type == "cuda":
+        batch = (min(batch_size, num), model.channels, model.image_size, model.image_size)
+        warm = CompileCache(ckpt.run_dir, "sample", model, batch, SpeedSwitches.for_device(next(model.parameters()).device, compile=True)).exists
+        evaluations = num * (tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise))
+        verdict, note = decide_compile(evaluations, warm, SAMPLE_COSTS, "image evaluations")
+        use_compile = verdict == "compile"
+        notes.append(note)
     samples = generate(model, tuning.schedule, steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size, num=num,
                        batch_size=batch_size, seed=seed, denoise=denoise, compile=use_compile, progress=progress,
-                       diagnostics=diagnostics, trace_chain=trace_chain)
+                       diagnostics=diagnostics, trace_chain=trace_chain, cache_dir=ckpt.run_dir, notes=notes)
+    tuning = dataclasses.replace(tuning, notes=tuning.notes + tuple(notes))
     if not torch.isfinite(samples).all():
         raise NcsnTuneError(f"sampling from {ckpt.path} gave NaN or infinite values: eps = {tuning.step_size:g} is unstable for this "
                             "model, or the model diverged", fields="step_size")

@@ -25,7 +25,7 @@ from ..data import Dataset, as_dataset
 from ..devices import torch_device
 from ..errors import CheckpointError, Interrupted, NcsnTuneError, RunError
 from ..images import image_grid, save_image
-from .accel import SpeedSwitches, capture_cuda_graph, static_input
+from .accel import TRAIN_COSTS, CompileCache, SpeedSwitches, capture_cuda_graph, decide_compile, static_input
 from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
 from .distributed import Distributed
 from .ema import EMA
@@ -36,11 +36,12 @@ from .run_log import RunLog
 from .sampling import sample_annealed_langevin
 
 
-def speed_switches(config: TrainConfig, device: torch.device, distributed: bool = False) -> SpeedSwitches:
-    """The configuration's speed switches that apply on ``device``."""
+def speed_switches(config: TrainConfig, device: torch.device, distributed: bool = False, compile: bool | None = None) -> SpeedSwitches:
+    """The configuration's speed switches that apply on ``device`` (``compile`` decides when the configuration leaves it open)."""
     return SpeedSwitches.for_device(device, bf16=config.bf16, channels_last=config.channels_last, fused_adam=config.fused_adam,
-                                    compile=config.compile, cuda_graphs=config.cuda_graphs, compile_mode=config.compile_mode,
-                                    distributed=distributed)
+                                    compile=bool(config.compile if config.compile is not None else compile),
+                                    cuda_graphs=config.cuda_graphs, compile_mode=config.compile_mode,
+                                    compile_scope=config.compile_scope, distributed=distributed)
 
 
 def build_model(config: TrainConfig, image_shape: tuple[int, int, int], sigmas: np.ndarray) -> NCSNv2:
@@ -254,6 +255,45 @@ class Trainer:
             self._apply_settings()
         self.num_parameters = count_parameters(self.model)
         self.stop_requested, self.stop_signal = None, None
+        self.compile_cache, self.compile_note, self.background = None, None, None
+        if self.device.type == "cuda":
+            self._decide_compile()
+
+    def _decide_compile(self) -> None:
+        """torch.compile now, in the background, or not, when the configuration leaves it open: from the steps to
+        go and whether this run folder holds the compiled artefacts (:func:`ncsn_tune.model.accel.decide_compile`)."""
+        wanted = speed_switches(self.config, self.device, self.dist.active, compile=True)
+        batch = (self.config.batch_size // self.dist.world, *self.image_shape)
+        cache = CompileCache(self.run_dir, "train", self.model, batch, wanted)
+        if self.config.compile is None:
+            background = wanted.cuda_graphs and not self.dist.active
+            verdict, self.compile_note = decide_compile(self.config.steps - self.step, cache.exists, TRAIN_COSTS, "steps", background)
+            self.switches = wanted if verdict == "compile" else dataclasses.replace(wanted, compile=False)
+            if verdict == "background":
+                from .precompile import StepSpec
+
+                self.background = StepSpec(self.image_shape[0], self.image_shape[1], self.config.ngf, self.model.architecture,
+                                           len(self.schedule.sigmas), batch[0], dataclasses.asdict(wanted), str(cache.path))
+                self.compiled_switches = wanted
+        if self.switches.compile:
+            self.compile_cache = cache
+
+    def _switch_when_compiled(self, process, step_fn, started: float):
+        """The compiled step once the background compile has finished (else ``step_fn``); a failed one is said."""
+        if process is None or process.poll() is None:
+            return step_fn, process
+        if process.returncode != 0:
+            self.callback({"event": "note", "text": f"the background compile failed (exit {process.returncode}; see "
+                                                    f"{self.run_dir / 'precompile.log'}): training goes on with the CUDA graph"})
+            return step_fn, None
+        t0 = time.perf_counter()
+        del step_fn  # frees the first graph's memory pool before the second is captured
+        compiled = TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.compiled_switches,
+                             (self.config.batch_size, *self.image_shape), self.device, dist=self.dist)
+        self.switches = self.compiled_switches
+        self.callback({"event": "note", "text": f"switched to the compiled step at step {self.step}: compiled in the background in "
+                                                f"{t0 - started:.0f} s, loaded in {time.perf_counter() - t0:.1f} s"})
+        return compiled, None
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -402,9 +442,18 @@ class Trainer:
         per_process = config.batch_size // self.dist.world
         shard = self.dist.shard(config.batch_size) if self.dist.active else slice(None)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        compiling = None  # the background compile's process, while it runs
         try:
+            for note in (self.compile_note, self.compile_cache.load() if self.compile_cache is not None else None):
+                if note:
+                    self.callback({"event": "note", "text": note})
             step_fn = TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.switches, (per_process, *self.image_shape),
                                 self.device, dist=self.dist)
+            compile_started = time.perf_counter()
+            if self.background is not None and log is not None:
+                from .precompile import start
+
+                compiling = start(self.background, self.run_dir)
             self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": time.perf_counter() - t_start,
                            "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches),
                            "device": str(self.device), "processes": self.dist.world})
@@ -420,6 +469,12 @@ class Trainer:
                 window[filled] = step_fn(x)
                 filled += 1
                 self.step += 1
+                if compiling is not None and self.step % 25 == 0:
+                    step_fn, compiling = self._switch_when_compiled(compiling, step_fn, compile_started)
+                if self.compile_cache is not None and log is not None:  # after the first step every graph is compiled
+                    note, self.compile_cache = self.compile_cache.save(), None
+                    if note:
+                        self.callback({"event": "note", "text": note})
                 due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
                 at_log = filled == config.log_every or self.step >= config.steps or any(due.values())
                 if self.dist.active:  # ranks stop only on a flag they agree on at the same step, else their all-reduces would hang
@@ -440,6 +495,9 @@ class Trainer:
             if stop:
                 self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested or "SIGTERM (another rank)"})
         finally:
+            if compiling is not None and compiling.poll() is None:
+                compiling.kill()  # the run ended first: the compile is not needed
+                compiling.wait()
             for s, h in handlers.items():
                 signal.signal(s, h)
             if log is not None:

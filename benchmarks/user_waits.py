@@ -1,0 +1,86 @@
+"""Benchmark: the waits users meet, timed as they type the commands (wall clock of the whole process).
+
+- sigmas: `ncsn-tune sigmas --data cifar10` with --device auto and with --device cpu;
+- train: `ncsn-tune train --steps N` for each N of --train-steps, with the defaults (torch.compile decided
+  from N: off for short runs, compiled in the background and switched to for long ones), printing the
+  set-up line and the decision;
+- sample: `ncsn-tune sample --num 1000 --batch-size 1000` on the first run, first with --compile (a cold
+  compile that saves the artefacts in the run folder), then with the defaults (which load them).
+
+Each command runs in a fresh process with the user's compile cache (~/.cache/ncsn_tune) and an empty work
+folder. Prints a table and the machine.
+
+    PYTHONPATH=. python benchmarks/user_waits.py --data-root device_data/cifar10-subset --parts sigmas,train,sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(args: list[str], env: dict, cwd: Path) -> tuple[float, str, str]:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "ncsn_tune", *args], env=env, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return seconds, r.stdout, r.stderr
+
+
+def record(rows: list, name: str, seconds: float, notes: str) -> None:
+    rows.append((name, seconds, notes))
+    print(f"{name:<36} {seconds:9.1f}   {notes}", flush=True)
+
+
+def said(text: str, *phrases: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if any(p in line for p in phrases)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--parts", default="sigmas,train,sample")
+    p.add_argument("--train-steps", default="2000,4000")
+    p.add_argument("--runs", help="folder for the runs (kept, so that a later call can sample from them)")
+    args = p.parse_args()
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    print(f"{platform.node()}: {gpu}, torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
+    parts = args.parts.split(",")
+    runs = Path(args.runs or tempfile.mkdtemp(prefix="user_waits_"))
+    runs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "NCSN_TUNE_WORKDIR": str(runs / "work"), "PYTHONUNBUFFERED": "1"}
+    data = ["--data", "cifar10", "--data-root", str(Path(args.data_root).resolve())]
+    rows = []
+    if "sigmas" in parts:
+        for device in ("auto", "cpu"):
+            seconds, _, _ = run(["sigmas", *data, "--device", device, "--json", "--output", str(runs / f"s_{device}.json")], env, runs)
+            record(rows, f"sigmas --device {device}", seconds, "")
+    if "train" in parts:
+        for steps in (int(s) for s in args.train_steps.split(",")):
+            out = runs / f"run_{steps}"
+            seconds, _, err = run(["train", *data, "--output", str(out), "--steps", str(steps), "--eval-every", "1000000",
+                                   "--sample-every", "1000000", "--log-every", "100"], env, runs)
+            lines = said(err, "set-up", "torch.compile", "switched", "background compile")
+            record(rows, f"train --steps {steps}", seconds, " | ".join(lines))
+    if "sample" in parts:
+        first = sorted(runs.glob("run_*"))[0]
+        for extra, label in ((["--compile"], "sample --num 1000 --compile (cold)"), ([], "sample --num 1000 (defaults)")):
+            seconds, out, _ = run(["sample", "--checkpoint", str(first), "--num", "1000", "--batch-size", "1000", "--output",
+                                   str(runs / "samples.png"), "--force", *extra], env, runs)
+            record(rows, label, seconds, " | ".join(said(out, "compile", "artefacts")))
+    print(f"\n{'command':<36} {'wall (s)':>9}   what it said")
+    for name, seconds, notes in rows:
+        print(f"{name:<36} {seconds:9.1f}   {notes}")
+
+
+if __name__ == "__main__":
+    main()
