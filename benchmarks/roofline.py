@@ -80,11 +80,15 @@ def matmul_peak(device, n=8192, repeat=10) -> float:
     return 2 * n**3 * repeat / (time.perf_counter() - t0)
 
 
+#: Kernel name -> kind. Triton kernels first: inductor names a fused kernel after every op it absorbed
+#: (``triton_poi_fused_convolution_elu_...``), but the convolutions themselves run in cuDNN/CUTLASS kernels.
 CATEGORIES = [
-    ("convolution", re.compile(r"conv|cudnn|xmma|implicit|gemm|sm90|wgrad|dgrad|nhwc|cutlass|winograd", re.I)),
+    ("normalisation (reductions)", re.compile(r"^triton_(red|per)_", re.I)),
+    ("element-wise", re.compile(r"^triton_poi_", re.I)),
     ("optimizer + EMA", re.compile(r"adam|multi_tensor|foreach|lerp", re.I)),
-    ("normalisation (reductions)", re.compile(r"triton_red|triton_per|reduce|norm|welford|var_mean|mean", re.I)),
-    ("element-wise", re.compile(r"triton_poi|elementwise|vectorized|unrolled|elu|copy|fill|add|mul|where|max_pool|pool", re.I)),
+    ("convolution", re.compile(r"conv|cudnn|xmma|implicit|gemm|sm90|wgrad|dgrad|nhwc|cutlass|winograd", re.I)),
+    ("normalisation (reductions)", re.compile(r"reduce|norm|welford|var_mean|mean", re.I)),
+    ("element-wise", re.compile(r"elementwise|vectorized|unrolled|elu|copy|fill|add|mul|where|max_pool|pool", re.I)),
 ]
 
 
@@ -100,7 +104,8 @@ def profile_split(step, make_input, steps=20) -> dict:
             step(make_input())
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / steps
-    split = {name: 0.0 for name, _ in CATEGORIES}
+    split = dict.fromkeys(name for name, _ in CATEGORIES)
+    split = {name: 0.0 for name in split}
     split["other kernels"] = 0.0
     for event in prof.key_averages():
         gpu = getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0)) or 0
