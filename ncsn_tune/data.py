@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import dataclasses
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ CIFAR10_BATCH_MD5 = {
 }
 CIFAR10_BATCH_IMAGES = 10_000
 SPLITS = ("train", "test", "all")
+PIXEL_RANGES = ("0,1", "-1,1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 #: progress(bytes_or_items_done, total_or_None, description)
@@ -76,12 +78,14 @@ class DataIdentity:
     dtype: str
     fingerprint: str | None
     pixel_scale: str
+    pixel_range: str = "0,1"
 
     def same_data(self, other: "DataIdentity | None") -> bool:
         return (
             other is not None
             and self.fingerprint is not None
             and self.fingerprint == other.fingerprint
+            and self.pixel_range == other.pixel_range
             and self.num_points == other.num_points
             and tuple(self.shape) == tuple(other.shape)
             and self.split == other.split
@@ -113,6 +117,7 @@ class DataIdentity:
             dtype=str(data.get("dtype", "")),
             fingerprint=data.get("fingerprint"),
             pixel_scale=str(data.get("pixel_scale", "")),
+            pixel_range=str(data.get("pixel_range", "0,1")),
         )
 
 
@@ -135,6 +140,8 @@ class Dataset:
     labels: np.ndarray | None = None
     #: What reading the data changed that the user should know (e.g. images converted to RGB).
     notes: list[str] = field(default_factory=list)
+    #: The interval ``values * scale + offset`` maps pixels into: "0,1" or "-1,1".
+    pixel_range: str = "0,1"
 
     @property
     def num_points(self) -> int:
@@ -154,7 +161,7 @@ class Dataset:
         return self.values.reshape(self.num_points, -1)
 
     def unit_float32(self, index=slice(None)) -> np.ndarray:
-        """The selected points mapped to [0, 1], as float32, in their stored shape."""
+        """The selected points mapped to the pixel range (by default [0, 1]), as float32, in their stored shape."""
         out = np.asarray(self.values[index], dtype=np.float32) * np.float32(self.scale)
         if self.offset:
             out += np.float32(self.offset)
@@ -170,7 +177,7 @@ class Dataset:
 
     def identity(self) -> DataIdentity:
         return DataIdentity(self.name, self.source, self.split, self.num_points, self.image_shape, np.dtype(self.values.dtype).str,
-                            self.fingerprint(), self.scale_note)
+                            self.fingerprint(), self.scale_note, self.pixel_range)
 
     def describe(self) -> dict:
         return {
@@ -378,7 +385,7 @@ def load_cifar10(
 def check_cifar_batches(folder: Path, counts: dict[str, int]) -> list[str]:
     """Each batch against the official file: a full-size batch (10,000 images) must have the official md5 (else
     it is damaged or changed, an error); batches of another size are a subset, said in the returned notes."""
-    subsets = []
+    subsets = {}
     for name, count in counts.items():
         if count == CIFAR10_BATCH_IMAGES:
             got = file_digest(Path(folder) / name, "md5")
@@ -387,11 +394,12 @@ def check_cifar_batches(folder: Path, counts: dict[str, int]) -> list[str]:
                                 f"{CIFAR10_BATCH_MD5[name]}): it is damaged or was changed; replace it with the official one, or give "
                                 "changed data as a .npy array")
         else:
-            subsets.append(f"{name}: {count:,}")
+            subsets[name] = count
     if not subsets:
         return []
-    return [f"{folder} is not the official CIFAR-10 but a subset ({', '.join(subsets)} images instead of {CIFAR10_BATCH_IMAGES:,} "
-            "per batch); its results are properties of the subset"]
+    sizes = sorted(set(subsets.values()))
+    each = f"{sizes[0]:,} images per batch" if len(sizes) == 1 else ", ".join(f"{k}: {v:,}" for k, v in subsets.items())
+    return [f"{folder} holds a subset of CIFAR-10 ({each} instead of {CIFAR10_BATCH_IMAGES:,}): results are properties of the subset"]
 
 
 # --------------------------------------------------------------------------- arrays and folders
@@ -751,14 +759,34 @@ def load_dataset(
     rescale: bool = True,
     progress: Progress | None = None,
     stream: bool | None = None,
+    pixel_range: str = "0,1",
 ) -> Dataset:
     """``cifar10`` (the official python format), a ``.npy``/``.npz`` file, or a folder of images.
 
     ``stream``: for an image folder, decode images when read instead of all at
     once (default: only when they would not fit in 4 GiB). ``.npy`` files are
-    always memory-mapped.
+    always memory-mapped. ``pixel_range``: the convention points are measured in,
+    "0,1" (the paper's) or "-1,1" (EDM, diffusers, score_sde's ``data.centered``);
+    the same images in [-1, 1] are twice as far apart.
     """
-    spec = str(spec)
+    return in_pixel_range(_load(str(spec), data_root, split, download, rescale, progress, stream), pixel_range)
+
+
+def in_pixel_range(dataset: Dataset, pixel_range: str) -> Dataset:
+    """``dataset`` with its values mapped to [0, 1] ("0,1") or [-1, 1] ("-1,1") instead."""
+    if pixel_range not in PIXEL_RANGES:
+        raise DataError(f"the pixel range must be one of {', '.join(PIXEL_RANGES)}, got {pixel_range!r}", fields="pixel_range")
+    if pixel_range == dataset.pixel_range:
+        return dataset
+    if dataset.pixel_range == "0,1":  # x' = 2 x - 1
+        scale, offset = 2.0 * dataset.scale, 2.0 * dataset.offset - 1.0
+    else:
+        scale, offset = 0.5 * dataset.scale, 0.5 * dataset.offset + 0.5
+    return dataclasses.replace(dataset, scale=scale, offset=offset, pixel_range=pixel_range,
+                               scale_note=f"{dataset.scale_note}, then to [{pixel_range}]")
+
+
+def _load(spec: str, data_root, split, download, rescale, progress, stream) -> Dataset:
     if spec.lower() in ("cifar10", "cifar-10"):
         return load_cifar10(data_root, split, download, progress)
     path = Path(spec).expanduser()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.noise_schedule import NoiseSchedule
-from .analysis.step_size import StepSize, optimal_step_size, validate_ratio, validate_sigma_min, validate_step_size
+from .analysis.step_size import StepSize, optimal_step_size, step_size_of_snr, validate_ratio, validate_sigma_min, validate_step_size
 from .config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir as default_workdir
 from .data import DataIdentity, Dataset
 from .errors import ScheduleError
@@ -67,6 +67,8 @@ class Given:
     data: Dataset | None = None
     steps_per_scale: int | None = None
     step_size: float | None = None
+    snr: float | None = None
+    pixel_range: str | None = None
     run: Any = None
     method: str = DEFAULTS.distance_method
     device: str = DEFAULTS.device
@@ -182,6 +184,8 @@ def _saved_mismatch(saved: NoiseSchedule, given: Given, data: Dataset | None) ->
         return f"it targets the overlap {saved.target_overlap:g}, not the {given.target_overlap:g} asked for"
     if data is None:
         return None
+    if saved.pixel_range is not None and saved.pixel_range != data.pixel_range:
+        return f"it was derived for pixels in [{saved.pixel_range}], and this data is read in [{data.pixel_range}]"
     if saved.data is None:
         if saved.dim is not None and saved.dim != data.dim:
             return f"it was made for D = {saved.dim}, and this data has D = {data.dim}"
@@ -304,8 +308,14 @@ def resolve_steps(given: Given, choice: ScheduleChoice, *, workdir: Path | None 
         notes.append(f"M = {m} (the paper's CIFAR-10 setting)")
 
     used_file = None
-    if given.step_size is not None:
-        step = StepSize.given(validate_step_size(given.step_size, choice.sigma_min), choice.ratio, m, choice.sigma_min)
+    eps = given.step_size
+    if given.snr is not None:
+        if eps is not None:
+            raise ScheduleError("give the step as eps or as snr, not both", fields=("step_size", "snr"))
+        eps = step_size_of_snr(given.snr, choice.sigma_min)
+        notes.append(f"eps = 2 (snr sigma_min)^2 = {eps:.6e} from snr {given.snr:g}")
+    if eps is not None:
+        step = StepSize.given(validate_step_size(eps, choice.sigma_min), choice.ratio, m, choice.sigma_min)
         best = optimal_step_size(choice.ratio, m, choice.sigma_min)
         notes.append(f"eps = {step.step_size:g} as given: s^2/sigma^2 = {step.variance_ratio:.6f} "
                      f"(Technique 4's optimum {best.step_size:.6e} gives {best.variance_ratio:.6f})")
@@ -447,9 +457,10 @@ def derive_schedule(given: Given, *, progress=None) -> NoiseSchedule:
                                 fields=("data", "sigma_max", "dim"))
         return NoiseSchedule.from_data(data, sigma_min=sigma_min, target_overlap=target, num_scales=given.num_scales,
                                        method=given.method, device=given.device, progress=progress)
+    pixels = data.pixel_range if data is not None else given.pixel_range
     if given.num_scales is not None:
-        return NoiseSchedule.from_num_scales(given.sigma_max, dim, given.num_scales, sigma_min=sigma_min)
+        return NoiseSchedule.from_num_scales(given.sigma_max, dim, given.num_scales, sigma_min=sigma_min, pixel_range=pixels)
     if dim is None:
         raise ScheduleError("sigma_max alone needs the data dimension D for the overlap equation, or the number of scales L",
                             fields=("dim", "num_scales", "data"))
-    return NoiseSchedule.from_overlap(given.sigma_max, dim, sigma_min=sigma_min, target_overlap=target)
+    return NoiseSchedule.from_overlap(given.sigma_max, dim, sigma_min=sigma_min, target_overlap=target, pixel_range=pixels)

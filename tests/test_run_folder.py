@@ -341,7 +341,7 @@ def test_12_cifar_batches_are_checked_against_the_official_files(fake_cifar, mon
     from ncsn_tune.errors import DataError
 
     subset = data_mod.load_cifar10(fake_cifar, download=False)
-    assert any("not the official CIFAR-10 but a subset" in n for n in subset.notes)
+    assert any("holds a subset of CIFAR-10 (4 images per batch instead of 10,000)" in n for n in subset.notes)
     monkeypatch.setattr(data_mod, "CIFAR10_BATCH_IMAGES", 4)  # the fake batches now count as full-size: their md5 must match
     with pytest.raises(DataError, match="differs from the official CIFAR-10 file"):
         data_mod.load_cifar10(fake_cifar, download=False)

@@ -12,6 +12,7 @@ C ~= 0.5. Scales are ordered from largest to smallest, sigma_max = sigma_1 >
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,6 +111,8 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
 SIGMA_RANGE = (1e-18, 1e18)
 #: The most scales a schedule may have (the published CIFAR-10 one has 232).
 MAX_NUM_SCALES = 1_000_000
+#: Pixel conventions: the paper's [0, 1], and [-1, 1].
+PIXEL_RANGES = ("0,1", "-1,1")
 
 
 def validate_range(sigma_max: float, sigma_min: float) -> tuple[float, float]:
@@ -217,24 +220,29 @@ class NoiseSchedule:
     gamma: float | None = None
     data: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    #: The pixel convention the scales refer to: "0,1" (the paper's and NCSNv2's) or "-1,1" (EDM, diffusers,
+    #: score_sde with data.centered); doubling the pixel range doubles every distance and every sigma.
+    pixel_range: str | None = None
 
     def __post_init__(self) -> None:
         validate_range(self.sigma_max, self.sigma_min)
         validate_num_scales(self.num_scales)
         if self.dim is not None:
             _validate_dim(self.dim)
+        if self.pixel_range not in (None, *PIXEL_RANGES):
+            raise ScheduleError(f"pixel_range must be one of {', '.join(PIXEL_RANGES)}, got {self.pixel_range!r}", fields="pixel_range")
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_num_scales(cls, sigma_max: float, dim: int | None, num_scales: int, *, sigma_min: float = 0.01,
-                        data: dict | None = None, source: dict | None = None) -> "NoiseSchedule":
+                        data: dict | None = None, source: dict | None = None, pixel_range: str | None = None) -> "NoiseSchedule":
         """L given scales from sigma_max to sigma_min; the overlap they achieve is reported, not targeted."""
-        return cls(float(sigma_max), float(sigma_min), num_scales, dim, None, None, data, dict(source or {}))
+        return cls(float(sigma_max), float(sigma_min), num_scales, dim, None, None, data, dict(source or {}), pixel_range)
 
     @classmethod
     def from_overlap(cls, sigma_max: float, dim: int, *, sigma_min: float = 0.01, target_overlap: float = 0.5,
-                     data: dict | None = None, source: dict | None = None) -> "NoiseSchedule":
+                     data: dict | None = None, source: dict | None = None, pixel_range: str | None = None) -> "NoiseSchedule":
         """Technique 2: gamma from the overlap equation, L = ceil(log(sigma_max/sigma_min)/log gamma) + 1.
 
         The schedule is then rebuilt geometrically with L scales, so its realised
@@ -243,7 +251,8 @@ class NoiseSchedule:
         validate_range(sigma_max, sigma_min)
         gamma = solve_gamma(dim, target_overlap)
         num_scales = num_scales_for_ratio(sigma_max, sigma_min, gamma)
-        return cls(float(sigma_max), float(sigma_min), num_scales, dim, float(target_overlap), gamma, data, dict(source or {}))
+        return cls(float(sigma_max), float(sigma_min), num_scales, dim, float(target_overlap), gamma, data, dict(source or {}),
+                   pixel_range)
 
     @classmethod
     def from_data(cls, dataset, *, sigma_min: float = 0.01, target_overlap: float = 0.5, num_scales: int | None = None,
@@ -270,9 +279,10 @@ class NoiseSchedule:
         identity = dataset.identity().to_dict()
         source = {"technique": "T1: exact largest pairwise distance", **found.to_dict()}
         if num_scales is not None:
-            return cls.from_num_scales(found.distance, dataset.dim, num_scales, sigma_min=sigma_min, data=identity, source=source)
+            return cls.from_num_scales(found.distance, dataset.dim, num_scales, sigma_min=sigma_min, data=identity, source=source,
+                                       pixel_range=dataset.pixel_range)
         return cls.from_overlap(found.distance, dataset.dim, sigma_min=sigma_min, target_overlap=target_overlap,
-                                data=identity, source=source)
+                                data=identity, source=source, pixel_range=dataset.pixel_range)
 
     # ------------------------------------------------------------------ what it implies
 
@@ -316,7 +326,16 @@ class NoiseSchedule:
     def with_num_scales(self, num_scales: int) -> "NoiseSchedule":
         """The same ends and data with another number of scales (the overlap equation no longer applies)."""
         return NoiseSchedule(self.sigma_max, self.sigma_min, num_scales, self.dim, None, None, self.data,
-                             {**self.source, "num_scales_given": True})
+                             {**self.source, "num_scales_given": True}, self.pixel_range)
+
+    def in_pixel_range(self, pixel_range: str) -> "NoiseSchedule":
+        """The same schedule in the other pixel convention: [-1, 1] is [0, 1] stretched by 2, so every sigma doubles
+        (and the step eps quadruples; snr and the overlap do not change)."""
+        if self.pixel_range is None or pixel_range == self.pixel_range:
+            return dataclasses.replace(self, pixel_range=pixel_range)
+        factor = 2.0 if pixel_range == "-1,1" else 0.5
+        return dataclasses.replace(self, sigma_max=self.sigma_max * factor, sigma_min=self.sigma_min * factor, pixel_range=pixel_range,
+                                   source={**self.source, "converted_from_pixel_range": self.pixel_range})
 
     def same_scales(self, other: "NoiseSchedule", rtol: float = 1e-12) -> bool:
         """True when both schedules have the same sigmas (ends within ``rtol``, same L)."""
@@ -361,6 +380,7 @@ class NoiseSchedule:
             gamma=_number(data, "gamma", optional=True),
             data=identity,
             source=dict(source) if isinstance(source, dict) else {},
+            pixel_range=data.get("pixel_range"),
         )
         listed = data.get("sigmas")
         if listed is not None:

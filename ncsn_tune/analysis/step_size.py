@@ -118,8 +118,14 @@ class StepSize:
         """alpha = eps * sigma**2 / sigma_min**2, the Langevin step at scale ``sigma``."""
         return self.step_size * (np.asarray(sigma, dtype=np.float64) / self.sigma_min) ** 2
 
+    @property
+    def snr(self) -> float:
+        """The same step as score_sde's and diffusers' corrector ``snr``: their annealed Langevin step at scale sigma
+        is 2 (snr sigma)**2, which equals alpha = eps sigma**2 / sigma_min**2 when snr = sqrt(eps / 2) / sigma_min."""
+        return snr_of(self.step_size, self.sigma_min)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "snr": self.snr}
 
     @classmethod
     def given(cls, step_size: float, ratio: float, steps_per_scale: int, sigma_min: float = 0.01) -> "StepSize":
@@ -128,6 +134,18 @@ class StepSize:
         m = validate_steps_per_scale(steps_per_scale)
         eps = validate_step_size(step_size, sigma_min)
         return cls(m, eps, variance_ratio(eps, ratio, m, sigma_min), ratio, float(sigma_min), optimal=False)
+
+
+def snr_of(step_size: float, sigma_min: float) -> float:
+    """snr = sqrt(eps / 2) / sigma_min: score_sde's and diffusers' knob for the step eps."""
+    return math.sqrt(step_size / 2.0) / sigma_min
+
+
+def step_size_of_snr(snr: float, sigma_min: float) -> float:
+    """eps = 2 (snr sigma_min)**2, the inverse of :func:`snr_of`."""
+    if isinstance(snr, bool) or not isinstance(snr, (int, float, np.floating)) or not (math.isfinite(snr) and snr > 0):
+        raise ScheduleError(f"snr must be a positive finite number, got {snr!r}", fields="snr")
+    return 2.0 * (snr * sigma_min) ** 2
 
 
 def optimal_step_size(ratio: float, steps_per_scale: int, sigma_min: float = 0.01) -> StepSize:

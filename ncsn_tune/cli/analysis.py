@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..analysis.noise_schedule import NoiseSchedule, solve_gamma
-from ..analysis.step_size import StepSize, optimal_step_size
+from ..analysis.step_size import StepSize, optimal_step_size, step_size_of_snr
 from ..config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
 from ..errors import NcsnTuneError
 from ..files import MAPPING_SUFFIXES, check_output
@@ -30,7 +30,8 @@ def schedule_summary(schedule: NoiseSchedule, path: Path | None) -> dict:
             "gamma": equation[0] if equation else None, "ratio": schedule.ratio,
             "overlap": schedule.overlap if schedule.dim else None, "target_overlap": schedule.target_overlap, "dim": schedule.dim,
             "equation_num_scales": equation[1] if equation else None, "data": data or None, "num_points": data.get("num_points"),
-            "pair": schedule.source.get("pair"), "pixel_scale": data.get("pixel_scale"), "t1": schedule.source or None,
+            "pair": schedule.source.get("pair"), "pixel_scale": data.get("pixel_scale"), "pixel_range": schedule.pixel_range,
+            "t1": schedule.source or None,
             "schedule_file": str(path) if path else None, "sigmas": schedule.sigmas.tolist()}
 
 
@@ -39,6 +40,8 @@ def schedule_rows(s: dict) -> list[list[str]]:
     if s["data"]:
         rows += [["data", s["data"]["name"], f"{s['data']['path']} ({s['data'].get('split') or 'all files'})"],
                  ["points N", fmt(s["num_points"]), f"pixel scale: {s['pixel_scale']}"]]
+    if s["pixel_range"] and s["pixel_range"] != "0,1":
+        rows.append(["pixel range", s["pixel_range"], "distances and sigmas in this convention (twice the [0, 1] ones)"])
     rows.append(["dimension D", fmt(s["dim"]), "C*H*W"])
     t1 = s["t1"]
     if t1 and "pair" in t1:
@@ -112,7 +115,15 @@ def step_size_options(default_steps: str):
                      help="Langevin steps per scale: one value or a list, e.g. 1,3,5,10."),
         schedule_options,
         click.option("--step-size", "--mark", "step_size", type=float, help="A given eps (e.g. a published 6.2e-6): its s^2/sigma^2."),
+        click.option("--snr", type=float, help="A given step as score_sde's/diffusers' snr (eps = 2 (snr sigma_min)^2): its s^2/sigma^2."),
     )
+
+
+def given_step(choice: ScheduleChoice, step_size: float | None, snr: float | None) -> float | None:
+    """The eps given as --step-size or --snr (not both)."""
+    if step_size is not None and snr is not None:
+        raise NcsnTuneError("give the step as --step-size or as --snr, not both")
+    return step_size_of_snr(snr, choice.sigma_min) if snr is not None else step_size
 
 
 @main.command("step-size")
@@ -120,7 +131,7 @@ def step_size_options(default_steps: str):
 @path_option("--output", help=f"Step-size file to write (one M), .json or .yaml [default: WORKDIR/{STEP_SIZE_FILE}].")
 @force_option
 @json_option
-def step_size(steps_per_scale, step_size, output, force, as_json, **opts):
+def step_size(steps_per_scale, step_size, snr, output, force, as_json, **opts):
     """Technique 4: the eps that brings Proposition 3's s^2/sigma^2 closest to 1 for M steps per scale.
 
     \b
@@ -131,6 +142,7 @@ def step_size(steps_per_scale, step_size, output, force, as_json, **opts):
     steps = parse_steps(steps_per_scale)
     target = check_output(output or workdir() / STEP_SIZE_FILE, MAPPING_SUFFIXES, force=force) if len(steps) == 1 else None
     choice = choose_schedule(report, opts)
+    step_size = given_step(choice, step_size, snr)
     rows = step_rows(choice, steps, step_size)
     saved = save_step_size(rows[0][0], target, choice.schedule, choice.file) if target else None
     results = [{**best.to_dict(), **({"given_step_size": g.step_size, "given_variance_ratio": g.variance_ratio} if g else {})}
@@ -139,9 +151,9 @@ def step_size(steps_per_scale, step_size, output, force, as_json, **opts):
     if as_json:
         return
     report.notes(choice.notes)
-    columns = ["M", "eps (optimal)", "s^2/sigma^2 at eps"] + ([f"s^2/sigma^2 at eps = {step_size:g}"] if step_size else [])
-    table = [[str(b.steps_per_scale), f"{b.step_size:.6e}", f"{b.variance_ratio:.6f}"] + ([f"{g.variance_ratio:.6f}"] if g else [])
-             for b, g in rows]
+    columns = ["M", "eps (optimal)", "snr", "s^2/sigma^2 at eps"] + ([f"s^2/sigma^2 at eps = {step_size:g}"] if step_size else [])
+    table = [[str(b.steps_per_scale), f"{b.step_size:.6e}", f"{b.snr:.5f}", f"{b.variance_ratio:.6f}"]
+             + ([f"{g.variance_ratio:.6f}"] if g else []) for b, g in rows]
     report.table(f"Langevin step size (Technique 4), ratio {choice.ratio:.8g}, sigma_min {choice.sigma_min:g}", columns, table,
                  tuple(range(len(columns))))
     report.line("For a ratio > 1, s^2/sigma^2 stays above 1 for every eps, so the optimum is its minimum (Proposition 3: exact "
@@ -179,7 +191,7 @@ def save_figure(report: Report, fig, output: Path) -> Path:
 @step_size_options("1,3,5,10")
 @figure_output
 @json_option
-def plot_step_size_cmd(steps_per_scale, step_size, output, force, as_json, **opts):
+def plot_step_size_cmd(steps_per_scale, step_size, snr, output, force, as_json, **opts):
     """s^2/sigma^2 against eps for several M, each optimum marked (Technique 4); takes what step-size takes."""
     from ..plots import plot_step_size
 
@@ -187,7 +199,7 @@ def plot_step_size_cmd(steps_per_scale, step_size, output, force, as_json, **opt
     check_figure(output, force)
     steps = parse_steps(steps_per_scale)
     choice = choose_schedule(report, opts)
-    fig = plot_step_size(choice.ratio, choice.sigma_min, steps, step_size)
+    fig = plot_step_size(choice.ratio, choice.sigma_min, steps, given_step(choice, step_size, snr))
     save_figure(report, fig, output)
     report.result({"figure": output, "optima": [o.to_dict() for o in fig.optima], "notes": list(choice.notes)})
     for o in fig.optima:

@@ -46,6 +46,8 @@ data_options = stack(
     click.option("--split", type=click.Choice(SPLITS), default=A.split, show_default=True, help=help_of(A, "split")),
     click.option("--no-download", is_flag=True, help="Never download CIFAR-10; fail if it is not on disk."),
     click.option("--no-rescale", is_flag=True, help="Use array values as stored instead of scaling them to [0, 1]."),
+    click.option("--pixel-range", type=click.Choice(["0,1", "-1,1"]), default="0,1", show_default=True,
+                 help="The pixel convention distances and sigmas refer to: the paper's [0, 1], or [-1, 1] (EDM, diffusers)."),
     click.option("--method", type=click.Choice(["pruned", "blocked"]), default=A.distance_method, show_default=True,
                  help=help_of(A, "distance_method")),
     click.option("--device", default=A.device, show_default=True, help=help_of(A, "device")),
@@ -83,7 +85,8 @@ def read_data(report: Report, opts: dict[str, Any], split: str | None = None) ->
         return None
     with report.progress() as progress:
         data = load_dataset(opts["data"], opts.get("data_root"), split or opts.get("split", A.split),
-                            download=not opts.get("no_download"), rescale=not opts.get("no_rescale"), progress=progress)
+                            download=not opts.get("no_download"), rescale=not opts.get("no_rescale"), progress=progress,
+                            pixel_range=opts.get("pixel_range", "0,1"))
     for note in data.notes:
         report.warn(note)
     return data
@@ -94,7 +97,7 @@ def given_from(opts: dict[str, Any], data: Dataset | None = None, **extra) -> Gi
     return Given(schedule_file=opts.get("schedule"), sigma_max=opts.get("sigma_max"), sigma_min=opts.get("sigma_min"),
                  num_scales=opts.get("num_scales"), dim=opts.get("dim"), ratio=opts.get("ratio"),
                  target_overlap=opts.get("target_overlap"), data=data, method=opts.get("method", A.distance_method),
-                 device=opts.get("device", A.device), **extra)
+                 device=opts.get("device", A.device), pixel_range=opts.get("pixel_range"), **extra)
 
 
 def _option_type(annotation: str):
