@@ -212,3 +212,45 @@ def plot_eval(loss_by_scale, sigmas, neighbour_distances=None, held_out: bool = 
         ax.set_ylabel("samples")
         _style(ax)
     return fig
+
+
+def plot_audit(audit, derived=None):
+    """One page for an audited configuration: s^2/sigma^2 against eps for its M with its eps and the optimum, and
+    its noise scales beside the schedule Techniques 1-2 give for the data (``derived``)."""
+    import numpy as np
+
+    from .analysis.noise_schedule import geometric_sigmas, ratio_for_num_scales
+    from .analysis.step_size import optimal_step_size, variance_ratio
+
+    c = audit.config
+    fig, axes = plt.subplots(1, 2, figsize=(7.4, 2.9), constrained_layout=True)
+    ax = axes[0]
+    ratio = ratio_for_num_scales(c.sigma_max, c.sigma_min, c.num_scales)
+    if c.steps_per_scale and c.eps:
+        best = optimal_step_size(ratio, c.steps_per_scale, c.sigma_min)
+        grid = np.logspace(np.log10(min(best.step_size, c.eps)) - 1, np.log10(min(c.sigma_min**2 * 0.999, max(best.step_size, c.eps) * 10)), 400)
+        ax.semilogx(grid, variance_ratio(grid, ratio, c.steps_per_scale, c.sigma_min), lw=1.2, color="0.3", label=f"M = {c.steps_per_scale}")
+        ax.plot(best.step_size, best.variance_ratio, "o", ms=10, mfc="none", mew=1.5, color="C2", label=f"optimum {best.step_size:.3g}")
+        if c.eps < c.sigma_min**2:
+            ax.plot(c.eps, variance_ratio(c.eps, ratio, c.steps_per_scale, c.sigma_min), "s", ms=5, color="C3", label=f"config {c.eps:.3g}")
+        ax.set_xlabel(r"step size $\epsilon$")
+        ax.set_ylabel(r"$s^2/\sigma^2$ (Proposition 3)")
+        ax.legend(fontsize=7, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no Langevin corrector", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("T4: the step size", fontsize=8)
+    _style(ax)
+    ax = axes[1]
+    sig = geometric_sigmas(c.sigma_max, c.sigma_min, c.num_scales)
+    ax.semilogy(np.arange(1, len(sig) + 1), sig, lw=1.3, label=f"config: L = {c.num_scales}")
+    if derived is not None:
+        ax.semilogy(np.arange(1, derived.num_scales + 1), derived.sigmas, lw=1.3, ls="--", label=f"T1-T2: L = {derived.num_scales}")
+    if audit.diameter is not None:
+        ax.axhline(audit.diameter, color="C3", lw=0.8, ls=":", label=f"diameter {audit.diameter:.3g}")
+    ax.set_xlabel("scale index i")
+    ax.set_ylabel(r"$\sigma_i$")
+    ax.set_title("T1-T2: the noise scales", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    _style(ax)
+    fig.suptitle(f"{c.tool}: {c.source}", fontsize=8)
+    return fig

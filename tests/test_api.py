@@ -31,7 +31,8 @@ def readme_snippet() -> str:
 
 
 def test_import_never_imports_torch():
-    code = "import sys, ncsn_tune, ncsn_tune.cli, ncsn_tune.tuning, ncsn_tune.images; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, ncsn_tune, ncsn_tune.cli, ncsn_tune.tuning, ncsn_tune.images, ncsn_tune.interop; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -36,7 +36,7 @@ def test_every_option_has_help():
 
 def test_every_command_is_listed_both_ways():
     names = {name.split()[0] for name, _ in commands(main)}
-    assert names == {"sigmas", "step-size", "plot", "simulate", "train", "sample", "evaluate"}
+    assert names == {"sigmas", "step-size", "plot", "simulate", "train", "sample", "evaluate", "audit", "export"}
     for module in ("ncsn_tune", "ncsn_tune.cli"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr

@@ -6,7 +6,7 @@ result (tables for people, ``--json`` for scripts). The analysis commands
 import it when they run.
 """
 
-from . import analysis, model  # noqa: F401  (registers the commands)
+from . import analysis, interop, model  # noqa: F401  (registers the commands)
 from .app import main
 
 __all__ = ["main"]

@@ -109,10 +109,11 @@ def step_rows(choice: ScheduleChoice, steps: list[int], given_eps: float | None)
              StepSize.given(given_eps, choice.ratio, m, choice.sigma_min) if given_eps is not None else None) for m in steps]
 
 
-def step_size_options(default_steps: str):
+def step_size_options(default_steps: str | None):
     return stack(
-        click.option("--M", "steps_per_scale", default=default_steps, show_default=True,
-                     help="Langevin steps per scale: one value or a list, e.g. 1,3,5,10."),
+        click.option("--M", "steps_per_scale", default=default_steps, show_default=default_steps is not None,
+                     help="Langevin steps per scale: one value or a list, e.g. 1,3,5,10"
+                     + ("." if default_steps else " [default: the saved step size's M, else 5].")),
         schedule_options,
         click.option("--step-size", "--mark", "step_size", type=float, help="A given eps (e.g. a published 6.2e-6): its s^2/sigma^2."),
         click.option("--snr", type=float, help="A given step as score_sde's/diffusers' snr (eps = 2 (snr sigma_min)^2): its s^2/sigma^2."),

@@ -1,0 +1,123 @@
+"""The commands that speak to other tools (no torch): audit and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import workdir
+from ..errors import NcsnTuneError
+from ..files import check_output
+from ..tuning import resolve
+from .analysis import check_figure, require_schedule, save_figure, step_size_options
+from .app import main
+from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data
+from .render import Report
+
+
+def audited_config(config, score_sde_root, numbers: dict):
+    """The configuration to audit: a file, or the numbers given."""
+    from ..interop.tool_configs import ToolConfig, read_tool_config
+
+    if config is not None:
+        return read_tool_config(config, score_sde_root)
+    missing = [k for k in ("sigma_max", "num_scales") if numbers[k] is None]
+    if missing:
+        raise NcsnTuneError("give a configuration file, or at least sigma_max and the number of scales", fields=("config", *missing))
+    return ToolConfig("numbers", "numbers given", numbers["sigma_max"], numbers["sigma_min"] or 0.01, numbers["num_scales"],
+                      numbers["steps_per_scale"], numbers["step_size"], numbers["snr"], "ald", numbers["ema"],
+                      0.999 if numbers["ema"] else None, numbers["pixel_range"])
+
+
+@main.command()
+@path_option("--config", type=click.Path(path_type=Path), help="An NCSNv2 .yml, a diffusers scheduler_config.json (or its folder), "
+             "or a score_sde .py; leave out to audit --sigma-max, --num-scales, --M and --step-size/--snr.")
+@click.option("--score-sde-root", type=click.Path(file_okay=False, path_type=Path), help="The score_sde checkout a .py config imports from.")
+@data_options
+@click.option("--diameter", type=float, help="The data's diameter, instead of computing it from --data (Technique 1).")
+@click.option("--dim", type=int, help="Data dimension D = C*H*W [default: the configuration's image size, or the data's].")
+@click.option("--overlap", "target_overlap", type=float, default=0.5, show_default=True, help="Target overlap C (Technique 2).")
+@click.option("--sigma-max", type=float, help="Without --config: the largest scale.")
+@click.option("--sigma-min", type=float, help="Without --config: the smallest scale [default: 0.01].")
+@click.option("--num-scales", type=int, help="Without --config: the number of scales L.")
+@click.option("--M", "steps_per_scale", type=int, help="Without --config: Langevin steps per scale.")
+@click.option("--step-size", type=float, help="Without --config: the step eps.")
+@click.option("--snr", type=float, help="Without --config: the step as snr (eps = 2 (snr sigma_min)^2).")
+@click.option("--ema/--no-ema", default=None, help="Without --config: whether samples use EMA weights.")
+@path_option("--output", help="A one-page figure of the audit (.png or .pdf).")
+@force_option
+@json_option
+def audit(config, score_sde_root, diameter, dim, target_overlap, sigma_max, sigma_min, num_scales, steps_per_scale, step_size, snr, ema,
+          output, force, as_json, **opts):
+    """Check an existing configuration against Techniques 1, 2, 4 and 5, with what each costs.
+
+    \b
+    ncsn-tune audit --config ncsnv2/configs/cifar10.yml --data cifar10
+    ncsn-tune audit --config my_model/scheduler_config.json --data images/
+    ncsn-tune audit --config score_sde/configs/ve/ncsnv2/cifar10.py --score-sde-root score_sde --data cifar10
+    """
+    from ..interop import audit_config
+    from ..interop.audit import derived_schedule
+
+    report = Report(as_json)
+    check_figure(output, force)
+    c = audited_config(config, score_sde_root, {"sigma_max": sigma_max, "sigma_min": sigma_min, "num_scales": num_scales, "ema": ema,
+                                                "steps_per_scale": steps_per_scale, "step_size": step_size, "snr": snr,
+                                                "pixel_range": opts["pixel_range"]})
+    data = read_data(report, {**opts, "pixel_range": c.pixel_range})  # measured in the configuration's pixel convention
+    if data is not None and diameter is None:
+        from ..analysis.initial_noise_scale import max_pairwise_distance
+
+        with report.progress() as progress:
+            diameter = max_pairwise_distance(data.points(), scale=data.scale, method=opts["method"], device=opts["device"],
+                                             progress=progress).distance
+    result = audit_config(c, diameter=diameter, dim=dim or (data.dim if data is not None else None), target_overlap=target_overlap)
+    if output is not None:
+        from ..plots import plot_audit
+
+        save_figure(report, plot_audit(result, derived_schedule(result)), output)
+    report.result(result.to_dict())
+    report.table(f"Audit of {c.source} ({c.tool}) against Song & Ermon (2020)", ["", "verdict", "it has", "the technique gives", "so"],
+                 [[f.technique, f.verdict, f.have, f.paper, f.consequence] for f in result.findings])
+    report.notes(c.notes)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["diffusers", "score-sde", "ncsnv2-yaml", "edm"]), required=True,
+              help="The tool to write for.")
+@path_option("--output", type=click.Path(path_type=Path), required=True,
+             help="diffusers: a folder; score-sde: a .py (and .json beside); ncsnv2-yaml: a .yml; edm: a .json.")
+@step_size_options(None)
+@click.option("--convert", is_flag=True, help="Convert a [0, 1] schedule to a tool's [-1, 1] pixels (sigmas x2) instead of refusing.")
+@click.option("--score-sde-base", default="configs.ve.ncsnv2.cifar10", show_default=True,
+              help="The score_sde config module the exported get_config() starts from.")
+@force_option
+@json_option
+def export(fmt, output, steps_per_scale, step_size, snr, convert, score_sde_base, force, as_json, **opts):
+    """Write the saved (or given) schedule and step size for diffusers, score_sde, the NCSNv2 YAML or EDM/k-diffusion.
+
+    \b
+    ncsn-tune export --format diffusers --output my_scheduler --convert
+    ncsn-tune export --format score-sde --output ncsn_tune_cifar10.py
+    """
+    from ..interop import export_tuning
+    from ..interop.export import SUFFIXES
+
+    report = Report(as_json)
+    steps = parse_steps(steps_per_scale) if steps_per_scale is not None else [None]
+    if len(steps) != 1:
+        raise NcsnTuneError("export writes one M", fields="steps_per_scale")
+    if fmt == "diffusers":
+        if output.exists() and not output.is_dir():
+            raise NcsnTuneError(f"{output} is a file; diffusers loads a folder", fields="output")
+        check_output(output / "scheduler_config.json", (".json",), force=force)
+    else:
+        check_output(output, SUFFIXES[fmt], force=force)
+    data = read_data(report, opts)
+    tuning = resolve(given_from(opts, data, steps_per_scale=steps[0], step_size=step_size, snr=snr), workdir=workdir())
+    written, notes = export_tuning(require_schedule(tuning), tuning.step, fmt, output, convert=convert, score_sde_base=score_sde_base)
+    report.result({"format": fmt, "files": written, "notes": list(tuning.notes) + notes})
+    report.notes(list(tuning.notes) + notes)
+    report.line(f"Wrote {', '.join(map(str, written))}")
+

@@ -1,0 +1,163 @@
+"""Auditing a sampler configuration against the paper's techniques, one finding per technique (torch-free).
+
+For each technique: what the configuration has, what the technique gives (for the user's data, or for a
+given diameter and dimension), and a verdict with its consequence in words and numbers:
+
+- T1: sigma_max against the data's diameter (in the configuration's pixel convention). Below it, chains
+  cannot travel between training images farther apart than about sigma_max, so modes can be missed.
+- T2: the overlap of adjacent scales that its L reaches, against the target; more scales than the
+  equation needs cost sampling time, fewer leave gaps the sampler must jump.
+- T4: Proposition 3's s^2/sigma^2 at its eps (or snr) and M, against the optimum for that M.
+- T5: EMA sampling on or off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..analysis.noise_schedule import NoiseSchedule, num_scales_for_ratio, overlap, ratio_for_num_scales, solve_gamma
+from ..analysis.step_size import optimal_step_size, snr_of, variance_ratio
+from ..errors import ScheduleError
+from .tool_configs import ToolConfig
+
+VERDICTS = ("ok", "warning", "problem", "not checked")
+
+
+@dataclass(frozen=True)
+class Finding:
+    technique: str
+    verdict: str
+    have: str
+    paper: str
+    consequence: str
+    numbers: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Audit:
+    config: ToolConfig
+    findings: tuple[Finding, ...]
+    diameter: float | None
+    dim: int | None
+    target_overlap: float
+
+    @property
+    def worst(self) -> str:
+        order = {"problem": 0, "warning": 1, "ok": 2, "not checked": 3}
+        return min((f.verdict for f in self.findings), key=lambda v: order[v])
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "diameter": self.diameter, "dim": self.dim, "target_overlap": self.target_overlap,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+def check_t1(c: ToolConfig, diameter: float | None) -> Finding:
+    have = f"sigma_max {c.sigma_max:g} (pixels in [{c.pixel_range}])"
+    if diameter is None:
+        return Finding("T1", "not checked", have, "sigma_max = the largest distance between two training images",
+                       "give the data (or its diameter) to check it", {"sigma_max": c.sigma_max})
+    paper = f"the data's diameter {diameter:.6f} (exact, pixels in [{c.pixel_range}])"
+    numbers = {"sigma_max": c.sigma_max, "diameter": diameter}
+    if c.sigma_max >= diameter:
+        ratio = ratio_for_num_scales(c.sigma_max, c.sigma_min, c.num_scales)
+        extra = max(0, math.ceil(math.log(c.sigma_max / diameter) / math.log(ratio) - 1e-9)) if c.num_scales > 1 else 0
+        above = c.sigma_max / diameter - 1
+        if above <= 0.5:
+            return Finding("T1", "ok", have, paper, f"{above:.1%} above the diameter: every pair of images is within reach", numbers)
+        return Finding("T1", "warning", have, paper, f"{above:.0%} above the diameter: the {extra} largest scales (at its ratio) add "
+                       f"sampling time without reaching anything sigma_max = {diameter:.4g} would not", {**numbers, "extra_scales": extra})
+    below = 1 - c.sigma_max / diameter
+    verdict = "warning" if below < 0.1 else "problem"
+    return Finding("T1", verdict, have, paper, f"{below:.1%} below the diameter: chains starting at sigma_max cannot travel between "
+                   f"training images more than about {c.sigma_max:.4g} apart, so modes of the data can be missed", numbers)
+
+
+def check_t2(c: ToolConfig, dim: int | None, target: float) -> Finding:
+    ratio = ratio_for_num_scales(c.sigma_max, c.sigma_min, c.num_scales)
+    have = f"L = {c.num_scales} scales from {c.sigma_max:g} to {c.sigma_min:g} (ratio {ratio:.6f})"
+    if not c.geometric:
+        return Finding("T2", "not checked", have, "a geometric schedule whose ratio solves the overlap equation",
+                       "the schedule is not geometric", {"num_scales": c.num_scales})
+    if dim is None:
+        return Finding("T2", "not checked", have, "the ratio that solves the overlap equation for the data's dimension D",
+                       "give the data or its dimension D to check it", {"num_scales": c.num_scales, "ratio": ratio})
+    reached = float(overlap(ratio, dim))
+    try:
+        gamma = solve_gamma(dim, target)
+        needed = num_scales_for_ratio(c.sigma_max, c.sigma_min, gamma)
+    except ScheduleError as err:
+        return Finding("T2", "not checked", have, str(err), f"overlap {reached:.6f} in D = {dim}", {"overlap": reached})
+    numbers = {"num_scales": c.num_scales, "ratio": ratio, "overlap": reached, "target_overlap": target, "gamma": gamma,
+               "equation_num_scales": needed}
+    paper = f"overlap {target:g} in D = {dim}: gamma {gamma:.7f}, L = {needed}"
+    if c.num_scales < needed:
+        return Finding("T2", "warning", have, paper, f"L {c.num_scales} reaches overlap {reached:.3f}, below the target {target:g}: "
+                       f"adjacent noise levels share too little mass for the sampler to move between them; {needed} scales would "
+                       f"reach it ({needed - c.num_scales} more)", numbers)
+    extra = c.num_scales - needed
+    share = extra / c.num_scales
+    verdict = "ok" if share <= 0.10 else "warning"
+    words = (f"L {c.num_scales} reaches overlap {reached:.3f} where {needed} reach {target:g}: "
+             + (f"{extra} fewer scales ({share:.0%} less sampling time) would do" if extra else "exactly the equation's L"))
+    return Finding("T2", verdict, have, paper, words, numbers)
+
+
+def check_t4(c: ToolConfig) -> Finding:
+    if c.steps_per_scale is None or c.eps is None:
+        return Finding("T4", "not checked", "no Langevin steps per scale", "M Langevin steps per scale at Proposition 3's eps",
+                       "the sampler runs no annealed Langevin corrector", {})
+    m, eps = c.steps_per_scale, c.eps
+    ratio = ratio_for_num_scales(c.sigma_max, c.sigma_min, c.num_scales)
+    given = "snr " + f"{c.snr:g}" + f" (eps = 2 (snr sigma_min)^2 = {eps:.4g})" if c.step_size is None else f"eps {eps:g}"
+    have = f"M = {m}, {given}"
+    best = optimal_step_size(ratio, m, c.sigma_min)
+    paper = f"eps {best.step_size:.4g} (snr {best.snr:.4f}) for M = {m}: s^2/sigma^2 = {best.variance_ratio:.7f}"
+    approx = " (score_sde's langevin corrector and diffusers: an approximate map through ||s|| ~ sqrt(D)/sigma)" \
+        if c.step_rule == "langevin" else ""
+    numbers = {"steps_per_scale": m, "step_size": eps, "snr": snr_of(eps, c.sigma_min), "optimal_step_size": best.step_size,
+               "optimal_snr": best.snr, "optimal_variance_ratio": best.variance_ratio, "exact_map": c.step_rule == "ald"}
+    if eps >= c.sigma_min**2:
+        return Finding("T4", "problem", have, paper, f"eps is at or above sigma_min^2 = {c.sigma_min ** 2:g}: the Langevin step at the "
+                       f"smallest scale overshoots and the variance does not settle{approx}", numbers)
+    got = float(variance_ratio(eps, ratio, m, c.sigma_min))
+    numbers["variance_ratio"] = got
+    excess, best_excess = got - 1, best.variance_ratio - 1
+    close = got - best.variance_ratio <= max(1e-4, 0.02 * best_excess)
+    words = (f"eps {eps:.4g} gives s^2/sigma^2 = {got:.7f} against the optimum's {best.variance_ratio:.7f} at eps {best.step_size:.4g}"
+             + ("" if close else f": the samples end {excess:.1%} above the noise level the model expects instead of {best_excess:.1%}"
+                f" (a step {eps / best.step_size:.2f} times the optimum)") + approx)
+    return Finding("T4", "ok" if close else "warning", have, paper, words, numbers)
+
+
+def check_t5(c: ToolConfig) -> Finding:
+    if c.ema is None:
+        return Finding("T5", "not checked", "not in this configuration", "sample with an EMA of the weights (rate 0.999)",
+                       "EMA lives in the model's weights, not in a scheduler configuration", {})
+    if c.ema:
+        return Finding("T5", "ok", f"EMA on (rate {c.ema_rate:g})" if c.ema_rate else "EMA on", "EMA of the weights (rate 0.999)",
+                       "samples come from the averaged weights", {"ema_rate": c.ema_rate})
+    return Finding("T5", "warning", "EMA off", "EMA of the weights (rate 0.999)",
+                   "samples come from the last weights, whose noise from the last steps shows in the samples (the paper uses EMA "
+                   "for every reported result)", {})
+
+
+def audit_config(config: ToolConfig, *, diameter: float | None = None, dim: int | None = None, target_overlap: float = 0.5) -> Audit:
+    """The four findings for ``config``; ``diameter`` (Technique 1 on the data, in the configuration's pixel
+    convention) and ``dim`` (D = C*H*W, else the configuration's image size) make T1 and T2 checkable."""
+    dim = dim or config.dim
+    findings = (check_t1(config, diameter), check_t2(config, dim, target_overlap), check_t4(config), check_t5(config))
+    return Audit(config, findings, diameter, dim, target_overlap)
+
+
+def derived_schedule(audit: Audit) -> NoiseSchedule | None:
+    """What Techniques 1 and 2 give for the audited data: for the figure beside the configuration's."""
+    if audit.diameter is None or audit.dim is None:
+        return None
+    try:
+        return NoiseSchedule.from_overlap(audit.diameter, audit.dim, sigma_min=audit.config.sigma_min, target_overlap=audit.target_overlap)
+    except ScheduleError:
+        return None
