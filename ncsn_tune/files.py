@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -117,14 +118,19 @@ def check_output(path: Path, suffixes: tuple[str, ...], *, force: bool = False, 
     return path
 
 
-def _plain(value: Any) -> Any:
-    """NumPy scalars and tuples to plain Python, for JSON and YAML."""
+def plain(value: Any) -> Any:
+    """Plain JSON/YAML values: NumPy scalars and arrays, tuples and paths converted; NaN and infinities become None
+    (null), which every JSON reader accepts."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # NumPy arrays and scalars, torch tensors
+        return plain(value.tolist())
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -136,7 +142,7 @@ def write_mapping(path: Path, data: dict[str, Any]) -> Path:
     suffix = path.suffix.lower()
     if suffix not in MAPPING_SUFFIXES:
         raise NcsnTuneError(f"{path}: a settings file must end in .json, .yaml or .yml, got {suffix or 'no suffix'!r}", fields="output")
-    data = _plain(data)
+    data = plain(data)
     mark = f"{WRITTEN_BY} {__version__}"
     if suffix == ".json":
         text = json.dumps({"_written_by": mark, **data}, indent=2) + "\n"

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..files import plain
+
 #: Seconds between progress lines when stderr is not a terminal ($NCSN_TUNE_PROGRESS_EVERY overrides).
 PROGRESS_EVERY_S = 5.0
 
@@ -46,21 +48,6 @@ def fmt(value: Any, digits: int = 6) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}" if abs(value) >= 10000 else str(value)
     return str(value)
-
-
-def plain(value: Any) -> Any:
-    """NumPy scalars/arrays, tuples and paths as plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if hasattr(value, "tolist") and callable(value.tolist):
-        return value.tolist()
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class Report:
