@@ -21,6 +21,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import dataclasses
+import functools
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,6 +177,11 @@ class Dataset:
         return digest.hexdigest()
 
     def identity(self) -> DataIdentity:
+        """Computed once per Dataset (the values never change; another pixel range is another Dataset)."""
+        return self._identity
+
+    @functools.cached_property
+    def _identity(self) -> DataIdentity:
         return DataIdentity(self.name, self.source, self.split, self.num_points, self.image_shape, np.dtype(self.values.dtype).str,
                             self.fingerprint(), self.scale_note, self.pixel_range)
 

@@ -304,10 +304,6 @@ class NoiseSchedule:
         """The scales, descending, ``sigmas[0] == sigma_max`` and ``sigmas[-1] == sigma_min``."""
         return geometric_sigmas(self.sigma_max, self.sigma_min, self.num_scales)
 
-    @property
-    def derived_from_data(self) -> bool:
-        return self.data is not None
-
     def overlap_equation(self, target_overlap: float | None = None) -> tuple[float, int] | None:
         """(gamma, L) that Technique 2's equation gives for this schedule's ends and D, at ``target_overlap``
         (default: the schedule's own target, else 0.5); None when D is unknown or the equation has no root."""

@@ -114,10 +114,6 @@ class StepSize:
     sigma_min: float
     optimal: bool = True
 
-    def langevin_step(self, sigma):
-        """alpha = eps * sigma**2 / sigma_min**2, the Langevin step at scale ``sigma``."""
-        return self.step_size * (np.asarray(sigma, dtype=np.float64) / self.sigma_min) ** 2
-
     @property
     def snr(self) -> float:
         """The same step as score_sde's and diffusers' corrector ``snr``: their annealed Langevin step at scale sigma

@@ -21,9 +21,6 @@ from ..analysis.step_size import optimal_step_size, snr_of, variance_ratio
 from ..errors import ScheduleError
 from .tool_configs import ToolConfig
 
-VERDICTS = ("ok", "warning", "problem", "not checked")
-
-
 @dataclass(frozen=True)
 class Finding:
     technique: str
@@ -44,11 +41,6 @@ class Audit:
     diameter: float | None
     dim: int | None
     target_overlap: float
-
-    @property
-    def worst(self) -> str:
-        order = {"problem": 0, "warning": 1, "ok": 2, "not checked": 3}
-        return min((f.verdict for f in self.findings), key=lambda v: order[v])
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "diameter": self.diameter, "dim": self.dim, "target_overlap": self.target_overlap,

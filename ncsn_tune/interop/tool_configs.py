@@ -28,9 +28,6 @@ from ..analysis.step_size import step_size_of_snr
 from ..errors import NcsnTuneError
 from ..files import read_mapping
 
-TOOLS = ("ncsnv2-yaml", "diffusers", "score-sde", "numbers")
-
-
 @dataclass(frozen=True)
 class ToolConfig:
     """The settings of another tool's sampler that the paper's techniques speak about.

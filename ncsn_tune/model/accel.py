@@ -142,10 +142,6 @@ class CompileCosts:
     cold_s: float
     warm_s: float
 
-    def break_even(self, warm: bool) -> float:
-        """Units of work from which compiling saves more than it costs."""
-        return (self.warm_s if warm else self.cold_s) / (self.graph_s - self.compiled_s)
-
 
 #: Training, per step at batch 128: 26.2 and 48.0 it/s; compiling cost 87.0 s before the first step cold and 9.6 s
 #: from the run's artefacts, against 12.6 s for the CUDA graph alone (docs/results/startup_h100.log).
