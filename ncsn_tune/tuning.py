@@ -175,6 +175,25 @@ def _derived_note(schedule: NoiseSchedule) -> str:
     return f"schedule derived from the data ({how}; T2: L = {schedule.num_scales})"
 
 
+def _dim(given: Given) -> int | None:
+    """D: the data's, else the one given (both given must agree)."""
+    if given.data is not None and given.dim is not None and given.dim != given.data.dim:
+        raise ScheduleError(f"the dimension D = {given.dim} contradicts the data's D = {given.data.dim}; leave D out", fields="dim")
+    return given.data.dim if given.data is not None else given.dim
+
+
+def _from_numbers(given: Given, dim: int | None, sigma_min: float, target_overlap: float) -> NoiseSchedule:
+    """The schedule of a given sigma_max: L scales when ``num_scales`` is given, else Technique 2's L for D; in the data's
+    pixel range, else the one given."""
+    pixels = given.data.pixel_range if given.data is not None else given.pixel_range
+    if given.num_scales is not None:
+        return NoiseSchedule.from_num_scales(given.sigma_max, dim, given.num_scales, sigma_min=sigma_min, pixel_range=pixels)
+    if dim is None:
+        raise ScheduleError("sigma_max alone needs the data dimension D for the overlap equation, or the number of scales L",
+                            fields=("dim", "num_scales", "data"))
+    return NoiseSchedule.from_overlap(given.sigma_max, dim, sigma_min=sigma_min, target_overlap=target_overlap, pixel_range=pixels)
+
+
 def _saved_mismatch(saved: NoiseSchedule, given: Given, data: Dataset | None) -> str | None:
     """Why the saved schedule does not apply to what was given (None when it does)."""
     if given.sigma_min is not None and not math.isclose(given.sigma_min, saved.sigma_min, rel_tol=1e-12):
@@ -200,9 +219,7 @@ def resolve_schedule(given: Given, *, workdir: Path | None = None, progress=None
     """Which schedule applies (the rules in this module's docstring), with notes saying why."""
     folder = Path(workdir) if workdir is not None else default_workdir()
     data, notes = given.data, []
-    dim = data.dim if data is not None else given.dim
-    if data is not None and given.dim is not None and given.dim != data.dim:
-        raise ScheduleError(f"the dimension D = {given.dim} contradicts the data's D = {data.dim}; leave D out", fields="dim")
+    dim = _dim(given)
     sigma_min = validate_sigma_min(given.sigma_min) if given.sigma_min is not None else None
     overlap_target = given.target_overlap if given.target_overlap is not None else DEFAULTS.target_overlap
     schedule, used_file = None, None
@@ -224,14 +241,10 @@ def resolve_schedule(given: Given, *, workdir: Path | None = None, progress=None
                          "used because it was named")
     elif given.sigma_max is not None:
         sm = sigma_min or DEFAULTS.sigma_min
+        schedule = _from_numbers(given, dim, sm, overlap_target)
         if given.num_scales is not None:
-            schedule = NoiseSchedule.from_num_scales(given.sigma_max, dim, given.num_scales, sigma_min=sm)
             notes.append(f"schedule from the numbers given (sigma_max {given.sigma_max:g}, sigma_min {sm:g}, L = {given.num_scales})")
         else:
-            if dim is None:
-                raise ScheduleError("sigma_max alone needs the data dimension D for the overlap equation, or the number of "
-                                    "scales L", fields=("dim", "num_scales", "data"))
-            schedule = NoiseSchedule.from_overlap(given.sigma_max, dim, sigma_min=sm, target_overlap=overlap_target)
             notes.append(f"schedule from sigma_max {given.sigma_max:g} as given and T2 for D = {dim}: L = {schedule.num_scales}")
     elif given.run is not None:
         schedule = given.run.schedule
@@ -445,10 +458,7 @@ def plan_training(config, *, run=None, changed: set[str] = frozenset(), workdir:
 def derive_schedule(given: Given, *, progress=None) -> NoiseSchedule:
     """What ``ncsn-tune sigmas`` computes, always afresh: Technique 1 on the data (unless sigma_max is given),
     then Technique 2's L (unless num_scales is given)."""
-    data = given.data
-    if data is not None and given.dim is not None and given.dim != data.dim:
-        raise ScheduleError(f"the dimension D = {given.dim} contradicts the data's D = {data.dim}; leave D out", fields="dim")
-    dim = data.dim if data is not None else given.dim
+    data, dim = given.data, _dim(given)
     sigma_min = given.sigma_min if given.sigma_min is not None else DEFAULTS.sigma_min
     target = given.target_overlap if given.target_overlap is not None else DEFAULTS.target_overlap
     if given.sigma_max is None:
@@ -457,10 +467,4 @@ def derive_schedule(given: Given, *, progress=None) -> NoiseSchedule:
                                 fields=("data", "sigma_max", "dim"))
         return NoiseSchedule.from_data(data, sigma_min=sigma_min, target_overlap=target, num_scales=given.num_scales,
                                        method=given.method, device=given.device, progress=progress)
-    pixels = data.pixel_range if data is not None else given.pixel_range
-    if given.num_scales is not None:
-        return NoiseSchedule.from_num_scales(given.sigma_max, dim, given.num_scales, sigma_min=sigma_min, pixel_range=pixels)
-    if dim is None:
-        raise ScheduleError("sigma_max alone needs the data dimension D for the overlap equation, or the number of scales L",
-                            fields=("dim", "num_scales", "data"))
-    return NoiseSchedule.from_overlap(given.sigma_max, dim, sigma_min=sigma_min, target_overlap=target, pixel_range=pixels)
+    return _from_numbers(given, dim, sigma_min, target)

@@ -204,6 +204,15 @@ def test_export_to_score_sde_gives_a_config_with_our_fields(tmp_path, saved):
     assert r.exit_code == 2 and "--score-sde-root" in r.stderr
 
 
+def test_export_of_numbers_in_the_given_pixel_range(tmp_path):
+    r = run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--sigma-max", 100, "--num-scales", 232, "--pixel-range=-1,1")
+    assert r.exit_code == 0, r.stderr
+    edm = json.loads((tmp_path / "edm.json").read_text())
+    assert edm["pixel_range"] == "-1,1" and edm["sigma_max"] == 100 and edm["sigmas"][0] == 100  # as given: nothing converted
+    r = run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--sigma-max", 50, "--num-scales", 232)
+    assert r.exit_code == 2 and "derived for [0,1]" in r.stderr and "--convert" in r.stderr  # the default [0, 1] is not changed silently
+
+
 def test_export_to_the_ncsnv2_yaml_and_edm(tmp_path, saved):
     pytest.importorskip("torch")
     assert run("export", "--format", "ncsnv2-yaml", "--output", tmp_path / "ours.yml").exit_code == 0

@@ -93,6 +93,16 @@ def test_rule2_numbers(work, data_a):
         resolve_schedule(Given(sigma_max=50.0), workdir=work)
 
 
+def test_rule2_numbers_record_their_pixel_range_as_sigmas_does(work, data_a):
+    """The resolver and ``ncsn-tune sigmas`` build a schedule from numbers the same way: in the pixel range given
+    (or the data's), so an export of numbers in [-1, 1] is not taken for [0, 1]."""
+    for given in (Given(sigma_max=100.0, num_scales=232, pixel_range="-1,1"), Given(sigma_max=100.0, dim=3072, pixel_range="-1,1"),
+                  Given(sigma_max=5.0, data=data_a)):
+        chosen, derived = resolve_schedule(given, workdir=work).schedule, derive_schedule(given)
+        assert chosen.pixel_range == derived.pixel_range == (given.pixel_range or data_a.pixel_range)
+        assert chosen.same_scales(derived)
+
+
 @dataclass
 class Run:
     schedule: NoiseSchedule
