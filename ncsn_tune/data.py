@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from .analysis.noise_schedule import PIXEL_RANGES
 from .errors import DataError
 from .files import file_digest
 
@@ -48,7 +49,6 @@ CIFAR10_BATCH_MD5 = {
 }
 CIFAR10_BATCH_IMAGES = 10_000
 SPLITS = ("train", "test", "all")
-PIXEL_RANGES = ("0,1", "-1,1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 #: progress(bytes_or_items_done, total_or_None, description)
@@ -211,13 +211,7 @@ def as_dataset(data, rescale: bool = True) -> Dataset:
     values = np.asarray(data)
     if values.ndim == 1:
         values = values[:, None]
-    if values.ndim == 0 or values.shape[0] == 0 or values.size == 0:
-        raise DataError(f"the data holds no points (shape {values.shape})")
-    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_) or np.issubdtype(values.dtype, np.complexfloating):
-        raise DataError(f"the data holds {values.dtype} values; expected real numbers")
-    values = _as_images(values, "the array")
-    scale, offset, note = pixel_scale(values, rescale)
-    return Dataset("array", values, scale, offset, note, None)
+    return _array_dataset(values, "array", None, "the array", rescale)
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -495,13 +489,19 @@ def load_array(path: Path, rescale: bool = True) -> Dataset:
         raise
     except (OSError, ValueError, EOFError) as err:
         raise DataError(f"{path} is not a readable NumPy array file ({err})") from None
+    return _array_dataset(values, path.stem, str(path.resolve()), str(path), rescale)
+
+
+def _array_dataset(values: np.ndarray, name: str, source: str | None, what: str, rescale: bool) -> Dataset:
+    """An array of points (from a file or memory) as a Dataset: checked for data and real numbers, laid out as
+    images or vectors (:func:`_as_images`) and scaled to [0, 1] (:func:`pixel_scale`)."""
     if values.ndim == 0 or values.shape[0] == 0 or values.size == 0:
-        raise DataError(f"{path} holds no data (shape {values.shape})")
+        raise DataError(f"{what} holds no data (shape {values.shape})")
     if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_) or np.issubdtype(values.dtype, np.complexfloating):
-        raise DataError(f"{path} holds {values.dtype} values; expected real numbers")
-    values = _as_images(values, str(path))
+        raise DataError(f"{what} holds {values.dtype} values; expected real numbers")
+    values = _as_images(values, what)
     scale, offset, note = pixel_scale(values, rescale)
-    return Dataset(path.stem, values, scale, offset, note, str(path.resolve()))
+    return Dataset(name, values, scale, offset, note, source)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -547,9 +547,14 @@ def _decode(path: Path, mode: str) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
+            return _pixels(img, mode)
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"{path} is not a readable image ({err})") from None
+
+
+def _pixels(img, mode: str) -> np.ndarray:
+    """An open Pillow image as uint8 (C, H, W) in ``mode``."""
+    arr = np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 
 
@@ -576,10 +581,9 @@ def _decode_chunk(task) -> tuple:
                         return ("error", f"images differ in size: the first is {size[0]}x{size[1]}, {path} is {img.size[0]}x{img.size[1]}; "
                                          "resize them to one size")
                     modes[img.mode] += 1
-                    arr = np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
+                    target[start + k] = _pixels(img, mode)
             except (OSError, UnidentifiedImageError) as err:
                 return ("error", f"{path} is not a readable image ({err})")
-            target[start + k] = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
         return ("ok", start, len(paths), modes)
     finally:
         if shm is not None:

@@ -135,8 +135,7 @@ class SavedStepSize:
 
 def save_step_size(step: StepSize, path: Path, schedule: NoiseSchedule | None = None, schedule_file: Path | None = None) -> Path:
     """Write a step-size file recording the schedule it was made for."""
-    data = step.to_dict()
-    data["snr"] = math.sqrt(step.step_size / 2.0) / step.sigma_min
+    data = step.to_dict()  # with its snr
     if schedule is not None:
         data["schedule"] = {"sigma_max": schedule.sigma_max, "sigma_min": schedule.sigma_min, "num_scales": schedule.num_scales}
     if schedule_file is not None:
@@ -294,6 +293,15 @@ def _check_fits(schedule: NoiseSchedule, sigma_min: float | None, dim: int | Non
 # ---------------------------------------------------------------------------------------------- M and eps
 
 
+def given_step_size(step_size: float | None, snr: float | None, sigma_min: float) -> float | None:
+    """The step eps given as eps or as score_sde's/diffusers' snr (eps = 2 (snr sigma_min)^2), not both; None when neither."""
+    if snr is None:
+        return step_size
+    if step_size is not None:
+        raise ScheduleError("give the step as eps or as snr, not both", fields=("step_size", "snr"))
+    return step_size_of_snr(snr, sigma_min)
+
+
 def resolve_steps(given: Given, choice: ScheduleChoice, *, workdir: Path | None = None) -> StepChoice:
     """M and eps for the chosen schedule (the rules in this module's docstring), with notes."""
     folder = Path(workdir) if workdir is not None else default_workdir()
@@ -321,11 +329,8 @@ def resolve_steps(given: Given, choice: ScheduleChoice, *, workdir: Path | None 
         notes.append(f"M = {m} (the paper's CIFAR-10 setting)")
 
     used_file = None
-    eps = given.step_size
+    eps = given_step_size(given.step_size, given.snr, choice.sigma_min)
     if given.snr is not None:
-        if eps is not None:
-            raise ScheduleError("give the step as eps or as snr, not both", fields=("step_size", "snr"))
-        eps = step_size_of_snr(given.snr, choice.sigma_min)
         notes.append(f"eps = 2 (snr sigma_min)^2 = {eps:.6e} from snr {given.snr:g}")
     if eps is not None:
         step = StepSize.given(validate_step_size(eps, choice.sigma_min), choice.ratio, m, choice.sigma_min)

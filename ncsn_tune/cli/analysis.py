@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from ..analysis.noise_schedule import NoiseSchedule, solve_gamma
-from ..analysis.step_size import StepSize, optimal_step_size, step_size_of_snr
+from ..analysis.step_size import StepSize, optimal_step_size
 from ..config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
 from ..errors import NcsnTuneError
 from ..files import MAPPING_SUFFIXES, check_output
-from ..tuning import ScheduleChoice, derive_schedule, resolve, resolve_schedule, save_step_size
+from ..tuning import ScheduleChoice, derive_schedule, given_step_size, resolve, resolve_schedule, save_step_size
 from .app import main
 from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
 from .render import Report, fmt
@@ -120,13 +120,6 @@ def step_size_options(default_steps: str | None):
     )
 
 
-def given_step(choice: ScheduleChoice, step_size: float | None, snr: float | None) -> float | None:
-    """The eps given as --step-size or --snr (not both)."""
-    if step_size is not None and snr is not None:
-        raise NcsnTuneError("give the step as --step-size or as --snr, not both")
-    return step_size_of_snr(snr, choice.sigma_min) if snr is not None else step_size
-
-
 @main.command("step-size")
 @step_size_options(str(A.steps_per_scale))
 @path_option("--output", help=f"Step-size file to write (one M), .json or .yaml [default: WORKDIR/{STEP_SIZE_FILE}].")
@@ -143,7 +136,7 @@ def step_size(steps_per_scale, step_size, snr, output, force, as_json, **opts):
     steps = parse_steps(steps_per_scale)
     target = check_output(output or workdir() / STEP_SIZE_FILE, MAPPING_SUFFIXES, force=force) if len(steps) == 1 else None
     choice = choose_schedule(report, opts)
-    step_size = given_step(choice, step_size, snr)
+    step_size = given_step_size(step_size, snr, choice.sigma_min)
     rows = step_rows(choice, steps, step_size)
     saved = save_step_size(rows[0][0], target, choice.schedule, choice.file) if target else None
     results = [{**best.to_dict(), **({"given_step_size": g.step_size, "given_variance_ratio": g.variance_ratio} if g else {})}
@@ -200,7 +193,7 @@ def plot_step_size_cmd(steps_per_scale, step_size, snr, output, force, as_json, 
     check_figure(output, force)
     steps = parse_steps(steps_per_scale)
     choice = choose_schedule(report, opts)
-    fig = plot_step_size(choice.ratio, choice.sigma_min, steps, given_step(choice, step_size, snr))
+    fig = plot_step_size(choice.ratio, choice.sigma_min, steps, given_step_size(step_size, snr, choice.sigma_min))
     save_figure(report, fig, output)
     report.result({"figure": output, "optima": [o.to_dict() for o in fig.optima], "notes": list(choice.notes)})
     for o in fig.optima:

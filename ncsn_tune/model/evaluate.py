@@ -163,7 +163,9 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     if not held_out:
         result.notes.append("the loss is on training images: this data has no held-out split (give one as data to measure generalisation)")
     if sample_array is not None:
-        train = run_data(ckpt)
+        recorded = DataIdentity.from_dict(ckpt.data)
+        same = recorded is not None and recorded.same_data(dataset.identity())  # evaluated on the training images: read once
+        train = dataset if same else run_data(ckpt)
         queries = (sample_array.reshape(len(sample_array), -1) - train.offset) / train.scale  # compare in the data's stored units
         result.samples = sample_array
         result.nearest = nearest_neighbours(queries, train.points(), scale=train.scale, progress=progress)

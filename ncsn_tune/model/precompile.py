@@ -41,8 +41,9 @@ class StepSpec:
 def start(spec: StepSpec, folder: Path) -> subprocess.Popen:
     """Start the background compilation (its output goes to ``folder``/precompile.log)."""
     spec_file = spec.to_file(Path(folder) / "precompile_spec.json")
-    log = open(Path(folder) / "precompile.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "ncsn_tune.model.precompile", str(spec_file)], stdout=log, stderr=subprocess.STDOUT)
+    with open(Path(folder) / "precompile.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen([sys.executable, "-m", "ncsn_tune.model.precompile", str(spec_file)], stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def compile_step(spec: StepSpec) -> None:

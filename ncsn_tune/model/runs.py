@@ -20,6 +20,7 @@ of a writer that was killed are removed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -220,10 +221,7 @@ def run_training(setup: RunSetup, *, callback: Callable[[dict], None] | None = N
     from .train import Trainer
 
     callback = callback or (lambda event: None)
-    lock = RunLock(setup.run_dir) if main_process else None
-    if lock is not None:
-        lock.__enter__()
-    try:
+    with RunLock(setup.run_dir) if main_process else contextlib.nullcontext():
         if main_process:
             _prepare_folder(setup, callback)
         plan = setup.plan
@@ -234,9 +232,6 @@ def run_training(setup: RunSetup, *, callback: Callable[[dict], None] | None = N
             if setup.resume is None:
                 plan.schedule.save(setup.run_dir / "schedule.json")
         return trainer.run()
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
 
 
 def _prepare_folder(setup: RunSetup, callback) -> None:
