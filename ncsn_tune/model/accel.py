@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -100,6 +102,7 @@ class CompileCache:
                 switches.channels_last, switches.compile_mode, switches.compile_scope)
         self.key = hashlib.sha256(repr(what).encode()).hexdigest()[:16]
         self.path = Path(run_dir) / "compile_cache" / f"{kind}_{self.key}.bin"
+        self.loaded = False  # whether load() put this graph's artefacts in torch's caches (nothing new to save then)
 
     @property
     def exists(self) -> bool:
@@ -114,6 +117,7 @@ class CompileCache:
             torch.compiler.load_cache_artifacts(self.path.read_bytes())
         except Exception as err:  # noqa: BLE001  (a stale or foreign cache only costs a full compile)
             return f"could not load the compiled artefacts {self.path.name} ({type(err).__name__}); compiling afresh"
+        self.loaded = True
         return f"loaded the compiled artefacts {self.path} (no full compile)"
 
     def save(self) -> str | None:
@@ -151,29 +155,41 @@ TRAIN_COSTS = CompileCosts(graph_s=1 / 26.2, compiled_s=1 / 48.0, cold_s=87.0 - 
 SAMPLE_COSTS = CompileCosts(graph_s=1 / 12488, compiled_s=1 / 20600, cold_s=38.8 - 1.1, warm_s=7.9 - 1.1)
 
 
-def decide_compile(work: float, warm: bool, costs: CompileCosts, unit: str, background: bool = False) -> tuple[str, str]:
+def decide_compile(work: float, warm: bool, costs: CompileCosts, unit: str, background: bool = False,
+                   threaded: bool = False) -> tuple[str, str]:
     """(``compile`` | ``background`` | ``off``, why), from the planned ``work`` in ``costs``' units.
 
-    Warm (the artefacts are there): compile first when it saves more than the warm compile costs. Cold:
-    with ``background``, compile in another process while the work starts on the CUDA-graph path, and switch
-    when the work left then saves more than the warm switch costs; without it, compile first when the whole
-    work saves more than a cold compile costs.
+    Without ``background``: compile first when the whole work saves more than the compile costs (cold, or from
+    the cached artefacts when ``warm``). With ``background`` the work starts at once on the CUDA-graph path while
+    the compiled graph is built beside it, and switches to it when ready:
+
+    - in another process (training, not ``threaded``), which leaves artefacts that the work then loads (the
+      switch costs ``costs.warm_s``); a warm start compiles first, as loading is all it would cost;
+    - in a thread of this process (sampling, ``threaded``), whose graph is used as it is (the switch costs
+      nothing), cold or warm.
+
+    Either way the work switches only when what is left after the build saves more than the switch costs.
     """
     per_unit = costs.graph_s - costs.compiled_s
     how = "estimates measured on an H100; --compile/--no-compile decide instead"
-    if warm:
+    if warm and not threaded:
         saved = work * per_unit
         verdict = "compile" if saved > costs.warm_s else "off"
         return verdict, (f"torch.compile {'on' if verdict == 'compile' else 'off'}: {work:,.0f} {unit} to go and this graph's compiled "
                          f"artefacts are cached (about {costs.warm_s:.0f} s to load, saving about {saved:.0f} s; {how})")
     if background:
-        left = work - costs.cold_s / costs.graph_s  # what remains once the background compile is done
-        saved = left * per_unit
-        verdict = "background" if saved > costs.warm_s else "off"
+        ready_s = costs.warm_s if warm else costs.cold_s
+        switch_s = 0.0 if threaded else costs.warm_s
+        left = work - ready_s / costs.graph_s  # what remains once the background build is done
+        saved = left * per_unit - switch_s
+        verdict = "background" if saved > 0 else "off"
+        who, what = ("sampling", "network") if threaded else ("training", "step")
+        building = (f"loading this graph's cached artefacts takes about {ready_s:.0f} s" if warm
+                    else f"compiling takes about {ready_s:.0f} s")
         return verdict, (f"torch.compile {'in the background' if verdict == 'background' else 'off'}: {work:,.0f} {unit} to go; "
-                         f"compiling takes about {costs.cold_s:.0f} s, so training starts on the CUDA graph "
-                         + (f"and switches to the compiled step when it is ready (about {saved:.0f} s saved; {how})" if verdict == "background"
-                            else f"and would finish before switching paid off ({how})"))
+                         f"{building}, so {who} starts on the CUDA graph "
+                         + (f"and switches to the compiled {what} when it is ready (about {saved:.0f} s saved; {how})"
+                            if verdict == "background" else f"and would finish before switching paid off ({how})"))
     saved = work * per_unit
     verdict = "compile" if saved > costs.cold_s else "off"
     return verdict, (f"torch.compile {'on' if verdict == 'compile' else 'off (CUDA graph only)'}: {work:,.0f} {unit} to go; compiling "
@@ -181,12 +197,14 @@ def decide_compile(work: float, warm: bool, costs: CompileCosts, unit: str, back
 
 
 def capture_cuda_graph(fn: Callable[[], object], device: torch.device, warmup: int = 3,
-                       after_warmup: Callable[[], None] | None = None) -> tuple[torch.cuda.CUDAGraph, object]:
+                       after_warmup: Callable[[], None] | None = None,
+                       capture_error_mode: str = "global") -> tuple[torch.cuda.CUDAGraph, object]:
     """Run ``fn`` ``warmup`` times on a side stream (compilation, cuDNN autotuning, lazy state), call
     ``after_warmup`` (e.g. to restore weights the warm-up changed), then capture one call of ``fn`` in a CUDA graph.
 
     ``fn`` reads and writes only static tensors; replaying the graph repeats it on their current contents.
-    Returns the graph and what the captured call returned (static output tensors).
+    ``capture_error_mode="thread_local"`` lets other threads keep using the GPU during the capture (a graph
+    built in a background thread). Returns the graph and what the captured call returned (static output tensors).
     """
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -197,7 +215,7 @@ def capture_cuda_graph(fn: Callable[[], object], device: torch.device, warmup: i
     if after_warmup is not None:
         after_warmup()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
         out = fn()
     return graph, out
 
@@ -209,19 +227,30 @@ def static_input(shape, device: torch.device, memory_format=torch.contiguous_for
     return torch.rand(shape, device=device, generator=gen).contiguous(memory_format=memory_format)
 
 
+def use_fast_kernels(device: torch.device) -> None:
+    """On a GPU, let cuDNN time its convolution algorithms for each shape and keep the fastest (unless the user
+    asked for deterministic kernels): the network's speeds in benchmarks/ were measured this way."""
+    if torch.device(device).type == "cuda" and not torch.backends.cudnn.deterministic:
+        torch.backends.cudnn.benchmark = True
+
+
 class FastScore:
     """A score model for a fixed batch shape, fast on a GPU: bf16 autocast, channels_last, optional
     ``torch.compile``, and the forward pass captured in one CUDA graph.
 
     Calls return the graph's output buffer, which the next call overwrites; the
-    sampler uses each score before asking for the next. On a CPU it calls the model.
-    The model is converted to channels_last in place when that switch is on.
+    sampler uses each score before asking for the next. A smaller batch than the
+    graph's is served by the graph's first rows (the network treats every image on
+    its own). On a CPU it calls the model. The model is converted to channels_last
+    in place when that switch is on.
     """
 
     def __init__(self, model: torch.nn.Module, batch_shape, switches: SpeedSwitches | None = None) -> None:
         device = next(model.parameters()).device
         self.switches = switches or SpeedSwitches.for_device(device)
         self.device = device
+        self.batch_shape = tuple(batch_shape)
+        use_fast_kernels(device)
         if self.switches.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = self.switches.compiled(model)
@@ -230,7 +259,8 @@ class FastScore:
             self.static_x = static_input(batch_shape, device, self.switches.memory_format)
             self.static_sigma = torch.ones(batch_shape[0], device=device)
             with torch.no_grad():
-                self.graph, self.static_out = capture_cuda_graph(lambda: self._forward(self.static_x, self.static_sigma), device)
+                self.graph, self.static_out = capture_cuda_graph(lambda: self._forward(self.static_x, self.static_sigma), device,
+                                                                 capture_error_mode="thread_local")
 
     def _forward(self, x, sigma):
         with self.switches.autocast(self.device):
@@ -240,7 +270,130 @@ class FastScore:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
             return self._forward(x.contiguous(memory_format=self.switches.memory_format), sigma)
-        self.static_x.copy_(x)
-        self.static_sigma.copy_(sigma)
+        n = x.shape[0]
+        if n > self.batch_shape[0] or tuple(x.shape[1:]) != self.batch_shape[1:]:
+            raise ValueError(f"this score was captured for batches of {self.batch_shape}, got {tuple(x.shape)}")
+        self.static_x[:n].copy_(x)
+        self.static_sigma[:n].copy_(sigma)
         self.graph.replay()
-        return self.static_out
+        return self.static_out if n == self.batch_shape[0] else self.static_out[:n]
+
+
+class SwitchWhenReady:
+    """A callable that serves every call with ``first`` until ``build()``, run in a background thread, has
+    returned its replacement, and from then on with that.
+
+    The switch happens between two calls, never inside one. A build that fails leaves ``first`` in place;
+    :meth:`finish` waits for the thread and says what happened (a list of notes).
+    """
+
+    def __init__(self, first: Callable, build: Callable[[], Callable]) -> None:
+        self.current = first
+        self.calls = 0
+        self.switched_at: int | None = None  # calls served by ``first``
+        self._built, self._error, self._took = None, None, None
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._build, args=(build,), name="ncsn-tune-compile", daemon=True)
+        self._thread.start()
+
+    def _build(self, build: Callable[[], Callable]) -> None:
+        try:
+            self._built = build()
+        except Exception as err:  # noqa: BLE001  (said by finish(); the work goes on with ``first``)
+            self._error = err
+        self._took = time.perf_counter() - self._started
+
+    def __call__(self, *args):
+        if self.switched_at is None and self._built is not None:
+            self.current, self._built = self._built, None  # the first callable (and its graph's memory) is let go
+            self.switched_at = self.calls
+        self.calls += 1
+        return self.current(*args)
+
+    @property
+    def switched(self) -> bool:
+        return self.switched_at is not None
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def finish(self) -> list[str]:
+        """Wait for the background build (it must not be left running) and say what happened."""
+        waited = time.perf_counter()
+        self._thread.join()
+        waited = time.perf_counter() - waited
+        if self._error is not None:
+            return [f"the background compile failed ({type(self._error).__name__}: {self._error}); the work went on with the CUDA graph"]
+        if self.switched:
+            return [f"switched to the compiled network after {self.switched_at:,} of {self.calls:,} calls (built in the background "
+                    f"in {self._took:.0f} s)"]
+        return [f"the background compile finished after the work (in {self._took:.0f} s; waited {waited:.0f} s for it), so the "
+                "work ran on the CUDA graph throughout"]
+
+
+def fast_score(model: torch.nn.Module, batch_shape, mode: str = "off", cache: CompileCache | None = None,
+               notes: list | None = None) -> Callable:
+    """The network as a :class:`FastScore` for ``batch_shape``, with torch.compile as ``mode`` says:
+
+    ``off`` (CUDA graph only), ``compile`` (compiled before the first call), or ``background`` (the CUDA graph
+    at once, and the compiled network from a background thread as soon as it is built: a :class:`SwitchWhenReady`,
+    whose ``finish()`` the caller calls after the work). ``cache`` (the run folder's artefacts of this graph) is
+    loaded before compiling and saved after a compile that did not come from it; what happened goes to ``notes``.
+    """
+    device = next(model.parameters()).device
+    if mode not in ("off", "compile", "background"):
+        raise ValueError(f"mode must be 'off', 'compile' or 'background', got {mode!r}")
+    notes = notes if notes is not None else []
+    plain = SpeedSwitches.for_device(device)
+    if mode == "off" or not SpeedSwitches.for_device(device, compile=True).compile:
+        return FastScore(model, batch_shape, plain)
+    compiled_switches = dataclasses.replace(plain, compile=True)
+
+    def build() -> FastScore:
+        if cache is not None:
+            notes.append(cache.load() or "no compiled artefacts in the run folder yet: compiling")
+        score = FastScore(model, batch_shape, compiled_switches)
+        torch.cuda.synchronize(device)
+        return score
+
+    if mode == "compile":
+        score = build()
+        saved = cache.save() if cache is not None and not cache.loaded else None
+        if saved:
+            notes.append(saved)
+        return score
+    if plain.channels_last:  # once, before either graph reads the weights: the background build must not move them
+        model.to(memory_format=torch.channels_last)
+    return SwitchWhenReady(FastScore(model, batch_shape, plain), build)
+
+
+def finish_score(score: Callable, cache: CompileCache | None = None) -> list[str]:
+    """After the work: wait for a background build, save what a cold compile produced; notes on what happened."""
+    if not isinstance(score, SwitchWhenReady):
+        return []
+    notes = score.finish()
+    if cache is not None and not cache.loaded and not score.failed:
+        saved = cache.save()
+        if saved:
+            notes.append(saved)
+    return notes
+
+
+def decide_score_compile(model: torch.nn.Module, run_dir: Path | None, batch_shape, evaluations: float,
+                         compile: bool | None = None) -> tuple[str, str | None]:
+    """The :func:`fast_score` mode for ``evaluations`` image evaluations of the network at ``batch_shape``
+    (sampling, or the held-out loss), and why: ``compile`` True/False decides; None decides from the work and
+    whether the run folder holds this graph's artefacts (a thread builds the compiled network while the work
+    starts on the CUDA graph). On a CPU: ``off``, nothing to say."""
+    device = next(model.parameters()).device
+    if compile is not None or device.type != "cuda":
+        return ("compile" if compile and device.type == "cuda" else "off"), None
+    warm = run_dir is not None and score_cache(run_dir, model, batch_shape).exists
+    return decide_compile(evaluations, warm, SAMPLE_COSTS, "image evaluations", background=True, threaded=True)
+
+
+def score_cache(run_dir: Path, model: torch.nn.Module, batch_shape) -> CompileCache:
+    """The run folder's compiled artefacts of the network's forward pass at ``batch_shape`` (shared by sample and evaluate)."""
+    device = next(model.parameters()).device
+    return CompileCache(run_dir, "score", model, batch_shape, SpeedSwitches.for_device(device, compile=True))

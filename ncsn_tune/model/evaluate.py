@@ -39,6 +39,38 @@ def held_out_loss(model, images: torch.Tensor, sigmas: torch.Tensor, *, batch_si
     return by_scale.cpu().numpy()
 
 
+def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_dir: Path | None, *, seed: int = 0,
+                         compile: bool | None = None, progress=None) -> tuple[np.ndarray, list[str]]:
+    """:func:`held_out_loss` of a trained model, fast on a GPU (:func:`~ncsn_tune.model.accel.fast_score` at batches of
+    up to 1,000, torch.compile decided from the work; ``run_dir``'s compiled artefacts are used and kept), 250 at a
+    time on a CPU. Returns the loss per scale and notes on how it was computed."""
+    from .accel import decide_score_compile, fast_score, finish_score, score_cache
+
+    dev = images.device
+    n = images.shape[0]
+    generator = torch.Generator(dev).manual_seed(seed)
+    total = math.ceil(n / (1000 if dev.type == "cuda" else 250)) * len(sigmas)
+    done = [0]
+
+    def callback(_):
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total, "scales")
+
+    if dev.type != "cuda":
+        return held_out_loss(model, images, sigmas, batch_size=250, generator=generator, callback=callback), []
+    batch = (min(n, 1000), *images.shape[1:])
+    mode, why = decide_score_compile(model, run_dir, batch, n * len(sigmas), compile)
+    notes = [why] if why else []
+    cache = score_cache(run_dir, model, batch) if run_dir is not None and mode != "off" else None
+    score = fast_score(model, batch, mode, cache, notes)
+    try:
+        by_scale = held_out_loss(score, images, sigmas, batch_size=batch[0], generator=generator, bf16=False, callback=callback)
+    finally:
+        notes.extend(finish_score(score, cache))
+    return by_scale, notes
+
+
 def read_samples(path: Path) -> np.ndarray:
     """Samples written by ``ncsn-tune sample --npz``: float (N, C, H, W) clipped to [0, 1] (the 'float' array,
     else 'uint8' (N, H, W, C) / 255)."""
@@ -130,8 +162,12 @@ class Evaluation:
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str | None = None, split: str | None = None,
                         images: int = 1000, samples: Path | None = None, fid: bool = False, inception_weights: Path | None = None,
                         fid_reference: Path | None = None, fid_images: int | None = None, ema: bool = True, device: str = "auto",
-                        seed: int = 0, progress=None) -> Evaluation:
-    """Held-out DSM loss per scale of a checkpoint; with ``samples`` their exact nearest training images, and FID."""
+                        seed: int = 0, compile: bool | None = None, progress=None) -> Evaluation:
+    """Held-out DSM loss per scale of a checkpoint; with ``samples`` their exact nearest training images, and FID.
+
+    On a GPU the loss pass runs the network as sampling does (bf16, channels_last, a CUDA graph, at batches of up
+    to 1,000: the same graph as ``sample --batch-size 1000``, so they share compiled artefacts), with torch.compile
+    decided from the image evaluations to do unless ``compile`` says."""
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise NcsnTuneError(f"the number of evaluation images must be at least 1, got {images!r}", fields="images")
     if fid and samples is None:
@@ -155,11 +191,11 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     n = min(images, dataset.num_points)
     x = torch.from_numpy(dataset.unit_float32(slice(0, n))).to(dev)
     sigmas = torch.tensor(ckpt.schedule.sigmas, dtype=torch.float32, device=dev)
-    by_scale = held_out_loss(model, x, sigmas, batch_size=250, generator=torch.Generator(dev).manual_seed(seed))
+    by_scale, notes = held_out_loss_of_run(model, x, sigmas, ckpt.run_dir, seed=seed, compile=compile, progress=progress)
     if not np.isfinite(by_scale).all():
         raise CheckpointError(f"{ckpt.path}: the loss is not finite at {int((~np.isfinite(by_scale)).sum())} scale(s); the weights "
                               "give NaN or infinite scores there")
-    result = Evaluation(str(ckpt.path), ckpt.step, described, held_out, n, ckpt.schedule.sigmas.tolist(), by_scale)
+    result = Evaluation(str(ckpt.path), ckpt.step, described, held_out, n, ckpt.schedule.sigmas.tolist(), by_scale, notes=notes)
     if not held_out:
         result.notes.append("the loss is on training images: this data has no held-out split (give one as data to measure generalisation)")
     if sample_array is not None:
