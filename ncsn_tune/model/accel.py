@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -150,46 +148,35 @@ class CompileCosts:
 #: Training, per step at batch 128: 26.2 and 48.0 it/s; compiling cost 87.0 s before the first step cold and 9.6 s
 #: from the run's artefacts, against 12.6 s for the CUDA graph alone (docs/results/startup_h100.log).
 TRAIN_COSTS = CompileCosts(graph_s=1 / 26.2, compiled_s=1 / 48.0, cold_s=87.0 - 12.6, warm_s=10.0)
-#: Sampling, per image evaluation at batch 1000: 12,488 and 20,600 evaluations/s; compiling cost 38.8 s cold and
-#: 7.9 s from the artefacts, against 1.1 s for the CUDA graph alone.
-SAMPLE_COSTS = CompileCosts(graph_s=1 / 12488, compiled_s=1 / 20600, cold_s=38.8 - 1.1, warm_s=7.9 - 1.1)
+#: Sampling, per image evaluation at batch 1000: 12,488 and 20,600 evaluations/s; compiling cost 38.8 s cold, against
+#: 1.1 s for the CUDA graph alone; from a run's artefacts, loading them took 7.1 s and building the compiled graph 8.9 s
+#: (docs/results/sample_phases_h100.log).
+SAMPLE_COSTS = CompileCosts(graph_s=1 / 12488, compiled_s=1 / 20600, cold_s=38.8 - 1.1, warm_s=7.1 + 8.9 - 1.1)
 
 
-def decide_compile(work: float, warm: bool, costs: CompileCosts, unit: str, background: bool = False,
-                   threaded: bool = False) -> tuple[str, str]:
+def decide_compile(work: float, warm: bool, costs: CompileCosts, unit: str, background: bool = False) -> tuple[str, str]:
     """(``compile`` | ``background`` | ``off``, why), from the planned ``work`` in ``costs``' units.
 
-    Without ``background``: compile first when the whole work saves more than the compile costs (cold, or from
-    the cached artefacts when ``warm``). With ``background`` the work starts at once on the CUDA-graph path while
-    the compiled graph is built beside it, and switches to it when ready:
-
-    - in another process (training, not ``threaded``), which leaves artefacts that the work then loads (the
-      switch costs ``costs.warm_s``); a warm start compiles first, as loading is all it would cost;
-    - in a thread of this process (sampling, ``threaded``), whose graph is used as it is (the switch costs
-      nothing), cold or warm.
-
-    Either way the work switches only when what is left after the build saves more than the switch costs.
+    Warm (the artefacts are there): compile first when it saves more than the warm compile costs. Cold:
+    with ``background``, compile in another process while the work starts on the CUDA-graph path, and switch
+    (loading what that process compiled costs ``costs.warm_s``) when the work left then saves more than the
+    switch costs; without it, compile first when the whole work saves more than a cold compile costs.
     """
     per_unit = costs.graph_s - costs.compiled_s
     how = "estimates measured on an H100; --compile/--no-compile decide instead"
-    if warm and not threaded:
+    if warm:
         saved = work * per_unit
         verdict = "compile" if saved > costs.warm_s else "off"
         return verdict, (f"torch.compile {'on' if verdict == 'compile' else 'off'}: {work:,.0f} {unit} to go and this graph's compiled "
                          f"artefacts are cached (about {costs.warm_s:.0f} s to load, saving about {saved:.0f} s; {how})")
     if background:
-        ready_s = costs.warm_s if warm else costs.cold_s
-        switch_s = 0.0 if threaded else costs.warm_s
-        left = work - ready_s / costs.graph_s  # what remains once the background build is done
-        saved = left * per_unit - switch_s
+        left = work - costs.cold_s / costs.graph_s  # what remains once the background compile is done
+        saved = left * per_unit - costs.warm_s
         verdict = "background" if saved > 0 else "off"
-        who, what = ("sampling", "network") if threaded else ("training", "step")
-        building = (f"loading this graph's cached artefacts takes about {ready_s:.0f} s" if warm
-                    else f"compiling takes about {ready_s:.0f} s")
         return verdict, (f"torch.compile {'in the background' if verdict == 'background' else 'off'}: {work:,.0f} {unit} to go; "
-                         f"{building}, so {who} starts on the CUDA graph "
-                         + (f"and switches to the compiled {what} when it is ready (about {saved:.0f} s saved; {how})"
-                            if verdict == "background" else f"and would finish before switching paid off ({how})"))
+                         f"compiling takes about {costs.cold_s:.0f} s, so training starts on the CUDA graph "
+                         + (f"and switches to the compiled step when it is ready (about {saved:.0f} s saved; {how})" if verdict == "background"
+                            else f"and would finish before switching paid off ({how})"))
     saved = work * per_unit
     verdict = "compile" if saved > costs.cold_s else "off"
     return verdict, (f"torch.compile {'on' if verdict == 'compile' else 'off (CUDA graph only)'}: {work:,.0f} {unit} to go; compiling "
@@ -197,14 +184,12 @@ def decide_compile(work: float, warm: bool, costs: CompileCosts, unit: str, back
 
 
 def capture_cuda_graph(fn: Callable[[], object], device: torch.device, warmup: int = 3,
-                       after_warmup: Callable[[], None] | None = None,
-                       capture_error_mode: str = "global") -> tuple[torch.cuda.CUDAGraph, object]:
+                       after_warmup: Callable[[], None] | None = None) -> tuple[torch.cuda.CUDAGraph, object]:
     """Run ``fn`` ``warmup`` times on a side stream (compilation, cuDNN autotuning, lazy state), call
     ``after_warmup`` (e.g. to restore weights the warm-up changed), then capture one call of ``fn`` in a CUDA graph.
 
     ``fn`` reads and writes only static tensors; replaying the graph repeats it on their current contents.
-    ``capture_error_mode="thread_local"`` lets other threads keep using the GPU during the capture (a graph
-    built in a background thread). Returns the graph and what the captured call returned (static output tensors).
+    Returns the graph and what the captured call returned (static output tensors).
     """
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -215,7 +200,7 @@ def capture_cuda_graph(fn: Callable[[], object], device: torch.device, warmup: i
     if after_warmup is not None:
         after_warmup()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
+    with torch.cuda.graph(graph):
         out = fn()
     return graph, out
 
@@ -259,8 +244,7 @@ class FastScore:
             self.static_x = static_input(batch_shape, device, self.switches.memory_format)
             self.static_sigma = torch.ones(batch_shape[0], device=device)
             with torch.no_grad():
-                self.graph, self.static_out = capture_cuda_graph(lambda: self._forward(self.static_x, self.static_sigma), device,
-                                                                 capture_error_mode="thread_local")
+                self.graph, self.static_out = capture_cuda_graph(lambda: self._forward(self.static_x, self.static_sigma), device)
 
     def _forward(self, x, sigma):
         with self.switches.autocast(self.device):
@@ -279,118 +263,36 @@ class FastScore:
         return self.static_out if n == self.batch_shape[0] else self.static_out[:n]
 
 
-class SwitchWhenReady:
-    """A callable that serves every call with ``first`` until ``build()``, run in a background thread, has
-    returned its replacement, and from then on with that.
-
-    The switch happens between two calls, never inside one. A build that fails leaves ``first`` in place;
-    :meth:`finish` waits for the thread and says what happened (a list of notes).
-    """
-
-    def __init__(self, first: Callable, build: Callable[[], Callable]) -> None:
-        self.current = first
-        self.calls = 0
-        self.switched_at: int | None = None  # calls served by ``first``
-        self._built, self._error, self._took = None, None, None
-        self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self._build, args=(build,), name="ncsn-tune-compile", daemon=True)
-        self._thread.start()
-
-    def _build(self, build: Callable[[], Callable]) -> None:
-        try:
-            self._built = build()
-        except Exception as err:  # noqa: BLE001  (said by finish(); the work goes on with ``first``)
-            self._error = err
-        self._took = time.perf_counter() - self._started
-
-    def __call__(self, *args):
-        if self.switched_at is None and self._built is not None:
-            self.current, self._built = self._built, None  # the first callable (and its graph's memory) is let go
-            self.switched_at = self.calls
-        self.calls += 1
-        return self.current(*args)
-
-    @property
-    def switched(self) -> bool:
-        return self.switched_at is not None
-
-    @property
-    def failed(self) -> bool:
-        return self._error is not None
-
-    def finish(self) -> list[str]:
-        """Wait for the background build (it must not be left running) and say what happened."""
-        waited = time.perf_counter()
-        self._thread.join()
-        waited = time.perf_counter() - waited
-        if self._error is not None:
-            return [f"the background compile failed ({type(self._error).__name__}: {self._error}); the work went on with the CUDA graph"]
-        if self.switched:
-            return [f"switched to the compiled network after {self.switched_at:,} of {self.calls:,} calls (built in the background "
-                    f"in {self._took:.0f} s)"]
-        return [f"the background compile finished after the work (in {self._took:.0f} s; waited {waited:.0f} s for it), so the "
-                "work ran on the CUDA graph throughout"]
-
-
-def fast_score(model: torch.nn.Module, batch_shape, mode: str = "off", cache: CompileCache | None = None,
-               notes: list | None = None) -> Callable:
-    """The network as a :class:`FastScore` for ``batch_shape``, with torch.compile as ``mode`` says:
-
-    ``off`` (CUDA graph only), ``compile`` (compiled before the first call), or ``background`` (the CUDA graph
-    at once, and the compiled network from a background thread as soon as it is built: a :class:`SwitchWhenReady`,
-    whose ``finish()`` the caller calls after the work). ``cache`` (the run folder's artefacts of this graph) is
-    loaded before compiling and saved after a compile that did not come from it; what happened goes to ``notes``.
-    """
+def fast_score(model: torch.nn.Module, batch_shape, compile: bool = False, cache: CompileCache | None = None,
+               notes: list | None = None) -> FastScore:
+    """The network as a :class:`FastScore` for ``batch_shape``, compiled with ``compile`` (on a GPU). ``cache`` (the
+    run folder's artefacts of this graph) is loaded before compiling and saved after a compile that did not come
+    from it; what happened goes to ``notes``."""
     device = next(model.parameters()).device
-    if mode not in ("off", "compile", "background"):
-        raise ValueError(f"mode must be 'off', 'compile' or 'background', got {mode!r}")
-    notes = notes if notes is not None else []
-    plain = SpeedSwitches.for_device(device)
-    if mode == "off" or not SpeedSwitches.for_device(device, compile=True).compile:
-        return FastScore(model, batch_shape, plain)
-    compiled_switches = dataclasses.replace(plain, compile=True)
-
-    def build() -> FastScore:
-        if cache is not None:
-            notes.append(cache.load() or "no compiled artefacts in the run folder yet: compiling")
-        score = FastScore(model, batch_shape, compiled_switches)
-        torch.cuda.synchronize(device)
-        return score
-
-    if mode == "compile":
-        score = build()
-        saved = cache.save() if cache is not None and not cache.loaded else None
-        if saved:
-            notes.append(saved)
-        return score
-    if plain.channels_last:  # once, before either graph reads the weights: the background build must not move them
-        model.to(memory_format=torch.channels_last)
-    return SwitchWhenReady(FastScore(model, batch_shape, plain), build)
-
-
-def finish_score(score: Callable, cache: CompileCache | None = None) -> list[str]:
-    """After the work: wait for a background build, save what a cold compile produced; notes on what happened."""
-    if not isinstance(score, SwitchWhenReady):
-        return []
-    notes = score.finish()
-    if cache is not None and not cache.loaded and not score.failed:
+    switches = SpeedSwitches.for_device(device, compile=compile)
+    if cache is not None and switches.compile:
+        loaded = cache.load() or "no compiled artefacts in the run folder yet: compiling"
+        if notes is not None:
+            notes.append(loaded)
+    score = FastScore(model, batch_shape, switches)
+    if cache is not None and switches.compile and not cache.loaded:
         saved = cache.save()
-        if saved:
+        if saved and notes is not None:
             notes.append(saved)
-    return notes
+    return score
 
 
 def decide_score_compile(model: torch.nn.Module, run_dir: Path | None, batch_shape, evaluations: float,
-                         compile: bool | None = None) -> tuple[str, str | None]:
-    """The :func:`fast_score` mode for ``evaluations`` image evaluations of the network at ``batch_shape``
-    (sampling, or the held-out loss), and why: ``compile`` True/False decides; None decides from the work and
-    whether the run folder holds this graph's artefacts (a thread builds the compiled network while the work
-    starts on the CUDA graph). On a CPU: ``off``, nothing to say."""
+                         compile: bool | None = None) -> tuple[bool, str | None]:
+    """Whether to compile the network for ``evaluations`` image evaluations at ``batch_shape`` (sampling, or the
+    held-out loss), and why: ``compile`` True/False decides; None decides from the work and whether the run
+    folder holds this graph's artefacts. On a CPU: no, nothing to say."""
     device = next(model.parameters()).device
     if compile is not None or device.type != "cuda":
-        return ("compile" if compile and device.type == "cuda" else "off"), None
+        return bool(compile) and device.type == "cuda", None
     warm = run_dir is not None and score_cache(run_dir, model, batch_shape).exists
-    return decide_compile(evaluations, warm, SAMPLE_COSTS, "image evaluations", background=True, threaded=True)
+    verdict, why = decide_compile(evaluations, warm, SAMPLE_COSTS, "image evaluations")
+    return verdict == "compile", why
 
 
 def score_cache(run_dir: Path, model: torch.nn.Module, batch_shape) -> CompileCache:

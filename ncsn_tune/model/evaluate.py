@@ -44,7 +44,7 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
     """:func:`held_out_loss` of a trained model, fast on a GPU (:func:`~ncsn_tune.model.accel.fast_score` at batches of
     up to 1,000, torch.compile decided from the work; ``run_dir``'s compiled artefacts are used and kept), 250 at a
     time on a CPU. Returns the loss per scale and notes on how it was computed."""
-    from .accel import decide_score_compile, fast_score, finish_score, score_cache
+    from .accel import decide_score_compile, fast_score, score_cache
 
     dev = images.device
     n = images.shape[0]
@@ -60,15 +60,11 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
     if dev.type != "cuda":
         return held_out_loss(model, images, sigmas, batch_size=250, generator=generator, callback=callback), []
     batch = (min(n, 1000), *images.shape[1:])
-    mode, why = decide_score_compile(model, run_dir, batch, n * len(sigmas), compile)
+    use_compile, why = decide_score_compile(model, run_dir, batch, n * len(sigmas), compile)
     notes = [why] if why else []
-    cache = score_cache(run_dir, model, batch) if run_dir is not None and mode != "off" else None
-    score = fast_score(model, batch, mode, cache, notes)
-    try:
-        by_scale = held_out_loss(score, images, sigmas, batch_size=batch[0], generator=generator, bf16=False, callback=callback)
-    finally:
-        notes.extend(finish_score(score, cache))
-    return by_scale, notes
+    cache = score_cache(run_dir, model, batch) if run_dir is not None and use_compile else None
+    score = fast_score(model, batch, use_compile, cache, notes)
+    return held_out_loss(score, images, sigmas, batch_size=batch[0], generator=generator, bf16=False, callback=callback), notes
 
 
 def read_samples(path: Path) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from ..analysis.noise_schedule import NoiseSchedule
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
-from .accel import decide_score_compile, fast_score, finish_score, score_cache
+from .accel import decide_score_compile, fast_score, score_cache
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
 from .sampling import sample_annealed_langevin
@@ -66,16 +66,14 @@ class Diagnostics:
 
 
 def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float, num: int, batch_size: int = 100,
-             seed: int = 0, denoise: bool = True, fast: bool = True, compile: bool | str = False, progress=None,
+             seed: int = 0, denoise: bool = True, fast: bool = True, compile: bool = False, progress=None,
              diagnostics: Diagnostics | None = None, trace_chain: bool = False, cache_dir: Path | None = None,
              notes: list | None = None) -> torch.Tensor:
     """``num`` samples (float, [0, 1]-ish, on the CPU) by annealed Langevin dynamics from a uniform start, in batches.
 
-    The same ``seed`` gives the same samples (with ``compile`` True or False; ``"background"`` switches to the
-    compiled network whenever it is ready, so the point of the switch, and the last bits, vary). ``fast``: bf16,
-    channels_last and a CUDA graph on a GPU (:func:`~ncsn_tune.model.accel.fast_score`), plus torch.compile as
-    ``compile`` says. ``progress(done, total, unit)`` is called after every scale; ``diagnostics`` collects
-    per-scale norms and, with ``trace_chain``, about 16 frames of the first chain. With ``cache_dir`` (a run
+    The same ``seed`` gives the same samples. ``fast``: bf16, channels_last and a CUDA graph on a GPU
+    (:func:`~ncsn_tune.model.accel.fast_score`), plus torch.compile with ``compile``. ``progress(done, total,
+    unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``, about 16 frames of the first chain. With ``cache_dir`` (a run
     folder) the compiled artefacts are loaded from and saved to it; what happened goes to ``notes``.
     """
     if num < 1 or batch_size < 1:
@@ -85,31 +83,26 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = max(1, min(batch_size, num))
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
-    mode = {True: "compile", False: "off"}.get(compile, compile)
-    notes = notes if notes is not None else []
-    cache = score_cache(cache_dir, model, (batch_size, *shape)) if cache_dir is not None and mode != "off" and device.type == "cuda" else None
-    score = fast_score(model, (batch_size, *shape), mode, cache, notes) if fast else model
+    cache = score_cache(cache_dir, model, (batch_size, *shape)) if cache_dir is not None and compile and device.type == "cuda" else None
+    score = fast_score(model, (batch_size, *shape), compile, cache, notes) if fast else model
     generator = torch.Generator(device).manual_seed(seed)
     outputs = []
     batches = math.ceil(num / batch_size)
     every = max(1, schedule.num_scales // 16)  # about 16 frames, the last scale and the denoised image
-    try:
-        for b in range(batches):
-            x0 = torch.rand((batch_size, *shape), device=device, generator=generator)
+    for b in range(batches):
+        x0 = torch.rand((batch_size, *shape), device=device, generator=generator)
 
-            def callback(info, b=b):
-                if diagnostics is not None:
-                    diagnostics(info)
-                    if trace_chain and b == 0 and (info.get("denoised") or info["i"] % every == 0 or info["i"] == schedule.num_scales - 1):
-                        diagnostics.frames.append(info["x"][0].detach().float().clamp(0, 1).cpu().numpy())
-                if progress is not None and not info.get("denoised"):
-                    progress(b * schedule.num_scales + info["i"] + 1, batches * schedule.num_scales, "scales")
+        def callback(info, b=b):
+            if diagnostics is not None:
+                diagnostics(info)
+                if trace_chain and b == 0 and (info.get("denoised") or info["i"] % every == 0 or info["i"] == schedule.num_scales - 1):
+                    diagnostics.frames.append(info["x"][0].detach().float().clamp(0, 1).cpu().numpy())
+            if progress is not None and not info.get("denoised"):
+                progress(b * schedule.num_scales + info["i"] + 1, batches * schedule.num_scales, "scales")
 
-            x = sample_annealed_langevin(score, x0, sigmas, steps_per_scale=steps_per_scale, step_size=step_size, denoise=denoise,
-                                         generator=generator, callback=callback)
-            outputs.append(x.detach().float().cpu())
-    finally:
-        notes.extend(finish_score(score, cache))
+        x = sample_annealed_langevin(score, x0, sigmas, steps_per_scale=steps_per_scale, step_size=step_size, denoise=denoise,
+                                     generator=generator, callback=callback)
+        outputs.append(x.detach().float().cpu())
     return torch.cat(outputs)[:num]
 
 
@@ -159,10 +152,10 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int = 100, seed:
     diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)))
     batch = (min(batch_size, num), model.channels, model.image_size, model.image_size)
     evaluations = num * (tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise))
-    mode, why = decide_score_compile(model, ckpt.run_dir, batch, evaluations, compile)
+    use_compile, why = decide_score_compile(model, ckpt.run_dir, batch, evaluations, compile)
     notes = [why] if why else []
     samples = generate(model, tuning.schedule, steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size, num=num,
-                       batch_size=batch_size, seed=seed, denoise=denoise, compile=mode, progress=progress,
+                       batch_size=batch_size, seed=seed, denoise=denoise, compile=use_compile, progress=progress,
                        diagnostics=diagnostics, trace_chain=trace_chain, cache_dir=ckpt.run_dir, notes=notes)
     tuning = dataclasses.replace(tuning, notes=tuning.notes + tuple(notes))
     if not torch.isfinite(samples).all():
