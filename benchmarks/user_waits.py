@@ -5,7 +5,12 @@
   from N: off for short runs, compiled in the background and switched to for long ones), printing the
   set-up line and the decision;
 - sample: `ncsn-tune sample --num 1000 --batch-size 1000` on the first run, first with --compile (a cold
-  compile that saves the artefacts in the run folder), then with the defaults (which load them).
+  compile that saves the artefacts in the run folder), then with the defaults (which load them);
+- evaluate: `ncsn-tune evaluate` on the first run (its default 1,000 held-out images at every scale), before
+  the sampling (with the defaults: no artefacts yet) and after it.
+
+With --baseline DIR the same commands run on the code in DIR (e.g. `git archive` of the landed commit), for a
+before/after on one machine: its `sample` has no --compile or --force (it compiles from 1,000 samples itself).
 
 Each command runs in a fresh process with the user's compile cache (~/.cache/ncsn_tune) and an empty work
 folder. Prints a table and the machine.
@@ -26,6 +31,7 @@ from pathlib import Path
 
 
 def run(args: list[str], env: dict, cwd: Path) -> tuple[float, str, str]:
+    """Time one command in a fresh process, as a user types it."""
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "ncsn_tune", *args], env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -49,6 +55,7 @@ def main() -> None:
     p.add_argument("--parts", default="sigmas,train,sample")
     p.add_argument("--train-steps", default="2000,4000")
     p.add_argument("--runs", help="folder for the runs (kept, so that a later call can sample from them)")
+    p.add_argument("--baseline", help="run the commands on the ncsn_tune in this folder (the code before a change)")
     args = p.parse_args()
     import torch
 
@@ -58,6 +65,9 @@ def main() -> None:
     runs = Path(args.runs or tempfile.mkdtemp(prefix="user_waits_"))
     runs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "NCSN_TUNE_WORKDIR": str(runs / "work"), "PYTHONUNBUFFERED": "1"}
+    if args.baseline:
+        env["PYTHONPATH"] = str(Path(args.baseline).resolve())
+        print(f"baseline: the code in {env['PYTHONPATH']}", flush=True)
     data = ["--data", "cifar10", "--data-root", str(Path(args.data_root).resolve())]
     rows = []
     if "sigmas" in parts:
@@ -71,12 +81,21 @@ def main() -> None:
                                    "--sample-every", "1000000", "--log-every", "100"], env, runs)
             lines = said(err, "set-up", "torch.compile", "switched", "background compile")
             record(rows, f"train --steps {steps}", seconds, " | ".join(lines))
-    if "sample" in parts:
-        first = sorted(runs.glob("run_*"))[0]
-        for extra, label in ((["--compile"], "sample --num 1000 --compile (cold)"), ([], "sample --num 1000 (defaults)")):
-            seconds, out, _ = run(["sample", "--checkpoint", str(first), "--num", "1000", "--batch-size", "1000", "--output",
-                                   str(runs / "samples.png"), "--force", *extra], env, runs)
+    first = sorted(runs.glob("run_*"))[0] if list(runs.glob("run_*")) else None
+    evaluate = ["evaluate", "--checkpoint", str(first), "--output-dir", str(runs / "evaluation")]
+    if "evaluate" in parts and first is not None:
+        seconds, out, _ = run(evaluate + ([] if args.baseline else ["--force"]), env, runs)
+        record(rows, "evaluate (defaults)", seconds, " | ".join(said(out, "compile", "artefacts", "DSM loss")))
+    if "sample" in parts and first is not None:
+        command = ["sample", "--checkpoint", str(first), "--num", "1000", "--batch-size", "1000", "--output", str(runs / "samples.png")]
+        variants = [([], "sample --num 1000")] if args.baseline else [(["--compile"], "sample --num 1000 --compile (cold)"),
+                                                                      ([], "sample --num 1000 (defaults)")]
+        for extra, label in variants:
+            seconds, out, _ = run(command + ([] if args.baseline else ["--force"]) + extra, env, runs)
             record(rows, label, seconds, " | ".join(said(out, "compile", "artefacts")))
+    if "evaluate" in parts and first is not None and not args.baseline:
+        seconds, out, _ = run(evaluate + ["--force"], env, runs)
+        record(rows, "evaluate (defaults, after sampling)", seconds, " | ".join(said(out, "compile", "artefacts", "DSM loss")))
     print(f"\n{'command':<36} {'wall (s)':>9}   what it said")
     for name, seconds, notes in rows:
         print(f"{name:<36} {seconds:9.1f}   {notes}")
