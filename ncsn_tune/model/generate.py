@@ -73,8 +73,9 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
 
     The same ``seed`` gives the same samples. ``fast``: bf16, channels_last and a CUDA graph on a GPU
     (:func:`~ncsn_tune.model.accel.fast_score`), plus torch.compile with ``compile``. ``progress(done, total,
-    unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``, about 16 frames of the first chain. With ``cache_dir`` (a run
-    folder) the compiled artefacts are loaded from and saved to it; what happened goes to ``notes``.
+    unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``,
+    about 16 frames of the first chain. With ``compile`` and ``cache_dir`` (a run folder) the compiled artefacts
+    are loaded from and saved to it; what happened goes to ``notes``.
     """
     if num < 1 or batch_size < 1:
         raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
