@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ncsn_tune.model import accel
 from ncsn_tune.model.accel import SAMPLE_COSTS, FastScore, SpeedSwitches, decide_compile, fast_score
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -59,16 +60,23 @@ class Scaled(torch.nn.Module):
         return self.conv(x) / sigma.view(-1, 1, 1, 1)
 
 
-def test_artefacts_that_were_loaded_are_not_written_again(compile_on_cpu):
+def test_artefacts_that_were_loaded_are_not_written_again(compile_on_cpu, monkeypatch, tmp_path):
     model = Scaled()
-    cache, notes = FakeCache(present=True), []
-    fast_score(model, (2, 3, 8, 8), True, cache, notes)
+    caches = []
+    monkeypatch.setattr(accel, "score_cache", lambda run_dir, model, batch_shape: caches[-1])
+    caches.append(FakeCache(present=True))
+    notes = []
+    fast_score(model, (2, 3, 8, 8), True, tmp_path, notes)
+    cache = caches[-1]
     assert cache.saves == 0 and notes == ["loaded the compiled artefacts"]
-    cold, notes = FakeCache(present=False), []
-    fast_score(model, (2, 3, 8, 8), True, cold, notes)
+    caches.append(FakeCache(present=False))
+    notes = []
+    fast_score(model, (2, 3, 8, 8), True, tmp_path, notes)
+    cold = caches[-1]
     assert cold.saves == 1 and notes == ["no compiled artefacts in the run folder yet: compiling", "saved the compiled artefacts"]
-    untouched = FakeCache(present=True)
-    fast_score(model, (2, 3, 8, 8), False, untouched, [])
+    caches.append(FakeCache(present=True))
+    fast_score(model, (2, 3, 8, 8), False, tmp_path, [])
+    untouched = caches[-1]
     assert not untouched.loaded and untouched.saves == 0
 
 

@@ -263,19 +263,20 @@ class FastScore:
         return self.static_out if n == self.batch_shape[0] else self.static_out[:n]
 
 
-def fast_score(model: torch.nn.Module, batch_shape, compile: bool = False, cache: CompileCache | None = None,
+def fast_score(model: torch.nn.Module, batch_shape, compile: bool = False, run_dir: Path | None = None,
                notes: list | None = None) -> FastScore:
-    """The network as a :class:`FastScore` for ``batch_shape``, compiled with ``compile`` (on a GPU). ``cache`` (the
-    run folder's artefacts of this graph) is loaded before compiling and saved after a compile that did not come
-    from it; what happened goes to ``notes``."""
+    """The network as a :class:`FastScore` for ``batch_shape``, compiled with ``compile`` (on a GPU). With ``run_dir``
+    the run folder's artefacts of this graph (:func:`score_cache`) are loaded before compiling and saved after a
+    compile that did not come from them; what happened goes to ``notes``."""
     device = next(model.parameters()).device
     switches = SpeedSwitches.for_device(device, compile=compile)
-    if cache is not None and switches.compile:
+    cache = score_cache(run_dir, model, batch_shape) if switches.compile and run_dir is not None else None
+    if cache is not None:
         loaded = cache.load() or "no compiled artefacts in the run folder yet: compiling"
         if notes is not None:
             notes.append(loaded)
     score = FastScore(model, batch_shape, switches)
-    if cache is not None and switches.compile and not cache.loaded:
+    if cache is not None and not cache.loaded:
         saved = cache.save()
         if saved and notes is not None:
             notes.append(saved)

@@ -44,12 +44,13 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
     """:func:`held_out_loss` of a trained model, fast on a GPU (:func:`~ncsn_tune.model.accel.fast_score` at batches of
     up to 1,000, torch.compile decided from the work; ``run_dir``'s compiled artefacts are used and kept), 250 at a
     time on a CPU. Returns the loss per scale and notes on how it was computed."""
-    from .accel import decide_score_compile, fast_score, score_cache
+    from .accel import decide_score_compile, fast_score
 
     dev = images.device
     n = images.shape[0]
+    batch_size = min(n, 1000) if dev.type == "cuda" else 250
     generator = torch.Generator(dev).manual_seed(seed)
-    total = math.ceil(n / (1000 if dev.type == "cuda" else 250)) * len(sigmas)
+    total = math.ceil(n / batch_size) * len(sigmas)
     done = [0]
 
     def callback(_):
@@ -58,13 +59,12 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
             progress(done[0], total, "scales")
 
     if dev.type != "cuda":
-        return held_out_loss(model, images, sigmas, batch_size=250, generator=generator, callback=callback), []
-    batch = (min(n, 1000), *images.shape[1:])
+        return held_out_loss(model, images, sigmas, batch_size=batch_size, generator=generator, callback=callback), []
+    batch = (batch_size, *images.shape[1:])
     use_compile, why = decide_score_compile(model, run_dir, batch, n * len(sigmas), compile)
     notes = [why] if why else []
-    cache = score_cache(run_dir, model, batch) if run_dir is not None and use_compile else None
-    score = fast_score(model, batch, use_compile, cache, notes)
-    return held_out_loss(score, images, sigmas, batch_size=batch[0], generator=generator, bf16=False, callback=callback), notes
+    score = fast_score(model, batch, use_compile, run_dir, notes)
+    return held_out_loss(score, images, sigmas, batch_size=batch_size, generator=generator, bf16=False, callback=callback), notes
 
 
 def read_samples(path: Path) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from ..analysis.noise_schedule import NoiseSchedule
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
-from .accel import decide_score_compile, fast_score, score_cache
+from .accel import decide_score_compile, fast_score
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
 from .sampling import sample_annealed_langevin
@@ -84,8 +84,7 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = max(1, min(batch_size, num))
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
-    cache = score_cache(cache_dir, model, (batch_size, *shape)) if cache_dir is not None and compile and device.type == "cuda" else None
-    score = fast_score(model, (batch_size, *shape), compile, cache, notes) if fast else model
+    score = fast_score(model, (batch_size, *shape), compile, cache_dir, notes) if fast else model
     generator = torch.Generator(device).manual_seed(seed)
     outputs = []
     batches = math.ceil(num / batch_size)

@@ -51,14 +51,14 @@ def compile_step(spec: StepSpec) -> None:
 
     from ..config import TrainConfig
     from ..files import atomic_write_bytes
-    from .accel import SpeedSwitches, use_persistent_cache
+    from .accel import SpeedSwitches, use_fast_kernels, use_persistent_cache
     from .ema import EMA
     from .network import NCSNv2
     from .train import TrainStep, build_optimizer
 
     use_persistent_cache()
     device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
+    use_fast_kernels(device)
     switches = SpeedSwitches(**spec.switches)
     model = NCSNv2(spec.channels, spec.image_size, spec.ngf, spec.architecture, sigmas=[1.0] * spec.num_scales).to(device)
     if switches.channels_last:
