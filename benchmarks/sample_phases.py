@@ -2,7 +2,7 @@
 
 Does what the command does (sample_checkpoint, then write_samples) with a timer around each phase: importing
 torch and ncsn_tune, reading the checkpoint, building the model, building the fast score (CUDA-graph capture,
-torch.compile, loading or saving the run's compiled artefacts; a build in the background thread is marked so),
+torch.compile, loading or saving the run's compiled artefacts),
 the Langevin loop and writing the files. Prints a table and the machine.
 
     PYTHONPATH=. python benchmarks/sample_phases.py --checkpoint runs/cifar10 --num 1000 --batch-size 1000
@@ -65,7 +65,6 @@ def main() -> None:
     timed(accel.CompileCache, "save", "save the compiled artefacts")
     timed(generate, "sample_annealed_langevin", "Langevin loop")
     timed(generate, "write_samples", "write the PNG grid")
-    timed(accel.SwitchWhenReady, "finish", "wait for the background build")
 
     compile = {"auto": None, "on": True, "off": False}[args.compile]
     run = generate.sample_checkpoint(args.checkpoint, num=args.num, batch_size=args.batch_size, compile=compile)

@@ -25,8 +25,8 @@ def test_sampling_compiles_when_the_work_repays_it():
 class FakeCache:
     """Stands in for a run folder's CompileCache: counts loads and saves."""
 
-    def __init__(self, present: bool):
-        self.present, self.loaded, self.saves = present, False, 0
+    def __init__(self, present: bool, built_here: bool = False):
+        self.present, self.loaded, self.saves, self.built_here, self.marks = present, False, 0, built_here, 0
 
     def load(self):
         if not self.present:
@@ -37,6 +37,9 @@ class FakeCache:
     def save(self):
         self.saves += 1
         return "saved the compiled artefacts"
+
+    def mark_built(self):
+        self.marks += 1
 
 
 @pytest.fixture
@@ -74,10 +77,50 @@ def test_artefacts_that_were_loaded_are_not_written_again(compile_on_cpu, monkey
     fast_score(model, (2, 3, 8, 8), True, tmp_path, notes)
     cold = caches[-1]
     assert cold.saves == 1 and notes == ["no compiled artefacts in the run folder yet: compiling", "saved the compiled artefacts"]
+    caches.append(FakeCache(present=False, built_here=True))  # another run's compile on this machine: a warm compile
+    notes = []
+    fast_score(model, (2, 3, 8, 8), True, tmp_path, notes)
+    assert caches[-1].saves == 1 and "this machine's compile cache holds this graph: a warm compile" in notes[0]
+    assert cache.marks == cold.marks == caches[-1].marks == 1  # each compiled graph is recorded as built here
     caches.append(FakeCache(present=True))
     fast_score(model, (2, 3, 8, 8), False, tmp_path, [])
     untouched = caches[-1]
-    assert not untouched.loaded and untouched.saves == 0
+    assert not untouched.loaded and untouched.saves == 0 and untouched.marks == 0
+
+
+def test_a_graph_built_on_this_machine_is_not_loaded_again(monkeypatch, tmp_path):
+    from ncsn_tune.model.accel import CompileCache, decide_score_compile, score_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model = Scaled()
+    cache = CompileCache(tmp_path / "run", "score", model, (2, 3, 8, 8), SpeedSwitches())
+    cache.path.parent.mkdir(parents=True)
+    cache.path.write_bytes(b"artefacts")
+    loads = []
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", loads.append)
+    assert not cache.built_here
+    assert cache.load().startswith("loaded the compiled artefacts") and loads == [b"artefacts"]
+    cache.mark_built()
+    assert (tmp_path / "inductor" / "ncsn_tune_built" / cache.path.stem).is_file()  # inside the cache: emptied with it
+    again = CompileCache(tmp_path / "run", "score", model, (2, 3, 8, 8), SpeedSwitches())
+    assert again.built_here and "holds this graph already" in again.load() and again.loaded and len(loads) == 1
+    other = CompileCache(tmp_path / "run", "score", model, (4, 3, 8, 8), SpeedSwitches())  # another batch: another graph
+    assert not other.built_here
+    # On a CPU nothing is compiled, whatever the caches hold.
+    assert decide_score_compile(model, tmp_path / "run", (2, 3, 8, 8), 10**9) == (False, None)
+    assert score_cache(tmp_path / "run", model, (2, 3, 8, 8)).path.parent == tmp_path / "run" / "compile_cache"
+
+
+def test_batch_sizes_fill_a_gpu_and_stay_small_on_a_cpu():
+    from ncsn_tune.model.accel import score_batch_size
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")  # only the device's type is read
+    assert score_batch_size((3, 32, 32), gpu) == 1000  # sample --num 1000 in one batch: 20,700 evaluations/s on an H100, not 17,050
+    assert score_batch_size((3, 32, 32), gpu, 64) == 64
+    assert score_batch_size((3, 64, 64), gpu) == 250 and score_batch_size((3, 256, 256), gpu) == 15
+    assert score_batch_size((3, 1024, 1024), gpu) == 1
+    assert score_batch_size((3, 32, 32), cpu) == 100 and score_batch_size((3, 32, 32), cpu, 7) == 7
+    assert score_batch_size((3, 32, 32), cpu, 5000, cpu=250) == 250
 
 
 def test_fast_score_on_a_cpu_calls_the_model():
@@ -121,3 +164,27 @@ def test_fast_score_serves_smaller_batches_and_times_cudnn():
     torch.testing.assert_close(part, full[:5])
     with pytest.raises(ValueError, match="captured for batches"):
         score(torch.rand(9, 3, 16, 16, device="cuda"), torch.ones(9, device="cuda"))
+
+
+@GPU
+def test_the_background_compile_leaves_what_sample_loads(tmp_path):
+    """What a training run compiles beside itself (precompile.ScoreSpec) is the graph sample and evaluate build:
+    same key, found in the run folder, and this machine's compile cache is used without loading it again."""
+    from ncsn_tune.model import precompile
+    from ncsn_tune.model.accel import decide_score_compile, score_cache
+    from ncsn_tune.model.network import NCSNv2
+
+    run = tmp_path / "run"
+    run.mkdir()
+    process = precompile.start(precompile.ScoreSpec(3, 16, 16, "auto", 5, 8, str(run)), run)
+    assert process.wait(timeout=600) == 0, precompile.log_path(run, "score").read_text()[-2000:]
+    model = NCSNv2(3, 16, 16, sigmas=np.geomspace(10, 0.1, 7)).cuda().eval()  # another schedule: the same graph
+    assert score_cache(run, model, (8, 3, 16, 16)).exists
+    assert decide_score_compile(model, run, (8, 3, 16, 16), 10**9)[0]
+    notes = []
+    score = fast_score(model, (8, 3, 16, 16), True, run, notes)
+    assert "holds this graph already" in notes[0] and len(notes) == 1  # nothing loaded, nothing written again
+    x, sigma = torch.rand(8, 3, 16, 16, device="cuda"), torch.full((8,), 0.5, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model.to(memory_format=torch.channels_last)(x, sigma).float()
+    torch.testing.assert_close(score(x, sigma), expected, atol=0.05, rtol=0.05)

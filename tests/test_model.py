@@ -1,5 +1,6 @@
 """The NCSNv2 network, the DSM loss, EMA, checkpoints and the trainer (CPU)."""
 
+import dataclasses
 import json
 import signal
 
@@ -353,3 +354,90 @@ def test_switching_to_the_compiled_step_mid_run_leaves_the_run_as_it_was(tmp_pat
     trainer.run()
     assert losses(tmp_path / "switched") == losses(tmp_path / "straight")
     assert any("switched to the compiled step at step 50" in e.get("text", "") for e in events)
+
+
+class Started(FinishedProcess):
+    """A background compile that records what was started, and whether it was killed."""
+
+    def __init__(self, log, spec, polls, threads=None):
+        super().__init__(polls)
+        self.spec, self.killed, self.threads = spec, False, threads
+        log.append(self)
+
+    def kill(self):
+        self.killed = True
+
+
+def score_spec():
+    from ncsn_tune.model.precompile import ScoreSpec
+
+    return ScoreSpec(3, 16, 8, "auto", 10, 100, "run")
+
+
+def notes_of(events):
+    return [e["text"] for e in events if e.get("event") == "note"]
+
+
+def test_the_sampling_network_is_compiled_beside_the_run(tmp_path, monkeypatch):
+    from ncsn_tune.model import precompile
+
+    started, events = [], []
+    monkeypatch.setattr(precompile, "start", lambda spec, folder, threads=None: Started(started, spec, 2, threads))
+    trainer = make_trainer(tmp_path, steps=60, log_every=5, checkpoint_every=1000, callback=events.append)
+    trainer.score_spec, trainer.score_compile_s = score_spec(), 0.0  # on a GPU _plan_score_compile sets them
+    trainer.run()
+    assert [p.spec for p in started] == [score_spec()] and started[0].threads >= 1 and not started[0].killed
+    notes = notes_of(events)
+    assert any(n.startswith("compiling the sampling network (batch") for n in notes)
+    assert any(n.startswith("compiled the sampling network in the background") for n in notes)
+
+    # a run too short for it: said, not started
+    started, events = [], []
+    trainer = make_trainer(tmp_path, "short", steps=10, callback=events.append)
+    trainer.score_spec, trainer.score_compile_s = score_spec(), 60.0
+    trainer.run()
+    assert started == [] and any("is not compiled beside this run" in n for n in notes_of(events))
+
+    # a compile still running when the run ends is stopped, and said so
+    monkeypatch.setattr(precompile, "start", lambda spec, folder, threads=None: Started(started, spec, 10**9, threads))
+    events = []
+    trainer = make_trainer(tmp_path, "unfinished", steps=10, callback=events.append)
+    trainer.score_spec, trainer.score_compile_s = score_spec(), 0.0
+    trainer.run()
+    assert started[-1].killed and any(n.startswith("training ended before the sampling network was compiled") for n in notes_of(events))
+
+
+def test_the_sampling_network_compiles_after_the_training_step(tmp_path, monkeypatch):
+    """One background compile at a time: the sampling network's starts once the training step's is done."""
+    from ncsn_tune.model import precompile
+    from ncsn_tune.model.accel import SpeedSwitches
+
+    started, events = [], []
+    monkeypatch.setattr(precompile, "start", lambda spec, folder, threads=None: Started(started, spec, 2, threads))
+    trainer = make_trainer(tmp_path, steps=100, log_every=5, checkpoint_every=1000, callback=lambda e: events.append((e, len(started))))
+    trainer.background = "train spec"
+    trainer.compiled_switches = SpeedSwitches(bf16=False, channels_last=False, fused_adam=False, compile=False, cuda_graphs=False)
+    trainer.score_spec, trainer.score_compile_s = score_spec(), 0.0
+    trainer.run()
+    assert [p.spec for p in started] == ["train spec", score_spec()]
+    switched = next(n for e, n in events if e.get("text", "").startswith("switched to the compiled step at step 50"))
+    assert switched == 1  # only the training step's compile had started when the trainer switched
+
+
+def test_which_sampling_network_a_run_compiles(tmp_path):
+    from ncsn_tune.model.accel import score_cache
+
+    trainer = make_trainer(tmp_path, steps=10)
+    trainer._plan_score_compile()  # called on a GPU; on a CPU the batch is the CPU's
+    spec = trainer.score_spec
+    assert (spec.channels, spec.image_size, spec.ngf, spec.batch, spec.run_dir) == (3, 16, 8, 100, str(tmp_path / "run"))
+    cache = score_cache(tmp_path / "run", trainer.model, (spec.batch, 3, 16, 16))
+    cache.path.parent.mkdir(parents=True)
+    cache.path.write_bytes(b"artefacts")
+    trainer.score_spec = None
+    trainer._plan_score_compile()
+    assert trainer.score_spec is None  # the run folder holds that graph already
+    cache.path.unlink()
+    trainer.config = dataclasses.replace(trainer.config, compile=False)
+    trainer._plan_score_compile()
+    assert trainer.score_spec is None  # compiling is switched off

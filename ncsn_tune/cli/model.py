@@ -128,7 +128,8 @@ def render_setup(report: Report, setup, num_parameters: int) -> None:
 @ema_option
 @seed_option
 @device_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Samples per batch on the device.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Samples per batch on the device [default: 1,000 CIFAR-10-sized images on a GPU (fewer for larger images), 100 on a CPU].")
 @compile_option
 @path_option("--diagnostics", help="Per-scale diagnostics: .json/.yaml, or a .png/.pdf plot.")
 @path_option("--chain", help="One chain from noise to image: a PNG strip, or an animated GIF when the name ends in .gif.")

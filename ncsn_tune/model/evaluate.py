@@ -41,14 +41,15 @@ def held_out_loss(model, images: torch.Tensor, sigmas: torch.Tensor, *, batch_si
 
 def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_dir: Path | None, *, seed: int = 0,
                          compile: bool | None = None, progress=None) -> tuple[np.ndarray, list[str]]:
-    """:func:`held_out_loss` of a trained model, fast on a GPU (:func:`~ncsn_tune.model.accel.fast_score` at batches of
-    up to 1,000, torch.compile decided from the work; ``run_dir``'s compiled artefacts are used and kept), 250 at a
-    time on a CPU. Returns the loss per scale and notes on how it was computed."""
-    from .accel import decide_score_compile, fast_score
+    """:func:`held_out_loss` of a trained model, fast on a GPU (:func:`~ncsn_tune.model.accel.fast_score` at the batch
+    :func:`~ncsn_tune.model.accel.score_batch_size` picks, 1,000 CIFAR-10 images; torch.compile decided from the work;
+    ``run_dir``'s compiled artefacts are used and kept), 250 at a time on a CPU. Returns the loss per scale and notes
+    on how it was computed."""
+    from .accel import decide_score_compile, fast_score, score_batch_size
 
     dev = images.device
     n = images.shape[0]
-    batch_size = min(n, 1000) if dev.type == "cuda" else 250
+    batch_size = score_batch_size(images.shape[1:], dev, n, cpu=250)
     generator = torch.Generator(dev).manual_seed(seed)
     total = math.ceil(n / batch_size) * len(sigmas)
     done = [0]
@@ -162,7 +163,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     """Held-out DSM loss per scale of a checkpoint; with ``samples`` their exact nearest training images, and FID.
 
     On a GPU the loss pass runs the network as sampling does (bf16, channels_last, a CUDA graph, at batches of up
-    to 1,000: the same graph as ``sample --batch-size 1000``, so they share compiled artefacts), with torch.compile
+    to 1,000 CIFAR-10 images: the same graph as ``sample``'s on 1,000 or more, so they share compiled artefacts), with torch.compile
     decided from the image evaluations to do unless ``compile`` says."""
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise NcsnTuneError(f"the number of evaluation images must be at least 1, got {images!r}", fields="images")

@@ -19,7 +19,7 @@ import torch
 from ..analysis.noise_schedule import NoiseSchedule
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
-from .accel import decide_score_compile, fast_score
+from .accel import decide_score_compile, fast_score, score_batch_size
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
 from .sampling import sample_annealed_langevin
@@ -65,24 +65,25 @@ class Diagnostics:
         }
 
 
-def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float, num: int, batch_size: int = 100,
+def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float, num: int, batch_size: int | None = None,
              seed: int = 0, denoise: bool = True, fast: bool = True, compile: bool = False, progress=None,
              diagnostics: Diagnostics | None = None, trace_chain: bool = False, cache_dir: Path | None = None,
              notes: list | None = None) -> torch.Tensor:
     """``num`` samples (float, [0, 1]-ish, on the CPU) by annealed Langevin dynamics from a uniform start, in batches.
 
-    The same ``seed`` gives the same samples. ``fast``: bf16, channels_last and a CUDA graph on a GPU
+    ``batch_size`` None: :func:`~ncsn_tune.model.accel.score_batch_size` (1,000 CIFAR-10 images on a GPU, 100 on a
+    CPU). The same ``seed`` and batch size give the same samples. ``fast``: bf16, channels_last and a CUDA graph on a GPU
     (:func:`~ncsn_tune.model.accel.fast_score`), plus torch.compile with ``compile``. ``progress(done, total,
     unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``,
     about 16 frames of the first chain. With ``compile`` and ``cache_dir`` (a run folder) the compiled artefacts
     are loaded from and saved to it; what happened goes to ``notes``.
     """
-    if num < 1 or batch_size < 1:
+    if num < 1 or (batch_size is not None and batch_size < 1):
         raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
                             fields=("num", "batch_size"))
     device = next(model.parameters()).device
     shape = (model.channels, model.image_size, model.image_size)
-    batch_size = max(1, min(batch_size, num))
+    batch_size = score_batch_size(shape, device, num) if batch_size is None else min(batch_size, num)
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
     score = fast_score(model, (batch_size, *shape), compile, cache_dir, notes) if fast else model
     generator = torch.Generator(device).manual_seed(seed)
@@ -137,20 +138,26 @@ def check_sample_outputs(output: Path | None = None, npz: Path | None = None, di
             check_output(path, suffixes, force=force, what=what)
 
 
-def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int = 100, seed: int = 0, schedule_file: Path | None = None,
+def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = None, seed: int = 0, schedule_file: Path | None = None,
                       num_scales: int | None = None, steps_per_scale: int | None = None, step_size: float | None = None,
                       denoise: bool = True, ema: bool = True, device: str = "auto", compile: bool | None = None,
                       trace_chain: bool = False, progress=None) -> SampleRun:
     """Samples from a checkpoint with the run's schedule, M and eps, or overrides (a changed schedule or M gets
-    Technique 4's eps; :func:`ncsn_tune.tuning.resolve` decides and says why)."""
+    Technique 4's eps; :func:`ncsn_tune.tuning.resolve` decides and says why). ``batch_size`` None: 1,000 CIFAR-10
+    images at a time on a GPU (:func:`~ncsn_tune.model.accel.score_batch_size`), 100 on a CPU."""
     from ..tuning import Given, resolve
 
+    if num < 1 or (batch_size is not None and batch_size < 1):
+        raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
+                            fields=("num", "batch_size"))
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     tuning = resolve(Given(schedule_file=schedule_file, num_scales=num_scales, steps_per_scale=steps_per_scale, step_size=step_size,
                            dim=int(np.prod(ckpt.image_shape)), run=ckpt))
     model = load_model(ckpt, device=device, ema=ema)
     diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)))
-    batch = (min(batch_size, num), model.channels, model.image_size, model.image_size)
+    shape = (model.channels, model.image_size, model.image_size)
+    batch_size = score_batch_size(shape, model.sigmas.device, num) if batch_size is None else min(batch_size, num)
+    batch = (batch_size, *shape)
     evaluations = num * (tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise))
     use_compile, why = decide_score_compile(model, ckpt.run_dir, batch, evaluations, compile)
     notes = [why] if why else []

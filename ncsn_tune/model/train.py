@@ -26,6 +26,12 @@ from ..devices import torch_device
 from ..errors import CheckpointError, Interrupted, NcsnTuneError, RunError
 from ..images import image_grid, save_image
 from .accel import TRAIN_COSTS, CompileCache, SpeedSwitches, capture_cuda_graph, decide_compile, static_input
+
+#: Seconds a background process takes to compile the sampling network at batch 1000 on an H100, with empty compile
+#: caches and with this machine's cache holding it (benchmarks/score_warm_start.py: ready after 43 s and 14-18 s,
+#: plus the process's start and the artefacts' save; beside a training run it has fewer cores).
+SCORE_COMPILE_COLD_S = 60.0
+SCORE_COMPILE_WARM_S = 25.0
 from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
 from .distributed import Distributed
 from .ema import EMA
@@ -256,8 +262,10 @@ class Trainer:
         self.num_parameters = count_parameters(self.model)
         self.stop_requested, self.stop_signal = None, None
         self.compile_cache, self.compile_note, self.background = None, None, None
+        self.score_spec, self.score_compile_s = None, 0.0
         if self.device.type == "cuda":
             self._decide_compile()
+            self._plan_score_compile()
 
     def _decide_compile(self) -> None:
         """torch.compile now, in the background, or not, when the configuration leaves it open: from the steps to
@@ -277,6 +285,64 @@ class Trainer:
                 self.compiled_switches = wanted
         if self.switches.compile:
             self.compile_cache = cache
+
+    def _plan_score_compile(self) -> None:
+        """Whether to compile the sampling network beside the training (:mod:`ncsn_tune.model.precompile`), so that
+        ``sample`` and ``evaluate`` on this run start warm: not when compiling is switched off, nor on other ranks
+        than the first, nor when the run folder holds that graph's artefacts already."""
+        from .accel import score_batch_size, score_cache
+        from .precompile import ScoreSpec
+
+        if self.config.compile is False or not self.dist.main:
+            return
+        batch = score_batch_size(self.image_shape, self.device)
+        cache = score_cache(self.run_dir, self.model, (batch, *self.image_shape))
+        if cache.exists:
+            return
+        self.score_spec = ScoreSpec(self.image_shape[0], self.image_shape[1], self.config.ngf, self.model.architecture,
+                                    len(self.schedule.sigmas), batch, str(self.run_dir))
+        self.score_compile_s = SCORE_COMPILE_WARM_S if cache.built_here else SCORE_COMPILE_COLD_S
+
+    def _start_score_compile(self):
+        """Start compiling the sampling network in the background when the steps left take longer than that (else
+        say why not); the process, or None."""
+        spec, self.score_spec = self.score_spec, None
+        if spec is None:
+            return None
+        step_s = TRAIN_COSTS.compiled_s if self.switches.compile else TRAIN_COSTS.graph_s
+        left_s = (self.config.steps - self.step) * step_s
+        if left_s < self.score_compile_s:
+            self.callback({"event": "note", "text": f"the sampling network is not compiled beside this run: the steps left take about "
+                                                    f"{left_s:.0f} s, compiling it about {self.score_compile_s:.0f} s; the first sample "
+                                                    "on a GPU compiles it, or runs on the CUDA graph alone"})
+            return None
+        from .precompile import log_path, start
+
+        self.callback({"event": "note", "text": f"compiling the sampling network (batch {spec.batch}) in the background, so that sample "
+                                                f"and evaluate on this run start without compiling ({log_path(self.run_dir, 'score')})"})
+        return start(spec, self.run_dir, threads=max(1, (os.cpu_count() or 2) - 2))  # leave the training loop a core or two
+
+    def _score_compile_done(self, process, started: float, final: bool = False):
+        """None once the background compile of the sampling network has ended (said how), else ``process``; with
+        ``final`` (the run is over) a compile still running is stopped."""
+        from .precompile import log_path
+
+        if process is None:
+            return None
+        if process.poll() is None:
+            if not final:
+                return process
+            process.kill()
+            process.wait()
+            self.callback({"event": "note", "text": "training ended before the sampling network was compiled: the first sample on a GPU "
+                                                    "compiles it, or runs on the CUDA graph alone"})
+        elif process.returncode != 0:
+            self.callback({"event": "note", "text": f"compiling the sampling network in the background failed (exit {process.returncode}; "
+                                                    f"see {log_path(self.run_dir, 'score')}); sample and evaluate will compile it"})
+        else:
+            self.callback({"event": "note", "text": f"compiled the sampling network in the background in {time.perf_counter() - started:.0f} "
+                                                    "s: sample and evaluate on this run load it from compile_cache/"})
+        return None
 
     def _switch_when_compiled(self, process, step_fn, started: float):
         """The compiled step once the background compile has finished (else ``step_fn``); a failed one is said."""
@@ -443,6 +509,7 @@ class Trainer:
         shard = self.dist.shard(config.batch_size) if self.dist.active else slice(None)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         compiling = None  # the background compile's process, while it runs
+        score_compiling, score_started = None, 0.0  # the same for the sampling network
         try:
             for note in (self.compile_note, self.compile_cache.load() if self.compile_cache is not None else None):
                 if note:
@@ -454,6 +521,8 @@ class Trainer:
                 from .precompile import start
 
                 compiling = start(self.background, self.run_dir)
+            elif log is not None:  # one compile at a time: the sampling network's waits for the training step's
+                score_compiling, score_started = self._start_score_compile(), time.perf_counter()
             self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": time.perf_counter() - t_start,
                            "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches),
                            "device": str(self.device), "processes": self.dist.world})
@@ -471,6 +540,10 @@ class Trainer:
                 self.step += 1
                 if compiling is not None and self.step % 25 == 0:
                     step_fn, compiling = self._switch_when_compiled(compiling, step_fn, compile_started)
+                    if compiling is None and log is not None:
+                        score_compiling, score_started = self._start_score_compile(), time.perf_counter()
+                if score_compiling is not None and self.step % 25 == 0:
+                    score_compiling = self._score_compile_done(score_compiling, score_started)
                 if self.compile_cache is not None and log is not None:  # after the first step every graph is compiled
                     note, self.compile_cache = self.compile_cache.save(), None
                     if note:
@@ -498,6 +571,7 @@ class Trainer:
             if compiling is not None and compiling.poll() is None:
                 compiling.kill()  # the run ended first: the compile is not needed
                 compiling.wait()
+            self._score_compile_done(score_compiling, score_started, final=True)
             for s, h in handlers.items():
                 signal.signal(s, h)
             if log is not None:
