@@ -5,7 +5,7 @@ torch and ncsn_tune, reading the checkpoint, building the model, building the fa
 torch.compile, loading or saving the run's compiled artefacts),
 the Langevin loop and writing the files. Prints a table and the machine.
 
-    PYTHONPATH=. python benchmarks/sample_phases.py --checkpoint runs/cifar10 --num 1000 --batch-size 1000
+    PYTHONPATH=. python benchmarks/sample_phases.py --checkpoint runs/cifar10 --num 1000
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--num", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, help="[default: the command's, 1,000 CIFAR-10 images on a GPU]")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--output", default="/tmp/sample_phases.png")
     args = p.parse_args()
@@ -63,6 +63,8 @@ def main() -> None:
     timed(accel.FastScore, "__init__", "build a fast score (capture; compile if on)")
     timed(accel.CompileCache, "load", "load the compiled artefacts")
     timed(accel.CompileCache, "save", "save the compiled artefacts")
+    timed(accel, "import_compiler", "import torch's compiler")
+    timed(accel.SwitchingScore, "switch", "switch: wait for the import, compile")
     timed(generate, "sample_annealed_langevin", "Langevin loop")
     timed(generate, "write_samples", "write the PNG grid")
 
@@ -73,7 +75,7 @@ def main() -> None:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     print(f"{platform.node()}: {gpu}, torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print(f"sample --num {args.num} --batch-size {args.batch_size} --compile {args.compile} from {args.checkpoint}\n")
+    print(f"sample --num {args.num} --batch-size {args.batch_size or 'default'} --compile {args.compile} from {args.checkpoint}\n")
     print(f"{'phase':<44} {'starts at (s)':>13} {'takes (s)':>10}   thread")
     for name, start, seconds, thread in PHASES:
         print(f"{name:<44} {start:13.2f} {seconds:10.2f}   {'background' if thread != 'MainThread' else 'main'}")

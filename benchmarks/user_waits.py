@@ -4,13 +4,14 @@
 - train: `ncsn-tune train --steps N` for each N of --train-steps, with the defaults (torch.compile decided
   from N: off for short runs, compiled in the background and switched to for long ones), printing the
   set-up line and the decision;
-- sample: `ncsn-tune sample --num 1000 --batch-size 1000` on the first run, first with --compile (a cold
-  compile that saves the artefacts in the run folder), then with the defaults (which load them);
+- sample: `ncsn-tune sample --num 1000` on the first run, twice, with the defaults (1,000 images per batch on a
+  GPU; torch.compile from the sampling network the training run compiled beside itself);
 - evaluate: `ncsn-tune evaluate` on the first run (its default 1,000 held-out images at every scale), before
   the sampling (with the defaults: no artefacts yet) and after it.
 
 With --baseline DIR the same commands run on the code in DIR (e.g. `git archive` of the landed commit), for a
-before/after on one machine: its `sample` has no --compile or --force (it compiles from 1,000 samples itself).
+before/after on one machine: its `sample` has no --compile or --force (it compiles from 1,000 samples itself),
+and is given --batch-size 1000 (its default was 100).
 
 Each command runs in a fresh process with the user's compile cache (~/.cache/ncsn_tune) and an empty work
 folder. Prints a table and the machine.
@@ -79,7 +80,7 @@ def main() -> None:
             out = runs / f"run_{steps}"
             seconds, _, err = run(["train", *data, "--output", str(out), "--steps", str(steps), "--eval-every", "1000000",
                                    "--sample-every", "1000000", "--log-every", "100"], env, runs)
-            lines = said(err, "set-up", "torch.compile", "switched", "background compile")
+            lines = said(err, "set-up", "torch.compile", "switched", "background compile", "sampling network")
             record(rows, f"train --steps {steps}", seconds, " | ".join(lines))
     first = sorted(runs.glob("run_*"))[0] if list(runs.glob("run_*")) else None
     evaluate = ["evaluate", "--checkpoint", str(first), "--output-dir", str(runs / "evaluation")]
@@ -87,9 +88,9 @@ def main() -> None:
         seconds, out, _ = run(evaluate + ([] if args.baseline else ["--force"]), env, runs)
         record(rows, "evaluate (defaults)", seconds, " | ".join(said(out, "compile", "artefacts", "DSM loss")))
     if "sample" in parts and first is not None:
-        command = ["sample", "--checkpoint", str(first), "--num", "1000", "--batch-size", "1000", "--output", str(runs / "samples.png")]
-        variants = [([], "sample --num 1000")] if args.baseline else [(["--compile"], "sample --num 1000 --compile (cold)"),
-                                                                      ([], "sample --num 1000 (defaults)")]
+        command = ["sample", "--checkpoint", str(first), "--num", "1000", "--output", str(runs / "samples.png")]
+        variants = ([(["--batch-size", "1000"], "sample --num 1000 --batch-size 1000")] if args.baseline else
+                    [([], "sample --num 1000 (first)"), ([], "sample --num 1000 (again)")])
         for extra, label in variants:
             seconds, out, _ = run(command + ([] if args.baseline else ["--force"]) + extra, env, runs)
             record(rows, label, seconds, " | ".join(said(out, "compile", "artefacts")))

@@ -88,6 +88,43 @@ def test_artefacts_that_were_loaded_are_not_written_again(compile_on_cpu, monkey
     assert not untouched.loaded and untouched.saves == 0 and untouched.marks == 0
 
 
+def test_the_first_calls_run_on_the_cuda_graph_while_the_compiler_is_imported(compile_on_cpu, monkeypatch, tmp_path):
+    import threading
+
+    from ncsn_tune.model.accel import SwitchingScore, calls_while_importing
+
+    imported, built = [], []
+    monkeypatch.setattr(accel, "compiler_imported", lambda: False)
+    monkeypatch.setattr(accel, "import_compiler", lambda: imported.append(threading.current_thread().name))
+    monkeypatch.setattr(SpeedSwitches, "compiled", lambda self, module: built.append(self.compile) or module)
+    cache = FakeCache(present=True)
+    monkeypatch.setattr(accel, "score_cache", lambda run_dir, model, batch_shape: cache)
+    model, notes = Scaled(), []
+    score = fast_score(model, (2, 3, 8, 8), True, tmp_path, notes, switch_at=3)
+    assert isinstance(score, SwitchingScore)
+    x, sigma = torch.randn(2, 3, 8, 8), torch.full((2,), 2.0)
+    outputs = []
+    for call in range(5):
+        outputs.append(score(x, sigma))
+        assert built == ([False] if call < 3 else [False, True])  # the compiled score is built at the fourth call, not before
+    assert imported == ["import torch's compiler"]  # in the background thread
+    assert notes[0] == "loaded the compiled artefacts" and notes[1].startswith("the first 3 network calls ran on the CUDA graph alone")
+    assert cache.loaded and cache.saves == 0 and cache.marks == 1
+    for out in outputs:
+        torch.testing.assert_close(out, model(x, sigma))
+    # a failed import is raised where the sampler calls the score, at the switch
+    monkeypatch.setattr(accel, "import_compiler", lambda: 1 / 0)
+    score = fast_score(model, (2, 3, 8, 8), True, tmp_path, [], switch_at=1)
+    score(x, sigma)
+    with pytest.raises(ZeroDivisionError):
+        score(x, sigma)
+    # how many calls the CUDA graph does meanwhile: about 6.5 s at 12,488 evaluations/s, at most half of them
+    assert calls_while_importing(1000, 1101) == 81 and calls_while_importing(10, 1101) == 550
+    monkeypatch.setattr(accel, "compiler_imported", lambda: True)
+    assert calls_while_importing(1000, 1101) == 0
+    assert isinstance(fast_score(model, (2, 3, 8, 8), True, tmp_path, [], switch_at=3), FastScore)  # nothing to overlap
+
+
 def test_a_graph_built_on_this_machine_is_not_loaded_again(monkeypatch, tmp_path):
     from ncsn_tune.model.accel import CompileCache, decide_score_compile, score_cache
 
@@ -188,3 +225,20 @@ def test_the_background_compile_leaves_what_sample_loads(tmp_path):
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         expected = model.to(memory_format=torch.channels_last)(x, sigma).float()
     torch.testing.assert_close(score(x, sigma), expected, atol=0.05, rtol=0.05)
+
+
+@GPU
+def test_switching_score_on_a_gpu_gives_the_compiled_scores_after_the_switch():
+    from ncsn_tune.model.accel import SwitchingScore
+    from ncsn_tune.model.network import NCSNv2
+
+    model = NCSNv2(3, 16, 16, sigmas=np.geomspace(10, 0.1, 5)).cuda().eval()
+    x, sigma = torch.rand(8, 3, 16, 16, device="cuda"), torch.full((8,), 0.5, device="cuda")
+    score = SwitchingScore(model, (8, 3, 16, 16), switch_at=2)
+    before = [score(x, sigma).clone() for _ in range(2)]
+    assert not score.score.switches.compile
+    after = score(x, sigma).clone()
+    assert score.score.switches.compile and score.score.graph is not None
+    torch.testing.assert_close(before[0], before[1])
+    torch.testing.assert_close(after, before[0], atol=0.05, rtol=0.05)  # bf16, fused differently
+    assert score.notes[-1].startswith("the first 2 network calls ran on the CUDA graph alone")

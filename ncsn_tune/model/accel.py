@@ -309,25 +309,118 @@ class FastScore:
 
 
 def fast_score(model: torch.nn.Module, batch_shape, compile: bool = False, run_dir: Path | None = None,
-               notes: list | None = None) -> FastScore:
+               notes: list | None = None, switch_at: int = 0) -> FastScore | SwitchingScore:
     """The network as a :class:`FastScore` for ``batch_shape``, compiled with ``compile`` (on a GPU). With ``run_dir``
     the run folder's artefacts of this graph (:func:`score_cache`) are loaded before compiling and saved after a
-    compile that did not come from them; what happened goes to ``notes``."""
+    compile that did not come from them; what happened goes to ``notes``. With ``switch_at`` > 0 and torch's
+    compiler not yet imported, a :class:`SwitchingScore` runs the first ``switch_at`` calls on the CUDA graph alone
+    while the compiler is imported."""
     device = next(model.parameters()).device
     switches = SpeedSwitches.for_device(device, compile=compile)
     cache = score_cache(run_dir, model, batch_shape) if switches.compile and run_dir is not None else None
-    said = []
-    if cache is not None:
-        said.append(cache.load() or ("no compiled artefacts in the run folder yet, but this machine's compile cache holds this graph: "
-                                     "a warm compile" if cache.built_here else "no compiled artefacts in the run folder yet: compiling"))
+    notes = notes if notes is not None else []
+    if switches.compile and switch_at > 0 and not compiler_imported():
+        return SwitchingScore(model, batch_shape, switch_at, cache, notes)
+    load_artefacts(cache, notes)
     score = FastScore(model, batch_shape, switches)
+    keep_artefacts(cache, notes)
+    return score
+
+
+def load_artefacts(cache: CompileCache | None, notes: list) -> None:
+    """Before compiling: the run folder's artefacts of the graph into torch's caches, unless this machine's cache
+    holds the graph already; what happened goes to ``notes``."""
+    if cache is not None:
+        notes.append(cache.load() or ("no compiled artefacts in the run folder yet, but this machine's compile cache holds this graph: "
+                                      "a warm compile" if cache.built_here else "no compiled artefacts in the run folder yet: compiling"))
+
+
+def keep_artefacts(cache: CompileCache | None, notes: list) -> None:
+    """After compiling: the artefacts into the run folder (unless they came from it) and the graph recorded as built here."""
     if cache is not None:
         if not cache.loaded:
-            said.append(cache.save())
+            saved = cache.save()
+            if saved:
+                notes.append(saved)
         cache.mark_built()
-    if notes is not None:
-        notes.extend(note for note in said if note)
-    return score
+
+
+#: Seconds to import torch's compiler (TorchDynamo, Inductor, Triton) in a fresh process on the H100 machine: 6.5 to
+#: 9.4 s, more than the first compiled call that follows it from a warm cache, 3.5 s (benchmarks/score_warm_start.py).
+COMPILER_IMPORT_S = 6.5
+
+
+def compiler_imported() -> bool:
+    import sys
+
+    return "torch._inductor.compile_fx" in sys.modules
+
+
+def import_compiler() -> None:
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.compile_fx  # noqa: F401
+
+
+def calls_while_importing(batch_size: int, calls: int) -> int:
+    """How many of ``calls`` network calls at ``batch_size`` the CUDA graph alone does while torch's compiler is
+    imported (:data:`COMPILER_IMPORT_S`, at :data:`SAMPLE_COSTS`' graph speed), at most half of them; 0 when the
+    compiler is already imported."""
+    if compiler_imported():
+        return 0
+    return max(0, min(calls // 2, int(COMPILER_IMPORT_S / (SAMPLE_COSTS.graph_s * batch_size))))
+
+
+class SwitchingScore:
+    """A score that runs its first ``switch_at`` calls on the CUDA graph alone (:class:`FastScore` without
+    torch.compile) while a background thread imports torch's compiler and loads the run's artefacts
+    (``cache``), then builds the compiled :class:`FastScore` and runs the remaining calls on it.
+
+    Importing the compiler takes 6.5-9 s on the H100 machine and needs no GPU, so the sampler's first calls
+    cost what they would anyway instead of waiting for it. The switch comes at a fixed call, not when the
+    import is done, so the same seed gives the same samples; if the import is slower the switch waits for it.
+    What happened is appended to ``notes``.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_shape, switch_at: int, cache: CompileCache | None = None,
+                 notes: list | None = None) -> None:
+        import threading
+
+        self.model, self.batch_shape, self.switch_at, self.cache = model, tuple(batch_shape), switch_at, cache
+        self.notes = notes if notes is not None else []
+        self.calls, self._said, self._failed = 0, [], None
+        self._thread = threading.Thread(target=self._prepare, name="import torch's compiler", daemon=True)
+        self._thread.start()
+        self.score = FastScore(model, batch_shape, SpeedSwitches.for_device(next(model.parameters()).device, compile=False))
+
+    def _prepare(self) -> None:
+        try:
+            import_compiler()
+            load_artefacts(self.cache, self._said)
+        except BaseException as err:  # noqa: BLE001  (raised in the sampling thread at the switch)
+            self._failed = err
+
+    def switch(self) -> None:
+        """Wait for the import, then build the compiled score and use it from now on."""
+        import time
+
+        t0 = time.perf_counter()
+        self._thread.join()
+        waited = time.perf_counter() - t0
+        if self._failed is not None:
+            raise self._failed
+        self.notes.extend(self._said)
+        self.score = None  # the first graph's memory goes back to the pool before the second is captured
+        self.score = FastScore(self.model, self.batch_shape, SpeedSwitches.for_device(next(self.model.parameters()).device, compile=True))
+        keep_artefacts(self.cache, self.notes)
+        self.notes.append(f"the first {self.switch_at:,} network calls ran on the CUDA graph alone while torch's compiler was imported "
+                          f"(waited {waited:.1f} s more for it), the rest compiled")
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.calls == self.switch_at:
+            self.switch()
+        self.calls += 1
+        return self.score(x, sigma)
 
 
 def decide_score_compile(model: torch.nn.Module, run_dir: Path | None, batch_shape, evaluations: float,

@@ -19,7 +19,7 @@ import torch
 from ..analysis.noise_schedule import NoiseSchedule
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
-from .accel import decide_score_compile, fast_score, score_batch_size
+from .accel import calls_while_importing, decide_score_compile, fast_score, score_batch_size
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
 from .sampling import sample_annealed_langevin
@@ -76,7 +76,8 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     (:func:`~ncsn_tune.model.accel.fast_score`), plus torch.compile with ``compile``. ``progress(done, total,
     unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``,
     about 16 frames of the first chain. With ``compile`` and ``cache_dir`` (a run folder) the compiled artefacts
-    are loaded from and saved to it; what happened goes to ``notes``.
+    are loaded from and saved to it; what happened goes to ``notes``. With ``compile`` the first calls run on the
+    CUDA graph alone while torch's compiler is imported (:class:`~ncsn_tune.model.accel.SwitchingScore`).
     """
     if num < 1 or (batch_size is not None and batch_size < 1):
         raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
@@ -85,7 +86,9 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = score_batch_size(shape, device, num) if batch_size is None else min(batch_size, num)
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
-    score = fast_score(model, (batch_size, *shape), compile, cache_dir, notes) if fast else model
+    calls = schedule.num_scales * steps_per_scale + int(denoise)  # network calls per batch
+    switch_at = calls_while_importing(batch_size, calls) if compile else 0
+    score = fast_score(model, (batch_size, *shape), compile, cache_dir, notes, switch_at=switch_at) if fast else model
     generator = torch.Generator(device).manual_seed(seed)
     outputs = []
     batches = math.ceil(num / batch_size)
