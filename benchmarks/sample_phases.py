@@ -64,7 +64,8 @@ def main() -> None:
     timed(accel.CompileCache, "load", "load the compiled artefacts")
     timed(accel.CompileCache, "save", "save the compiled artefacts")
     timed(accel, "import_compiler", "import torch's compiler")
-    timed(accel.SwitchingScore, "switch", "switch: wait for the import, compile")
+    timed(accel.SwitchingScore, "_prepare", "import, load artefacts, compile (thread)")
+    timed(accel.SwitchingScore, "switch", "switch: wait for the compile, capture")
     timed(generate, "sample_annealed_langevin", "Langevin loop")
     timed(generate, "write_samples", "write the PNG grid")
 

@@ -266,7 +266,7 @@ def use_fast_kernels(device: torch.device) -> None:
 
 class FastScore:
     """A score model for a fixed batch shape, fast on a GPU: bf16 autocast, channels_last, optional
-    ``torch.compile``, and the forward pass captured in one CUDA graph.
+    ``torch.compile`` (or ``compiled``, the model compiled already), and the forward pass captured in one CUDA graph.
 
     Calls return the graph's output buffer, which the next call overwrites; the
     sampler uses each score before asking for the next. A smaller batch than the
@@ -275,7 +275,8 @@ class FastScore:
     in place when that switch is on.
     """
 
-    def __init__(self, model: torch.nn.Module, batch_shape, switches: SpeedSwitches | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, batch_shape, switches: SpeedSwitches | None = None,
+                 compiled: Callable | None = None) -> None:
         device = next(model.parameters()).device
         self.switches = switches or SpeedSwitches.for_device(device)
         self.device = device
@@ -283,7 +284,7 @@ class FastScore:
         use_fast_kernels(device)
         if self.switches.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = self.switches.compiled(model)
+        self.model = compiled if compiled is not None else self.switches.compiled(model)
         self.graph = None
         if self.switches.cuda_graphs:
             self.static_x = static_input(batch_shape, device, self.switches.memory_format)
@@ -345,9 +346,10 @@ def keep_artefacts(cache: CompileCache | None, notes: list) -> None:
         cache.mark_built()
 
 
-#: Seconds to import torch's compiler (TorchDynamo, Inductor, Triton) in a fresh process on the H100 machine: 6.5 to
-#: 9.4 s, more than the first compiled call that follows it from a warm cache, 3.5 s (benchmarks/score_warm_start.py).
-COMPILER_IMPORT_S = 6.5
+#: Seconds from starting to import torch's compiler (TorchDynamo, Inductor, Triton) to a compiled forward pass at batch
+#: 1000, from a warm compile cache, in a thread beside the sampler on the H100 machine: the import takes 6.5 to 9.4 s
+#: and the first compiled call 3.5-3.8 s (benchmarks/score_warm_start.py, docs/results/sample_phases_h100.log).
+COMPILER_READY_S = 12.0
 
 
 def compiler_imported() -> bool:
@@ -363,57 +365,71 @@ def import_compiler() -> None:
 
 def calls_while_importing(batch_size: int, calls: int) -> int:
     """How many of ``calls`` network calls at ``batch_size`` the CUDA graph alone does while torch's compiler is
-    imported (:data:`COMPILER_IMPORT_S`, at :data:`SAMPLE_COSTS`' graph speed), at most half of them; 0 when the
-    compiler is already imported."""
+    imported and the network compiled beside it (:data:`COMPILER_READY_S`, at :data:`SAMPLE_COSTS`' graph speed), at
+    most half of them; 0 when the compiler is imported already (nothing to hide then)."""
     if compiler_imported():
         return 0
-    return max(0, min(calls // 2, int(COMPILER_IMPORT_S / (SAMPLE_COSTS.graph_s * batch_size))))
+    return max(0, min(calls // 2, int(COMPILER_READY_S / (SAMPLE_COSTS.graph_s * batch_size))))
 
 
 class SwitchingScore:
     """A score that runs its first ``switch_at`` calls on the CUDA graph alone (:class:`FastScore` without
-    torch.compile) while a background thread imports torch's compiler and loads the run's artefacts
-    (``cache``), then builds the compiled :class:`FastScore` and runs the remaining calls on it.
+    torch.compile) while a background thread imports torch's compiler, loads the run's artefacts (``cache``)
+    and compiles the network with one call of its own; from call ``switch_at`` on, the compiled network,
+    captured in a CUDA graph, runs the calls.
 
-    Importing the compiler takes 6.5-9 s on the H100 machine and needs no GPU, so the sampler's first calls
-    cost what they would anyway instead of waiting for it. The switch comes at a fixed call, not when the
-    import is done, so the same seed gives the same samples; if the import is slower the switch waits for it.
-    What happened is appended to ``notes``.
+    Importing the compiler takes 6.5-9 s on the H100 machine and compiling from a warm cache 3.5 s more, work
+    of the CPU that the sampler's first calls need not wait for. The switch comes at a fixed call, not when
+    the compile is done, so the same seed gives the same samples; if the compile is slower, the switch waits
+    for it. While the thread runs, Python switches threads every 0.5 ms instead of 5 ms, so that the sampler's
+    few Python calls per step do not queue behind the import. What happened is appended to ``notes``.
     """
 
     def __init__(self, model: torch.nn.Module, batch_shape, switch_at: int, cache: CompileCache | None = None,
                  notes: list | None = None) -> None:
+        import sys
         import threading
 
         self.model, self.batch_shape, self.switch_at, self.cache = model, tuple(batch_shape), switch_at, cache
         self.notes = notes if notes is not None else []
-        self.calls, self._said, self._failed = 0, [], None
-        self._thread = threading.Thread(target=self._prepare, name="import torch's compiler", daemon=True)
+        self.calls, self._said, self._failed, self._compiled = 0, [], None, None
+        device = next(model.parameters()).device
+        self.score = FastScore(model, batch_shape, SpeedSwitches.for_device(device, compile=False))  # before the thread: it
+        self._switches = SpeedSwitches.for_device(device, compile=True)  # runs many Python calls
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._interval, 5e-4))
+        self._thread = threading.Thread(target=self._prepare, name="compile the network", daemon=True)
         self._thread.start()
-        self.score = FastScore(model, batch_shape, SpeedSwitches.for_device(next(model.parameters()).device, compile=False))
 
     def _prepare(self) -> None:
         try:
             import_compiler()
             load_artefacts(self.cache, self._said)
-        except BaseException as err:  # noqa: BLE001  (raised in the sampling thread at the switch)
+            compiled = self._switches.compiled(self.model)
+            x = static_input(self.batch_shape, self.score.device, self._switches.memory_format)
+            with torch.no_grad(), self._switches.autocast(self.score.device):  # as FastScore calls it
+                compiled(x, torch.ones(self.batch_shape[0], device=self.score.device))
+            self._compiled = compiled
+        except BaseException as err:  # noqa: BLE001  (the switch says it and compiles in the sampling thread)
             self._failed = err
 
     def switch(self) -> None:
-        """Wait for the import, then build the compiled score and use it from now on."""
+        """Wait for the background compile, then capture the compiled network and use it from now on."""
+        import sys
         import time
 
         t0 = time.perf_counter()
         self._thread.join()
+        sys.setswitchinterval(self._interval)
         waited = time.perf_counter() - t0
-        if self._failed is not None:
-            raise self._failed
         self.notes.extend(self._said)
+        if self._failed is not None:
+            self.notes.append(f"compiling beside the first calls failed ({type(self._failed).__name__}: {self._failed}); compiling now")
         self.score = None  # the first graph's memory goes back to the pool before the second is captured
-        self.score = FastScore(self.model, self.batch_shape, SpeedSwitches.for_device(next(self.model.parameters()).device, compile=True))
+        self.score = FastScore(self.model, self.batch_shape, self._switches, compiled=self._compiled)
         keep_artefacts(self.cache, self.notes)
         self.notes.append(f"the first {self.switch_at:,} network calls ran on the CUDA graph alone while torch's compiler was imported "
-                          f"(waited {waited:.1f} s more for it), the rest compiled")
+                          f"and the network compiled beside them (the switch waited {waited:.1f} s for it); the rest ran compiled")
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
