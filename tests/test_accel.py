@@ -2,6 +2,8 @@
 keeping its artefacts without writing them twice, and the held-out loss of `evaluate` on the same fast path as
 sampling."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,10 @@ class FakeCache:
     def mark_built(self):
         self.marks += 1
 
+    @property
+    def exists(self):
+        return self.present
+
 
 @pytest.fixture
 def compile_on_cpu(monkeypatch):
@@ -50,6 +56,8 @@ def compile_on_cpu(monkeypatch):
 
     monkeypatch.setattr(SpeedSwitches, "for_device", staticmethod(for_device))
     monkeypatch.setattr(SpeedSwitches, "compiled", lambda self, module: module)
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "0")  # whatever fast_score sets is undone after the test
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS")
 
 
 class Scaled(torch.nn.Module):
@@ -126,6 +134,20 @@ def test_the_first_calls_run_on_the_cuda_graph_while_the_compiler_is_imported(co
     monkeypatch.setattr(accel, "compiler_imported", lambda: True)
     assert calls_while_importing(1000, 1101) == 0
     assert isinstance(fast_score(model, (2, 3, 8, 8), True, tmp_path, [], switch_at=3), FastScore)  # nothing to overlap
+
+
+def test_a_warm_compile_does_not_start_torchs_pool_of_compile_workers(monkeypatch):
+    from ncsn_tune.model.accel import one_compile_thread_when_warm
+
+    monkeypatch.setattr(accel, "compiler_imported", lambda: False)
+    for cache, threads in ((FakeCache(present=True), "1"), (FakeCache(present=False, built_here=True), "1"),
+                           (FakeCache(present=False), None), (None, None)):
+        monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+        one_compile_thread_when_warm(cache)
+        assert os.environ.get("TORCHINDUCTOR_COMPILE_THREADS") == threads  # a cold compile keeps its workers
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
+    one_compile_thread_when_warm(FakeCache(present=True))
+    assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "8"  # the user's choice stands
 
 
 def test_a_graph_built_on_this_machine_is_not_loaded_again(monkeypatch, tmp_path):

@@ -320,12 +320,23 @@ def fast_score(model: torch.nn.Module, batch_shape, compile: bool = False, run_d
     switches = SpeedSwitches.for_device(device, compile=compile)
     cache = score_cache(run_dir, model, batch_shape) if switches.compile and run_dir is not None else None
     notes = notes if notes is not None else []
+    one_compile_thread_when_warm(cache)
     if switches.compile and switch_at > 0 and not compiler_imported():
         return SwitchingScore(model, batch_shape, switch_at, cache, notes)
     load_artefacts(cache, notes)
     score = FastScore(model, batch_shape, switches)
     keep_artefacts(cache, notes)
     return score
+
+
+def one_compile_thread_when_warm(cache: CompileCache | None) -> None:
+    """With this graph's compiled code at hand (in this machine's compile cache, or in the run folder), let torch
+    compile in one thread: its pool of compile workers, which it starts when its compiler is imported, has nothing
+    to do then and cost 3-4 s of the process on the H100 machine (``benchmarks/score_warm_start.py``: the whole
+    process took 4-6 s more than being ready and running, against 1.3-1.7 s with one thread). A choice the user made
+    (TORCHINDUCTOR_COMPILE_THREADS) stands, and nothing changes once the compiler is imported."""
+    if cache is not None and (cache.built_here or cache.exists) and not compiler_imported():
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 def load_artefacts(cache: CompileCache | None, notes: list) -> None:
