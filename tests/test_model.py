@@ -441,3 +441,24 @@ def test_which_sampling_network_a_run_compiles(tmp_path):
     trainer.config = dataclasses.replace(trainer.config, compile=False)
     trainer._plan_score_compile()
     assert trainer.score_spec is None  # compiling is switched off
+
+
+def test_background_compiles_are_told_what_to_build(tmp_path, monkeypatch):
+    from ncsn_tune.model import precompile
+
+    started, built = [], []
+    monkeypatch.setattr(precompile.subprocess, "Popen", lambda command, **kw: started.append((command, kw)) or "process")
+    monkeypatch.setattr(precompile, "compile_score", built.append)
+    monkeypatch.setattr(precompile, "compile_step", built.append)
+    score = precompile.ScoreSpec(3, 32, 128, "cifar10", 232, 1000, str(tmp_path))
+    assert precompile.start(score, tmp_path, threads=6) == "process"
+    command, kw = started[-1]
+    assert kw["env"]["TORCHINDUCTOR_COMPILE_THREADS"] == "6" and command[1:3] == ["-m", "ncsn_tune.model.precompile"]
+    precompile.main(command[-1])
+    step = precompile.StepSpec(3, 32, 128, "cifar10", 232, 128, {"bf16": True}, str(tmp_path / "train_key.bin"))
+    precompile.start(step, tmp_path)
+    command, kw = started[-1]
+    assert kw["env"] is None  # torch's own number of compile workers
+    precompile.main(command[-1])
+    assert built == [score, step]
+    assert precompile.log_path(tmp_path, "train").name == "precompile.log" and precompile.log_path(tmp_path, "score").is_file()

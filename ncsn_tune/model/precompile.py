@@ -26,8 +26,9 @@ from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
-class StepSpec:
-    """What determines the compiled training step: the network, the batch and the switches."""
+class NetworkSpec:
+    """The network and the batch a compiled graph is built for (the weights do not matter: compiled code depends
+    only on shapes and types)."""
 
     channels: int
     image_size: int
@@ -35,6 +36,13 @@ class StepSpec:
     architecture: str
     num_scales: int
     batch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec(NetworkSpec):
+    """What determines the compiled training step: the network, the batch and the switches; its artefacts go to
+    ``artefacts``."""
+
     switches: dict
     artefacts: str
 
@@ -42,16 +50,10 @@ class StepSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoreSpec:
+class ScoreSpec(NetworkSpec):
     """What determines the compiled sampling network: the network and the batch (``sample``'s and ``evaluate``'s
     default, :func:`ncsn_tune.model.accel.score_batch_size`); its artefacts go to ``run_dir``/compile_cache."""
 
-    channels: int
-    image_size: int
-    ngf: int
-    architecture: str
-    num_scales: int
-    batch: int
     run_dir: str
 
     kind = "score"
