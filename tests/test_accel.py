@@ -268,3 +268,22 @@ def test_switching_score_on_a_gpu_gives_the_compiled_scores_after_the_switch():
     torch.testing.assert_close(after, before[0], atol=0.05, rtol=0.05)  # bf16, fused differently
     assert score.notes[-1].startswith("the first 2 network calls ran on the CUDA graph alone")
     assert score.score.model is score._compiled  # compiled beside the first calls, captured at the switch
+
+
+def test_compile_caches_stay_in_the_user_cache_after_torch_chose_tmp(monkeypatch, tmp_path):
+    """Building an Adam optimiser imports TorchDynamo, which sets TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_<user>
+    when it is unset: the trainer's compiles, its background compiles and their markers then went to /tmp."""
+    from ncsn_tune.model.accel import use_persistent_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    torch.optim.Adam(Scaled().parameters())
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    cache_dir()  # what torch's compiler does when it finds the variable unset
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.abspath(default_cache_dir())
+    ours = tmp_path / "cache" / "torch_compile"
+    assert use_persistent_cache() == ours / "inductor" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(ours / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(ours / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_persistent_cache() == tmp_path / "mine"  # a folder the user chose stands

@@ -75,13 +75,33 @@ class SpeedSwitches:
 
 
 def use_persistent_cache() -> Path:
-    """Point torch's compile caches at ncsn_tune's user cache folder (unless the user chose one)."""
+    """Point torch's compile caches at ncsn_tune's user cache folder, unless the user chose one.
+
+    A TORCHINDUCTOR_CACHE_DIR equal to torch's own default (:func:`torch_default_cache_dir`) is torch's choice,
+    not the user's: importing TorchDynamo, which building an Adam optimiser does, sets it when it is unset."""
     from ..data import cache_dir
 
     folder = cache_dir() / "torch_compile"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == torch_default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor")
     os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def torch_default_cache_dir() -> str:
+    """/tmp/torchinductor_<user>: where torch's compiler caches when TORCHINDUCTOR_CACHE_DIR is unset (as
+    ``torch._inductor.runtime.cache_dir_utils.default_cache_dir`` says; importing that module would import the
+    whole compiler, seconds on a GPU machine)."""
+    import getpass
+    import re
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    return os.path.abspath(os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)))
 
 
 def built_marker(name: str) -> Path:
