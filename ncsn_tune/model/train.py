@@ -269,13 +269,15 @@ class Trainer:
 
     def _decide_compile(self) -> None:
         """torch.compile now, in the background, or not, when the configuration leaves it open: from the steps to
-        go and whether this run folder holds the compiled artefacts (:func:`ncsn_tune.model.accel.decide_compile`)."""
+        go and whether the compiled step is at hand, in this run folder or in this machine's compile cache
+        (:func:`ncsn_tune.model.accel.decide_compile`)."""
         wanted = speed_switches(self.config, self.device, self.dist.active, compile=True)
         batch = (self.config.batch_size // self.dist.world, *self.image_shape)
         cache = CompileCache(self.run_dir, "train", self.model, batch, wanted)
         if self.config.compile is None:
             background = wanted.cuda_graphs and not self.dist.active
-            verdict, self.compile_note = decide_compile(self.config.steps - self.step, cache.exists, TRAIN_COSTS, "steps", background)
+            warm = cache.exists or cache.built_here  # the run folder's artefacts, or this machine's compile cache
+            verdict, self.compile_note = decide_compile(self.config.steps - self.step, warm, TRAIN_COSTS, "steps", background)
             self.switches = wanted if verdict == "compile" else dataclasses.replace(wanted, compile=False)
             if verdict == "background":
                 from .precompile import StepSpec
@@ -545,7 +547,9 @@ class Trainer:
                 if score_compiling is not None and self.step % 25 == 0:
                     score_compiling = self._score_compile_done(score_compiling, score_started)
                 if self.compile_cache is not None and log is not None:  # after the first step every graph is compiled
-                    note, self.compile_cache = self.compile_cache.save(), None
+                    cache, self.compile_cache = self.compile_cache, None
+                    note = None if cache.loaded else cache.save()  # what was loaded from the run folder is there already
+                    cache.mark_built()
                     if note:
                         self.callback({"event": "note", "text": note})
                 due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
