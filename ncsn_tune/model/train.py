@@ -26,12 +26,6 @@ from ..devices import torch_device
 from ..errors import CheckpointError, Interrupted, NcsnTuneError, RunError
 from ..images import image_grid, save_image
 from .accel import TRAIN_COSTS, CompileCache, SpeedSwitches, capture_cuda_graph, decide_compile, static_input
-
-#: Seconds a background process takes to compile the sampling network at batch 1000 on an H100, with empty compile
-#: caches and with this machine's cache holding it (benchmarks/score_warm_start.py: ready after 43 s and 14-18 s,
-#: plus the process's start and the artefacts' save; beside a training run it has fewer cores).
-SCORE_COMPILE_COLD_S = 60.0
-SCORE_COMPILE_WARM_S = 25.0
 from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
 from .distributed import Distributed
 from .ema import EMA
@@ -40,6 +34,12 @@ from .loss import dsm_loss
 from .network import NCSNv2, count_parameters
 from .run_log import RunLog
 from .sampling import sample_annealed_langevin
+
+#: Seconds a background process takes to compile the sampling network at batch 1000 on an H100, with empty compile
+#: caches and with this machine's cache holding it (benchmarks/score_warm_start.py: ready after 43 s and 14-18 s,
+#: plus the process's start and the artefacts' save; beside a training run it has fewer cores).
+SCORE_COMPILE_COLD_S = 60.0
+SCORE_COMPILE_WARM_S = 25.0
 
 
 def speed_switches(config: TrainConfig, device: torch.device, distributed: bool = False, compile: bool | None = None) -> SpeedSwitches:
