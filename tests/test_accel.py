@@ -47,6 +47,10 @@ class FakeCache:
     def exists(self):
         return self.present
 
+    @property
+    def at_hand(self):
+        return self.present or self.built_here
+
 
 @pytest.fixture
 def compile_on_cpu(monkeypatch):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -143,6 +144,11 @@ class CompileCache:
         """Whether this machine's compile cache holds this graph (:meth:`mark_built` was called since it was last emptied)."""
         return built_marker(self.path.stem).is_file()
 
+    @property
+    def at_hand(self) -> bool:
+        """Whether this graph's compiled code is at hand: in the run folder's artefacts or in this machine's compile cache."""
+        return self.exists or self.built_here
+
     def mark_built(self) -> None:
         """Record that this graph has been compiled into this machine's compile cache (loading the run's artefacts
         again would only cost time)."""
@@ -168,13 +174,19 @@ class CompileCache:
         return f"loaded the compiled artefacts {self.path} (no full compile)"
 
     def save(self) -> str | None:
-        from ..files import atomic_write_bytes
+        return save_artefacts(self.path)
 
-        saved = torch.compiler.save_cache_artifacts()
-        if saved is None:
-            return None
-        atomic_write_bytes(self.path, saved[0])
-        return f"saved the compiled artefacts to {self.path} ({len(saved[0]) / 1e6:.1f} MB)"
+
+def save_artefacts(path: Path) -> str | None:
+    """What this process compiled (torch's portable cache artefacts) into ``path``, atomically; a note, or None when
+    there was nothing to save."""
+    from ..files import atomic_write_bytes
+
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return None
+    atomic_write_bytes(Path(path), saved[0])
+    return f"saved the compiled artefacts to {path} ({len(saved[0]) / 1e6:.1f} MB)"
 
 
 # ---------------------------------------------------------------------------------------------- whether compiling pays
@@ -266,14 +278,16 @@ def static_input(shape, device: torch.device, memory_format=torch.contiguous_for
 GPU_BATCH_VALUES = 1000 * 3 * 32 * 32
 
 
-def score_batch_size(image_shape, device: torch.device, num: int | None = None, cpu: int = 100) -> int:
+def score_batch_size(image_shape, device: torch.device, num: int | None = None, cpu: int = 100, requested: int | None = None) -> int:
     """Images per forward pass of the network when sampling or evaluating ``num`` images (None: as many as wanted)
-    of ``image_shape`` (C, H, W): on a GPU as many as hold :data:`GPU_BATCH_VALUES` values (1,000 CIFAR-10 images,
-    fewer for larger images), on a CPU ``cpu``; never more than ``num``."""
-    values = 1
-    for n in image_shape:
-        values *= int(n)
-    most = max(1, GPU_BATCH_VALUES // values) if torch.device(device).type == "cuda" else cpu
+    of ``image_shape`` (C, H, W): ``requested`` if given, else on a GPU as many as hold :data:`GPU_BATCH_VALUES`
+    values (1,000 CIFAR-10 images, fewer for larger images), on a CPU ``cpu``; never more than ``num``."""
+    if requested is not None:
+        most = requested
+    elif torch.device(device).type == "cuda":
+        most = max(1, GPU_BATCH_VALUES // math.prod(int(n) for n in image_shape))
+    else:
+        most = cpu
     return max(1, most if num is None else min(num, most))
 
 
@@ -355,7 +369,7 @@ def one_compile_thread_when_warm(cache: CompileCache | None) -> None:
     to do then and cost 3-4 s of the process on the H100 machine (``benchmarks/score_warm_start.py``: the whole
     process took 4-6 s more than being ready and running, against 1.3-1.7 s with one thread). A choice the user made
     (TORCHINDUCTOR_COMPILE_THREADS) stands, and nothing changes once the compiler is imported."""
-    if cache is not None and (cache.built_here or cache.exists) and not compiler_imported():
+    if cache is not None and cache.at_hand and not compiler_imported():
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
@@ -479,7 +493,7 @@ def decide_score_compile(model: torch.nn.Module, run_dir: Path | None, batch_sha
     if compile is not None or device.type != "cuda":
         return bool(compile) and device.type == "cuda", None
     cache = score_cache(run_dir, model, batch_shape) if run_dir is not None else None
-    warm = cache is not None and (cache.exists or cache.built_here)
+    warm = cache is not None and cache.at_hand
     verdict, why = decide_compile(evaluations, warm, SAMPLE_COSTS, "image evaluations")
     return verdict == "compile", why
 

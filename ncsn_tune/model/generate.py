@@ -84,7 +84,7 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
                             fields=("num", "batch_size"))
     device = next(model.parameters()).device
     shape = (model.channels, model.image_size, model.image_size)
-    batch_size = score_batch_size(shape, device, num) if batch_size is None else min(batch_size, num)
+    batch_size = score_batch_size(shape, device, num, requested=batch_size)
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
     calls = schedule.num_scales * steps_per_scale + int(denoise)  # network calls per batch
     switch_at = calls_while_importing(batch_size, calls) if compile else 0
@@ -159,7 +159,7 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
     model = load_model(ckpt, device=device, ema=ema)
     diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)))
     shape = (model.channels, model.image_size, model.image_size)
-    batch_size = score_batch_size(shape, model.sigmas.device, num) if batch_size is None else min(batch_size, num)
+    batch_size = score_batch_size(shape, model.sigmas.device, num, requested=batch_size)
     batch = (batch_size, *shape)
     evaluations = num * (tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise))
     use_compile, why = decide_score_compile(model, ckpt.run_dir, batch, evaluations, compile)

@@ -79,8 +79,7 @@ def compile_step(spec: StepSpec) -> None:
     import torch
 
     from ..config import TrainConfig
-    from ..files import atomic_write_bytes
-    from .accel import SpeedSwitches, mark_built, use_fast_kernels, use_persistent_cache
+    from .accel import SpeedSwitches, mark_built, save_artefacts, use_fast_kernels, use_persistent_cache
     from .ema import EMA
     from .network import NCSNv2
     from .train import TrainStep, build_optimizer
@@ -97,11 +96,9 @@ def compile_step(spec: StepSpec) -> None:
     step = TrainStep(model, build_optimizer(model, TrainConfig(), switches), EMA(model), sigmas, switches, batch, device)
     step(torch.rand(batch, device=device).contiguous(memory_format=switches.memory_format))
     torch.cuda.synchronize()
-    saved = torch.compiler.save_cache_artifacts()
-    if saved is not None:
-        atomic_write_bytes(Path(spec.artefacts), saved[0])
+    saved = save_artefacts(Path(spec.artefacts))
     mark_built(Path(spec.artefacts).stem)
-    print(f"compiled; artefacts {'saved to ' + spec.artefacts if saved else 'not saved'}", flush=True)
+    print(f"compiled; {saved or 'nothing to save'}", flush=True)
 
 
 def compile_score(spec: ScoreSpec) -> None:

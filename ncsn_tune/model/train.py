@@ -276,8 +276,7 @@ class Trainer:
         cache = CompileCache(self.run_dir, "train", self.model, batch, wanted)
         if self.config.compile is None:
             background = wanted.cuda_graphs and not self.dist.active
-            warm = cache.exists or cache.built_here  # the run folder's artefacts, or this machine's compile cache
-            verdict, self.compile_note = decide_compile(self.config.steps - self.step, warm, TRAIN_COSTS, "steps", background)
+            verdict, self.compile_note = decide_compile(self.config.steps - self.step, cache.at_hand, TRAIN_COSTS, "steps", background)
             self.switches = wanted if verdict == "compile" else dataclasses.replace(wanted, compile=False)
             if verdict == "background":
                 from .precompile import StepSpec
@@ -351,8 +350,10 @@ class Trainer:
         if process is None or process.poll() is None:
             return step_fn, process
         if process.returncode != 0:
+            from .precompile import log_path
+
             self.callback({"event": "note", "text": f"the background compile failed (exit {process.returncode}; see "
-                                                    f"{self.run_dir / 'precompile.log'}): training goes on with the CUDA graph"})
+                                                    f"{log_path(self.run_dir, 'train')}): training goes on with the CUDA graph"})
             return step_fn, None
         t0 = time.perf_counter()
         del step_fn  # frees the first graph's memory pool before the second is captured
