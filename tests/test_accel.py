@@ -187,6 +187,7 @@ def test_batch_sizes_fill_a_gpu_and_stay_small_on_a_cpu():
     assert score_batch_size((3, 1024, 1024), gpu) == 1
     assert score_batch_size((3, 32, 32), cpu) == 100 and score_batch_size((3, 32, 32), cpu, 7) == 7
     assert score_batch_size((3, 32, 32), cpu, 5000, cpu=250) == 250
+    assert score_batch_size((3, 32, 32), gpu, 64, requested=500) == 64 and score_batch_size((3, 32, 32), gpu, 64, requested=7) == 7
 
 
 def test_fast_score_on_a_cpu_calls_the_model():
