@@ -311,3 +311,14 @@ def test_11_cpu_training_says_what_it_does_not_do(tmp_path):
         import tensorboard  # noqa: F401
     except ImportError:
         assert "TensorBoard logs are off" in r.stderr
+
+
+@pytest.mark.parametrize("command", [["train", "--dry-run"], ["sample", "--checkpoint", "run", "--num", "2"],
+                                     ["evaluate", "--checkpoint", "run"]])
+def test_a_model_command_without_torch_says_how_to_install_it(tmp_path, command):
+    """The README's main command installs without torch; the next command a user types, train, needs it."""
+    code = "import sys; sys.modules['torch'] = None; from ncsn_tune.cli import main; main(sys.argv[1:])"
+    r = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "NCSN_TUNE_WORKDIR": str(tmp_path / "work")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "needs torch" in r.stderr and "pip install" in r.stderr and "[train]" in r.stderr

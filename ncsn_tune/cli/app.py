@@ -4,7 +4,8 @@ Bad input ends with one line on stderr and exit status 2, never a traceback:
 library errors (:class:`~ncsn_tune.errors.NcsnTuneError`) say what is wrong,
 and the command adds which of its options set it (from the error's
 ``fields``). An operating-system error (a folder that cannot be written, a full
-disk) is reported the same way.
+disk) is reported the same way, and so is a command that needs an optional package
+(torch, for train, sample and evaluate) that is not installed: it says what to install.
 """
 
 from __future__ import annotations
@@ -74,10 +75,27 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except ModuleNotFoundError as exc:
+            extra = OPTIONAL_PACKAGES.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            click.echo(f"Error: {missing_package(exc.name.split('.')[0], extra)}", err=True)
+            sys.exit(2)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
 Group.group_class = Group
+
+
+#: Packages that only some commands need, and the extra of ncsn-tune that installs each.
+OPTIONAL_PACKAGES = {"torch": "train", "diffusers": "interop", "ml_collections": "interop"}
+
+
+def missing_package(package: str, extra: str) -> str:
+    """What to install when a command needs ``package`` (from the optional dependencies ``extra``)."""
+    cpu = " (on a machine without a GPU, pip install torch==2.13.0 first: the CPU build)" if package == "torch" else ""
+    return (f"this command needs {package}, which is not installed: pip install 'ncsn-tune[{extra}]', or pip install -e '.[{extra}]' "
+            f"from a checkout{cpu}")
 
 
 def one_line(text: str) -> str:
