@@ -29,9 +29,9 @@ from typing import Callable
 
 import numpy as np
 
-from .analysis.noise_schedule import PIXEL_RANGES
 from .errors import DataError
 from .files import file_digest
+from .pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -79,7 +79,7 @@ class DataIdentity:
     dtype: str
     fingerprint: str | None
     pixel_scale: str
-    pixel_range: str = "0,1"
+    pixel_range: PixelRange = DEFAULT_PIXEL_RANGE
 
     def same_data(self, other: "DataIdentity | None") -> bool:
         return (
@@ -100,7 +100,7 @@ class DataIdentity:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["shape"] = list(self.shape)
+        data.update(shape=list(self.shape), pixel_range=str(self.pixel_range))
         return data
 
     @classmethod
@@ -118,7 +118,7 @@ class DataIdentity:
             dtype=str(data.get("dtype", "")),
             fingerprint=data.get("fingerprint"),
             pixel_scale=str(data.get("pixel_scale", "")),
-            pixel_range=str(data.get("pixel_range", "0,1")),
+            pixel_range=PixelRange.parse(data.get("pixel_range") or DEFAULT_PIXEL_RANGE, error=DataError),
         )
 
 
@@ -141,8 +141,8 @@ class Dataset:
     labels: np.ndarray | None = None
     #: What reading the data changed that the user should know (e.g. images converted to RGB).
     notes: list[str] = field(default_factory=list)
-    #: The interval ``values * scale + offset`` maps pixels into: "0,1" or "-1,1".
-    pixel_range: str = "0,1"
+    #: The interval ``values * scale + offset`` maps pixels into.
+    pixel_range: PixelRange = DEFAULT_PIXEL_RANGE
 
     @property
     def num_points(self) -> int:
@@ -769,31 +769,27 @@ def load_dataset(
     rescale: bool = True,
     progress: Progress | None = None,
     stream: bool | None = None,
-    pixel_range: str = "0,1",
+    pixel_range: PixelRange | str = DEFAULT_PIXEL_RANGE,
 ) -> Dataset:
     """``cifar10`` (the official python format), a ``.npy``/``.npz`` file, or a folder of images.
 
     ``stream``: for an image folder, decode images when read instead of all at
     once (default: only when they would not fit in 4 GiB). ``.npy`` files are
-    always memory-mapped. ``pixel_range``: the convention points are measured in,
-    "0,1" (the paper's) or "-1,1" (EDM, diffusers, score_sde's ``data.centered``);
+    always memory-mapped. ``pixel_range``: the convention points are measured in
+    (:class:`~ncsn_tune.pixel_range.PixelRange`, by default the paper's [0, 1]);
     the same images in [-1, 1] are twice as far apart.
     """
     return in_pixel_range(_load(str(spec), data_root, split, download, rescale, progress, stream), pixel_range)
 
 
-def in_pixel_range(dataset: Dataset, pixel_range: str) -> Dataset:
-    """``dataset`` with its values mapped to [0, 1] ("0,1") or [-1, 1] ("-1,1") instead."""
-    if pixel_range not in PIXEL_RANGES:
-        raise DataError(f"the pixel range must be one of {', '.join(PIXEL_RANGES)}, got {pixel_range!r}", fields="pixel_range")
+def in_pixel_range(dataset: Dataset, pixel_range: PixelRange | str) -> Dataset:
+    """``dataset`` with its values mapped into another pixel range (x' = 2 x - 1 from [0, 1] to [-1, 1])."""
+    pixel_range = PixelRange.parse(pixel_range, error=DataError)
     if pixel_range == dataset.pixel_range:
         return dataset
-    if dataset.pixel_range == "0,1":  # x' = 2 x - 1
-        scale, offset = 2.0 * dataset.scale, 2.0 * dataset.offset - 1.0
-    else:
-        scale, offset = 0.5 * dataset.scale, 0.5 * dataset.offset + 0.5
+    scale, offset = dataset.pixel_range.affine_to(pixel_range, dataset.scale, dataset.offset)
     return dataclasses.replace(dataset, scale=scale, offset=offset, pixel_range=pixel_range,
-                               scale_note=f"{dataset.scale_note}, then to [{pixel_range}]")
+                               scale_note=f"{dataset.scale_note}, then to {pixel_range.label}")
 
 
 def _load(spec: str, data_root, split, download, rescale, progress, stream) -> Dataset:

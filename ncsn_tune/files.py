@@ -6,6 +6,7 @@ over the target, so an interrupted write leaves the previous file intact.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -121,6 +122,8 @@ def check_output(path: Path, suffixes: tuple[str, ...], *, force: bool = False, 
 def plain(value: Any) -> Any:
     """Plain JSON/YAML values: NumPy scalars and arrays, tuples and paths converted; NaN and infinities become None
     (null), which every JSON reader accepts."""
+    if isinstance(value, enum.Enum):  # e.g. a PixelRange: its value
+        return plain(value.value)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

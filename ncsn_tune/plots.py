@@ -63,6 +63,38 @@ def plot_step_size(ratio: float, sigma_min: float, steps: list[int], mark: float
     return fig
 
 
+def plot_sampler_step(sampler, schedule, steps: list[int], mark: float | None = None):
+    """For another tool's loop (:mod:`ncsn_tune.analysis.samplers`): s^2/sigma^2 at the last level against snr for
+    several M, each optimum marked (in ``fig.optima``)."""
+    import numpy as np
+
+    from .analysis.samplers import SNR_RANGE, chain_variance, sampler_step
+
+    fig, ax = plt.subplots(figsize=(3.5, 2.7), constrained_layout=True)
+    grid = np.logspace(math.log10(SNR_RANGE[0]) + 1, math.log10(SNR_RANGE[1]), 200)
+    optima = []
+    for m in steps:
+        best = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m)
+        optima.append(best)
+        with np.errstate(over="ignore", invalid="ignore"):
+            curve = chain_variance(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m, grid).final
+        (line,) = ax.semilogx(grid, curve, lw=1.2, label=f"M = {m}")
+        if best.snr is not None:
+            ax.plot(best.snr, best.variance_ratio, "o", ms=4, color=line.get_color())
+    if mark is not None:
+        ax.axvline(mark, color="0.3", ls="--", lw=0.8, label=f"given snr = {mark:.3g}")
+    low = min(o.variance_ratio for o in optima)
+    ax.set_ylim(min(0.99, low - 0.01), low + 0.12)
+    ax.axhline(1.0, color="0.6", lw=0.6)
+    ax.set_xlabel("snr")
+    ax.set_ylabel(r"$s^2/\sigma^2$, last level (the loop's chain)", fontsize=8)
+    ax.set_title(f"{sampler.describe()}, N = {schedule.num_scales}", fontsize=7)
+    ax.legend(fontsize=7, frameon=False)
+    _style(ax)
+    fig.optima = optima
+    return fig
+
+
 def plot_schedule(schedules: list, step_sizes: list[float] | None = None, labels: list[str] | None = None):
     """Per schedule (one column each): the noise scales against their index (log axis), the Langevin
     step alpha_i = eps sigma_i^2 / sigma_min^2 with that schedule's own eps (``step_sizes``, one per
@@ -226,7 +258,8 @@ def plot_audit(audit, derived=None):
     fig, axes = plt.subplots(1, 2, figsize=(7.4, 2.9), constrained_layout=True)
     ax = axes[0]
     ratio = ratio_for_num_scales(c.sigma_max, c.sigma_min, c.num_scales)
-    if c.steps_per_scale and c.eps:
+    langevin = c.sampler is not None and c.sampler.langevin_steps and c.steps_per_scale and c.eps
+    if langevin and c.sampler.annealed_langevin:
         best = optimal_step_size(ratio, c.steps_per_scale, c.sigma_min)
         grid = np.logspace(np.log10(min(best.step_size, c.eps)) - 1, np.log10(min(c.sigma_min**2 * 0.999, max(best.step_size, c.eps) * 10)), 400)
         ax.semilogx(grid, variance_ratio(grid, ratio, c.steps_per_scale, c.sigma_min), lw=1.2, color="0.3", label=f"M = {c.steps_per_scale}")
@@ -236,8 +269,25 @@ def plot_audit(audit, derived=None):
         ax.set_xlabel(r"step size $\epsilon$")
         ax.set_ylabel(r"$s^2/\sigma^2$ (Proposition 3)")
         ax.legend(fontsize=7, frameon=False)
+    elif langevin:
+        from .analysis.samplers import chain_variance, sampler_step
+
+        best = sampler_step(c.sampler, c.sigma_max, c.sigma_min, c.num_scales, c.steps_per_scale)
+        snr = c.given_snr
+        grid = np.logspace(np.log10(min(best.snr, snr)) - 0.7, np.log10(min(0.7, max(best.snr, snr) * 5)), 120)
+        with np.errstate(over="ignore", invalid="ignore"):
+            curve = chain_variance(c.sampler, c.sigma_max, c.sigma_min, c.num_scales, c.steps_per_scale, grid).final
+            mine = chain_variance(c.sampler, c.sigma_max, c.sigma_min, c.num_scales, c.steps_per_scale, snr).final[0]
+        ax.semilogx(grid, curve, lw=1.2, color="0.3", label=f"M = {c.steps_per_scale}, N = {c.num_scales}")
+        ax.plot(best.snr, best.variance_ratio, "o", ms=10, mfc="none", mew=1.5, color="C2", label=f"optimum {best.snr:.3g}")
+        ax.plot(snr, mine, "s", ms=5, color="C3", label=f"config {snr:.3g}")
+        ax.set_ylim(min(curve.min(), mine) - 0.01, min(max(curve.max(), mine) + 0.01, 2.0))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("snr")
+        ax.set_ylabel(r"$s^2/\sigma^2$, last level (the loop's chain)", fontsize=8)
+        ax.legend(fontsize=7, frameon=False)
     else:
-        ax.text(0.5, 0.5, "no Langevin corrector", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no Langevin steps", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("T4: the step size", fontsize=8)
     _style(ax)
     ax = axes[1]

@@ -39,12 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .analysis.noise_schedule import NoiseSchedule
+from .analysis.noise_schedule import NoiseSchedule, default_sigma_min, ratio_for_num_scales
+from .analysis.samplers import Sampler, SamplerStep, sampler_step
 from .analysis.step_size import StepSize, optimal_step_size, step_size_of_snr, validate_ratio, validate_sigma_min, validate_step_size
 from .config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir as default_workdir
 from .data import DataIdentity, Dataset
 from .errors import ScheduleError
 from .files import read_mapping, write_mapping
+from .pixel_range import PixelRange
 
 DEFAULTS = AnalysisConfig()
 
@@ -68,7 +70,7 @@ class Given:
     steps_per_scale: int | None = None
     step_size: float | None = None
     snr: float | None = None
-    pixel_range: str | None = None
+    pixel_range: PixelRange | str | None = None
     run: Any = None
     method: str = DEFAULTS.distance_method
     device: str = DEFAULTS.device
@@ -87,10 +89,13 @@ class ScheduleChoice:
 
 @dataclass(frozen=True)
 class StepChoice:
+    """M and the step, and where M came from (``steps_from``: given, run, saved or default)."""
+
     steps_per_scale: int
     step: StepSize
     notes: tuple[str, ...]
     file: Path | None = None
+    steps_from: str = "given"
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class Tuning:
     notes: tuple[str, ...]
     schedule_file: Path | None = None
     step_file: Path | None = None
+    steps_from: str = "given"
 
     @property
     def step_size(self) -> float:
@@ -116,13 +122,18 @@ class Tuning:
 
 @dataclass(frozen=True)
 class SavedStepSize:
-    """A step-size file: the step size and the schedule (ends and L) it was made for, if one."""
+    """A step-size file: the step, the schedule (ends and L) it was made for, if one, and the sampler (NCSNv2's annealed
+    Langevin dynamics unless the file names another; then ``snr`` is the step and ``step`` holds its eps map)."""
 
     step: StepSize
     schedule: dict | None
     path: Path
+    sampler: Sampler = Sampler()
+    snr: float | None = None
 
-    def fits(self, choice: ScheduleChoice) -> bool:
+    def fits(self, choice: ScheduleChoice, sampler: Sampler = Sampler()) -> bool:
+        if self.sampler != sampler:
+            return False
         step = self.step
         if not (math.isclose(step.ratio, choice.ratio, rel_tol=1e-12) and math.isclose(step.sigma_min, choice.sigma_min, rel_tol=1e-12)):
             return False
@@ -133,9 +144,12 @@ class SavedStepSize:
                 and math.isclose(float(self.schedule.get("sigma_max", -1)), s.sigma_max, rel_tol=1e-12))
 
 
-def save_step_size(step: StepSize, path: Path, schedule: NoiseSchedule | None = None, schedule_file: Path | None = None) -> Path:
-    """Write a step-size file recording the schedule it was made for."""
-    data = step.to_dict()  # with its snr
+def save_step_size(step: StepSize | SamplerStep, path: Path, schedule: NoiseSchedule | None = None, schedule_file: Path | None = None) -> Path:
+    """Write a step-size file recording the schedule it was made for (and, for another tool's sampler, which)."""
+    if isinstance(step, SamplerStep):
+        data = {**step.to_dict(), "ratio": ratio_for_num_scales(step.sigma_max, step.sigma_min, step.num_scales)}
+    else:
+        data = step.to_dict()  # with its snr
     if schedule is not None:
         data["schedule"] = {"sigma_max": schedule.sigma_max, "sigma_min": schedule.sigma_min, "num_scales": schedule.num_scales}
     if schedule_file is not None:
@@ -146,16 +160,20 @@ def save_step_size(step: StepSize, path: Path, schedule: NoiseSchedule | None = 
 def load_step_size(path: Path) -> SavedStepSize:
     data = read_mapping(Path(path))
     try:
+        sampler = Sampler(**data["sampler"]) if isinstance(data.get("sampler"), dict) else Sampler()
         ratio = data["ratio"] if "ratio" in data else data["gamma"]  # files written before the rename held "gamma"
-        m, eps, sigma_min = int(data["steps_per_scale"]), float(data["step_size"]), float(data["sigma_min"])
-        step = StepSize.given(eps, float(ratio), m, sigma_min)
+        m, sigma_min = int(data["steps_per_scale"]), float(data["sigma_min"])
+        snr = float(data["snr"]) if not sampler.annealed_langevin else None
+        eps = float(data["step_size"]) if sampler.annealed_langevin else step_size_of_snr(snr, sigma_min)
+        step = StepSize.given(eps, float(ratio), m, sigma_min) if sampler.annealed_langevin else \
+            StepSize(m, eps, float(data["variance_ratio"]), float(ratio), sigma_min, bool(data.get("optimal", True)))
     except (KeyError, TypeError, ValueError) as err:
-        raise ScheduleError(f"{path} is not a step-size file ({err!r} missing or malformed)") from None
+        raise ScheduleError(f"{path} is not a step-size file ({err!r} missing or malformed); write it again with ncsn-tune step-size") from None
     except ScheduleError as err:
         raise ScheduleError(f"{path} is not a usable step-size file: {err}") from None
     step = dataclasses.replace(step, optimal=bool(data.get("optimal", True)))
     schedule = data.get("schedule") if isinstance(data.get("schedule"), dict) else None
-    return SavedStepSize(step, schedule, Path(path))
+    return SavedStepSize(step, schedule, Path(path), sampler, snr)
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -181,10 +199,37 @@ def _dim(given: Given) -> int | None:
     return given.data.dim if given.data is not None else given.dim
 
 
+def _pixels(given: Given) -> PixelRange | None:
+    """The pixel range the schedule must be for: the data's, else the run's, else the one given (None: any)."""
+    if given.data is not None:
+        if given.pixel_range is not None and PixelRange.parse(given.pixel_range, error=ScheduleError) != given.data.pixel_range:
+            raise ScheduleError(f"the pixel range {given.pixel_range} contradicts the data's, read in {given.data.pixel_range.label}",
+                                fields="pixel_range")
+        return given.data.pixel_range
+    if given.run is not None:
+        return given.run.schedule.pixels
+    return PixelRange.parse_optional(given.pixel_range, error=ScheduleError)
+
+
+def _sigma_min(given: Given) -> float:
+    """sigma_min as given, else the paper's 0.01 in the pixel range asked for (0.02 in [-1, 1])."""
+    return given.sigma_min if given.sigma_min is not None else default_sigma_min(_pixels(given))
+
+
+def _check_pixels(schedule: NoiseSchedule, pixels: PixelRange | None, what: str) -> None:
+    """A schedule made for another pixel range has every sigma off by the ratio of the widths: refused."""
+    if pixels is not None and schedule.pixels != pixels:
+        recorded = "was derived" if schedule.pixel_range is not None else "records no pixel range, so it is taken as made"
+        raise ScheduleError(f"{what} {recorded} for pixels in {schedule.pixels.label}, but they are in {pixels.label} here: every sigma "
+                            f"would be off by a factor {schedule.pixels.factor_to(pixels):g}; use a schedule for {pixels.label} "
+                            "(ncsn-tune sigmas --pixel-range), or read the data in the schedule's range",
+                            fields=("schedule", "pixel_range"))
+
+
 def _from_numbers(given: Given, dim: int | None, sigma_min: float, target_overlap: float) -> NoiseSchedule:
     """The schedule of a given sigma_max: L scales when ``num_scales`` is given, else Technique 2's L for D; in the data's
     pixel range, else the one given."""
-    pixels = given.data.pixel_range if given.data is not None else given.pixel_range
+    pixels = _pixels(given)
     if given.num_scales is not None:
         return NoiseSchedule.from_num_scales(given.sigma_max, dim, given.num_scales, sigma_min=sigma_min, pixel_range=pixels)
     if dim is None:
@@ -200,10 +245,11 @@ def _saved_mismatch(saved: NoiseSchedule, given: Given, data: Dataset | None) ->
     if (given.target_overlap is not None and saved.target_overlap is not None
             and not math.isclose(given.target_overlap, saved.target_overlap, rel_tol=1e-12)):
         return f"it targets the overlap {saved.target_overlap:g}, not the {given.target_overlap:g} asked for"
+    pixels = _pixels(given)
+    if pixels is not None and saved.pixels != pixels:
+        return f"it was derived for pixels in {saved.pixels.label}, and they are in {pixels.label} here"
     if data is None:
         return None
-    if saved.pixel_range is not None and saved.pixel_range != data.pixel_range:
-        return f"it was derived for pixels in [{saved.pixel_range}], and this data is read in [{data.pixel_range}]"
     if saved.data is None:
         if saved.dim is not None and saved.dim != data.dim:
             return f"it was made for D = {saved.dim}, and this data has D = {data.dim}"
@@ -219,6 +265,7 @@ def resolve_schedule(given: Given, *, workdir: Path | None = None, progress=None
     folder = Path(workdir) if workdir is not None else default_workdir()
     data, notes = given.data, []
     dim = _dim(given)
+    pixels = _pixels(given)
     sigma_min = validate_sigma_min(given.sigma_min) if given.sigma_min is not None else None
     overlap_target = given.target_overlap if given.target_overlap is not None else DEFAULTS.target_overlap
     schedule, used_file = None, None
@@ -228,18 +275,19 @@ def resolve_schedule(given: Given, *, workdir: Path | None = None, progress=None
             raise ScheduleError("a bare ratio of adjacent scales stands in for a schedule: give one or the other",
                                 fields=("ratio", "schedule", "sigma_max"))
         ratio = validate_ratio(given.ratio)
-        sm = sigma_min or DEFAULTS.sigma_min
+        sm = _sigma_min(given)
         return ScheduleChoice(None, ratio, sm, (f"ratio {ratio:.8g} as given, sigma_min {sm:g}",))
 
     if given.schedule_file is not None:
         schedule, used_file = NoiseSchedule.load(given.schedule_file), Path(given.schedule_file)
         notes.append(f"schedule from {used_file}")
         _check_fits(schedule, sigma_min, dim, str(used_file))
+        _check_pixels(schedule, pixels, str(used_file))
         if data is not None and schedule.data is not None and not DataIdentity.from_dict(schedule.data).same_data(data.identity()):
             notes.append(f"note: {used_file} was derived from other data ({DataIdentity.from_dict(schedule.data).describe()}); "
                          "used because it was named")
     elif given.sigma_max is not None:
-        sm = sigma_min or DEFAULTS.sigma_min
+        sm = _sigma_min(given)
         schedule = _from_numbers(given, dim, sm, overlap_target)
         if given.num_scales is not None:
             notes.append(f"schedule from the numbers given (sigma_max {given.sigma_max:g}, sigma_min {sm:g}, L = {given.num_scales})")
@@ -248,6 +296,7 @@ def resolve_schedule(given: Given, *, workdir: Path | None = None, progress=None
     elif given.run is not None:
         schedule = given.run.schedule
         _check_fits(schedule, sigma_min, dim, "the run's schedule")
+        _check_pixels(schedule, pixels, "the run's schedule")
         notes.append(f"the run's schedule ({schedule.describe()})")
     else:
         saved_path = folder / SCHEDULE_FILE
@@ -270,7 +319,7 @@ def resolve_schedule(given: Given, *, workdir: Path | None = None, progress=None
                 raise ScheduleError(
                     f"no noise schedule was given and the work folder has none ({saved_path}): give data, a schedule file, or "
                     "sigma_max with the number of scales", fields=("data", "schedule", "sigma_max"))
-            schedule = _derive(given, sigma_min or DEFAULTS.sigma_min, overlap_target, progress)
+            schedule = _derive(given, _sigma_min(given), overlap_target, progress)
             notes.append(_derived_note(schedule))
 
     if given.num_scales is not None and given.sigma_max is None and schedule.num_scales != given.num_scales:
@@ -311,21 +360,21 @@ def resolve_steps(given: Given, choice: ScheduleChoice, *, workdir: Path | None 
         saved = load_step_size(saved_path)
         if not saved.fits(choice):
             if given.step_size is None:
-                notes.append(f"not using {saved_path}: it was made for another schedule (ratio {saved.step.ratio:.8g}, "
-                             f"sigma_min {saved.step.sigma_min:g})")
+                notes.append(f"not using {saved_path}: it was made for " + (f"{saved.sampler.describe()}" if not saved.sampler.annealed_langevin
+                             else f"another schedule (ratio {saved.step.ratio:.8g}, sigma_min {saved.step.sigma_min:g})"))
             saved = None
     run = given.run
     same_as_run = run is not None and choice.schedule is not None and choice.schedule.same_scales(run.schedule)
 
     if given.steps_per_scale is not None:
-        m = given.steps_per_scale
+        m, steps_from = given.steps_per_scale, "given"
     elif run is not None:
-        m = int(run.steps_per_scale)
+        m, steps_from = int(run.steps_per_scale), "run"
     elif saved is not None:
-        m = saved.step.steps_per_scale
+        m, steps_from = saved.step.steps_per_scale, "saved"
         notes.append(f"M = {m} from {saved_path}")
     else:
-        m = DEFAULTS.steps_per_scale
+        m, steps_from = DEFAULTS.steps_per_scale, "default"
         notes.append(f"M = {m} (the paper's CIFAR-10 setting)")
 
     used_file = None
@@ -347,7 +396,7 @@ def resolve_steps(given: Given, choice: ScheduleChoice, *, workdir: Path | None 
         step = optimal_step_size(choice.ratio, m, choice.sigma_min)
         why = " (the schedule or M differs from the run's)" if run is not None else ""
         notes.append(f"eps from Technique 4 for M = {m}{why}: {step.step_size:.6e}, s^2/sigma^2 = {step.variance_ratio:.6f}")
-    return StepChoice(m, step, tuple(notes), used_file)
+    return StepChoice(m, step, tuple(notes), used_file, steps_from)
 
 
 def resolve(given: Given, *, workdir: Path | None = None, progress=None) -> Tuning:
@@ -355,7 +404,54 @@ def resolve(given: Given, *, workdir: Path | None = None, progress=None) -> Tuni
     choice = resolve_schedule(given, workdir=workdir, progress=progress)
     steps = resolve_steps(given, choice, workdir=workdir)
     return Tuning(choice.schedule, choice.ratio, choice.sigma_min, steps.steps_per_scale, steps.step,
-                  choice.notes + steps.notes, choice.file, steps.file)
+                  choice.notes + steps.notes, choice.file, steps.file, steps.steps_from)
+
+
+#: Corrector steps per level for score_sde's and diffusers' samplers when none is given or saved (their defaults:
+#: sampling.n_steps_each = 1, correct_steps = 1).
+CORRECTOR_STEPS = 1
+
+
+def resolve_sampler_step(given: Given, sampler: Sampler, choice: ScheduleChoice, *, workdir: Path | None = None) -> tuple[SamplerStep, tuple[str, ...]]:
+    """M and the step for ``sampler`` on the chosen schedule, with notes. Annealed Langevin dynamics asks
+    :func:`resolve_steps` (the rules above); another tool's sampler takes M given, else from the saved step-size file
+    made for that sampler and schedule, else 1 (score_sde's and diffusers' default), and snr given, else the
+    optimum for its loop (:func:`ncsn_tune.analysis.samplers.sampler_step`)."""
+    schedule = choice.schedule
+    if schedule is None:
+        raise ScheduleError("a sampler runs a schedule, not a bare ratio: give a schedule", fields="ratio")
+    if sampler.annealed_langevin:
+        steps = resolve_steps(given, choice, workdir=workdir)
+        snr = None if steps.step.optimal else steps.step.snr
+        return sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, steps.steps_per_scale, snr), steps.notes
+    if given.step_size is not None:
+        raise ScheduleError(f"{sampler.describe()} takes its step as snr (its Langevin step is 2 (snr ||z|| / ||s||)^2, not eps): give "
+                            "snr", fields=("step_size", "snr"))
+    notes: list[str] = []
+    folder = Path(workdir) if workdir is not None else default_workdir()
+    saved_path = folder / STEP_SIZE_FILE
+    saved = load_step_size(saved_path) if saved_path.exists() else None
+    saved = saved if saved is not None and saved.fits(choice, sampler) else None
+    if given.steps_per_scale is not None:
+        m = given.steps_per_scale
+    elif saved is not None:
+        m = saved.step.steps_per_scale
+        notes.append(f"M = {m} from {saved_path}")
+    else:
+        m = CORRECTOR_STEPS
+        notes.append(f"M = {m} corrector step per level (score_sde's and diffusers' default)")
+    if not sampler.langevin_steps:
+        step = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m)
+        return step, tuple(notes + [f"{sampler.describe()} takes no Langevin steps: nothing to tune"])
+    step = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m, given.snr)
+    if given.snr is not None:
+        best = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m)
+        notes.append(f"snr {given.snr:g} as given: s^2/sigma^2 = {step.variance_ratio:.6f} at the last level (the optimum, snr "
+                     f"{best.snr:.5f}, gives {best.variance_ratio:.6f})")
+    else:
+        notes.append(f"snr from Technique 4 for {sampler.describe()}, M = {m}, N = {schedule.num_scales}: {step.snr:.5f}, "
+                     f"s^2/sigma^2 = {step.variance_ratio:.6f} at the last level")
+    return step, tuple(notes)
 
 
 # ---------------------------------------------------------------------------------------------- a run's data
@@ -464,7 +560,7 @@ def derive_schedule(given: Given, *, progress=None) -> NoiseSchedule:
     """What ``ncsn-tune sigmas`` computes, always afresh: Technique 1 on the data (unless sigma_max is given),
     then Technique 2's L (unless num_scales is given)."""
     data, dim = given.data, _dim(given)
-    sigma_min = given.sigma_min if given.sigma_min is not None else DEFAULTS.sigma_min
+    sigma_min = _sigma_min(given)
     target = given.target_overlap if given.target_overlap is not None else DEFAULTS.target_overlap
     if given.sigma_max is None:
         if data is None:

@@ -26,6 +26,25 @@ def real_subset():
     return root
 
 
+def real_configs_root() -> Path | None:
+    """The real configurations (score_sde_pytorch's configs/, the official NCSNv2 YAMLs): $NCSN_TUNE_REAL_CONFIGS, else
+    shared/real-configs beside or inside the checkout."""
+    candidates = [os.environ.get("NCSN_TUNE_REAL_CONFIGS")]
+    candidates += [REPO.parent / "shared/real-configs", REPO / "shared/real-configs", REPO / "device_data/real-configs"]
+    for c in candidates:
+        if c and (Path(c) / "ncsnv2" / "configs" / "cifar10.yml").is_file() and (Path(c) / "score_sde_pytorch" / "configs").is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture
+def real_configs():
+    root = real_configs_root()
+    if root is None:
+        pytest.skip("the real configurations (shared/real-configs) are not here")
+    return root
+
+
 def write_cifar_batch(path: Path, images: np.ndarray, labels) -> None:
     """A batch file in the official format (protocol 2 pickle with byte-string keys)."""
     batch = {b"batch_label": b"test", b"labels": list(labels), b"data": images.reshape(len(images), -1), b"filenames": [b"x.png"] * len(images)}

@@ -157,12 +157,9 @@ def test_chain_sigmas_step_size_train(tmp_path):
     assert "schedule.json" in notes and "step_size.json" in notes
 
 
-def test_train_reads_the_official_yaml(tmp_path, fake_cifar):
+def test_train_reads_the_official_yaml(tmp_path, fake_cifar, real_configs):
     pytest.importorskip("torch")
-    from test_model import OFFICIAL_CIFAR10
-
-    (tmp_path / "cifar10.yml").write_text(OFFICIAL_CIFAR10)
-    r = run("train", "--config", tmp_path / "cifar10.yml", "--data-root", fake_cifar, "--dry-run", "--json")
+    r = run("train", "--config", real_configs / "ncsnv2" / "configs" / "cifar10.yml", "--data-root", fake_cifar, "--dry-run", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["num_parameters"] == 29_694_083 and out["num_scales"] == 232 and out["step_size"] == 6.2e-6

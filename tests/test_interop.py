@@ -1,47 +1,36 @@
-"""Issue 14: snr, the pixel convention, `ncsn-tune audit` for existing configurations, `ncsn-tune export` for other tools."""
+"""Audit and export against the real tools: the official NCSNv2 YAMLs and score_sde's configs as published
+(shared/real-configs, read with ml_collections), and diffusers' real ScoreSdeVeScheduler and ScoreSdeVePipeline."""
 
 import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ncsn_tune import NoiseSchedule, load_dataset
+from ncsn_tune.analysis.samplers import Sampler, chain_variance, sampler_step
 from ncsn_tune.cli import main
 from ncsn_tune.interop import audit_config, read_tool_config
 
-#: The settings of the official NCSNv2 configs (ermongroup/ncsnv2 configs/*.yml), as numbers:
-#: dataset, image_size, sigma_begin, num_classes, step_lr, n_steps_each, ema.
-OFFICIAL = {
-    "cifar10": ("CIFAR10", 32, 50, 232, 6.2e-6, 5, True),
-    "celeba": ("CELEBA", 64, 90, 500, 3.3e-6, 5, True),
-    "church": ("LSUN", 64, 140, 788, 4.9e-6, 4, True),
-    "bedroom": ("LSUN", 128, 190, 1086, 1.8e-6, 3, True),
-    "tower": ("LSUN", 128, 190, 1086, 1.8e-6, 3, True),
-    "ffhq": ("FFHQ", 256, 348, 2311, 9e-7, 3, True),
-    "ncsn_original": ("CIFAR10", 32, 1, 10, 2e-5, 100, False),
+#: score_sde's VE configs: (module, image size). Every one is a base the export must load over.
+VE_CONFIGS = {
+    "configs.ve.bedroom_ncsnpp_continuous": 256, "configs.ve.celeba_ncsnpp": 64, "configs.ve.celebahq_256_ncsnpp_continuous": 256,
+    "configs.ve.celebahq_ncsnpp_continuous": 1024, "configs.ve.church_ncsnpp_continuous": 256, "configs.ve.cifar10_ddpm": 32,
+    "configs.ve.cifar10_ncsnpp": 32, "configs.ve.cifar10_ncsnpp_continuous": 32, "configs.ve.cifar10_ncsnpp_deep_continuous": 32,
+    "configs.ve.ffhq_256_ncsnpp_continuous": 256, "configs.ve.ffhq_ncsnpp_continuous": 1024, "configs.ve.ncsn.celeba": 64,
+    "configs.ve.ncsn.celeba_124": 64, "configs.ve.ncsn.celeba_1245": 64, "configs.ve.ncsn.celeba_5": 64, "configs.ve.ncsn.cifar10": 32,
+    "configs.ve.ncsn.cifar10_124": 32, "configs.ve.ncsn.cifar10_1245": 32, "configs.ve.ncsn.cifar10_5": 32,
+    "configs.ve.ncsnv2.bedroom": 128, "configs.ve.ncsnv2.celeba": 64, "configs.ve.ncsnv2.cifar10": 32,
 }
-
-
-def official_yaml(path: Path, name: str, **change) -> Path:
-    dataset, size, sigma_begin, num_classes, step_lr, n_steps, ema = OFFICIAL[name]
-    values = dict(dataset=dataset, size=size, sigma_begin=sigma_begin, num_classes=num_classes, step_lr=step_lr, n_steps=n_steps,
-                  ema=str(ema).lower())
-    values.update(change)
-    path.write_text(textwrap.dedent("""
-        training: {{batch_size: 128, n_iters: 300001, snapshot_freq: 5000}}
-        sampling: {{batch_size: 100, data_init: false, step_lr: {step_lr}, n_steps_each: {n_steps}, denoise: true}}
-        data: {{dataset: "{dataset}", image_size: {size}, channels: 3, logit_transform: false, rescaled: false, random_flip: true}}
-        model: {{sigma_begin: {sigma_begin}, num_classes: {num_classes}, ema: {ema}, ema_rate: 0.999, spec_norm: false,
-                sigma_dist: geometric, sigma_end: 0.01, normalization: InstanceNorm++, nonlinearity: elu, ngf: 128}}
-        optim: {{weight_decay: 0.0, optimizer: "Adam", lr: 0.0001, beta1: 0.9, amsgrad: false, eps: 0.00000001}}
-    """).format(**values))
-    return path
+#: The official NCSNv2 YAMLs as published: image size, sigma_begin, num_classes, step_lr, n_steps_each.
+OFFICIAL = {"cifar10": (32, 50, 232, 6.2e-6, 5), "celeba": (64, 90, 500, 3.3e-6, 5), "church": (64, 140, 788, 4.9e-6, 4),
+            "bedroom": (128, 190, 1086, 1.8e-6, 3), "tower": (128, 190, 1086, 1.8e-6, 3), "ffhq": (256, 348, 2311, 9e-7, 3),
+            "ncsn_original": (32, 1, 10, 2e-5, 100)}
 
 
 def run(*args):
@@ -50,6 +39,35 @@ def run(*args):
 
 def findings(out: dict) -> dict:
     return {f["technique"]: f for f in out["findings"]}
+
+
+def score_sde(real_configs) -> Path:
+    return real_configs / "score_sde_pytorch"
+
+
+def official(real_configs, name: str) -> Path:
+    return real_configs / "ncsnv2" / "configs" / f"{name}.yml"
+
+
+def derived_yaml(real_configs, tmp_path, name: str, **sampling) -> Path:
+    """The real official YAML with some sampling settings changed, as a user edits it."""
+    data = yaml.safe_load(official(real_configs, name).read_text())
+    data["sampling"].update(sampling)
+    path = tmp_path / f"{name}_edited.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def load_score_sde_configs(root: Path, files: list[Path], fields: list[str]) -> list:
+    """get_config() of each file, run as score_sde runs it (its checkout on the path), the fields asked for."""
+    probe = ("import importlib.util, json, sys\nout = []\nfor f in sys.argv[1:]:\n"
+             "    s = importlib.util.spec_from_file_location('o', f); m = importlib.util.module_from_spec(s); s.loader.exec_module(m)\n"
+             "    c = m.get_config()\n"
+             f"    out.append([eval('c.' + k) for k in {fields!r}])\nprint(json.dumps(out))\n")
+    r = subprocess.run([sys.executable, "-c", probe, *map(str, files)], capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------------------------------------ snr and pixels
@@ -64,73 +82,80 @@ def test_step_size_reports_snr_and_takes_it():
     assert r.exit_code == 2 and "not both" in r.stderr
 
 
-def test_the_pixel_range_doubles_distances_and_is_recorded(fake_cifar, tmp_path):
+def test_one_pixel_range_rule_for_deriving_and_converting(fake_cifar, tmp_path):
+    """Defect 8: `sigmas --pixel-range -1,1` and `export --convert` used to give two schedules (L 237 and 220)."""
     a = json.loads(run("sigmas", "--data", "cifar10", "--data-root", fake_cifar, "--json", "--output", tmp_path / "a.json").stdout)
     b = json.loads(run("sigmas", "--data", "cifar10", "--data-root", fake_cifar, "--pixel-range=-1,1", "--json",
                        "--output", tmp_path / "b.json").stdout)
     assert b["sigma_max"] == pytest.approx(2 * a["sigma_max"], rel=1e-12) and b["pixel_range"] == "-1,1"
+    assert b["sigma_min"] == pytest.approx(0.02) and b["num_scales"] == a["num_scales"]
     assert NoiseSchedule.load(tmp_path / "b.json").pixel_range == "-1,1"
+    assert run("export", "--format", "edm", "--schedule", tmp_path / "a.json", "--output", tmp_path / "e.json", "--convert").exit_code == 0
+    converted = json.loads((tmp_path / "e.json").read_text())
+    np.testing.assert_allclose(converted["sigmas"][:-1], NoiseSchedule.load(tmp_path / "b.json").sigmas, rtol=1e-12)
+    assert run("sigmas", "--data", "cifar10", "--data-root", fake_cifar, "--pixel-range=-1,1", "--sigma-min", 0.01, "--json",
+               "--output", tmp_path / "c.json", "--force").exit_code == 0
+    assert NoiseSchedule.load(tmp_path / "c.json").sigma_min == 0.01  # a sigma_min given stands
 
 
-def test_training_never_takes_a_schedule_of_the_other_pixel_range(fake_cifar):
+def test_training_never_takes_a_schedule_of_the_other_pixel_range(fake_cifar, tmp_path):
+    """Defect 9: the saved schedule is not used, and a named one is refused, when it is for the other pixel range."""
     pytest.importorskip("torch")
     assert run("sigmas", "--data", "cifar10", "--data-root", fake_cifar, "--pixel-range=-1,1").exit_code == 0
     out = json.loads(run("train", "--dry-run", "--json", "--ngf", 8).stdout)
-    assert any("derived for pixels in [-1,1]" in n for n in out["notes"])
+    assert any("derived for pixels in [-1, 1]" in n for n in out["notes"])
     assert out["sigma_max"] == pytest.approx(NoiseSchedule.from_data(load_dataset("cifar10", fake_cifar, download=False)).sigma_max)
+    assert run("sigmas", "--data", "cifar10", "--data-root", fake_cifar, "--pixel-range=-1,1", "--output", tmp_path / "s.json").exit_code == 0
+    r = run("train", "--dry-run", "--schedule", tmp_path / "s.json", "--data", "cifar10", "--data-root", fake_cifar, "--ngf", 8)
+    assert r.exit_code == 2 and "pixels in [-1, 1]" in r.stderr and "factor 0.5" in r.stderr
+    r = run("step-size", "--schedule", tmp_path / "s.json", "--pixel-range", "0,1")
+    assert r.exit_code == 2 and "pixels in [-1, 1]" in r.stderr
 
 
-# ------------------------------------------------------------------------------------------------ audit
+# ------------------------------------------------------------------------------------------------ audit: NCSNv2
 
 
-def test_audit_of_the_official_cifar10_config(tmp_path, real_subset):
-    config = official_yaml(tmp_path / "cifar10.yml", "cifar10")
-    r = run("audit", "--config", config, "--data", "cifar10", "--data-root", real_subset, "--json", "--output", tmp_path / "a.png")
+def test_audit_of_the_official_cifar10_config(tmp_path, real_subset, real_configs):
+    r = run("audit", "--config", official(real_configs, "cifar10"), "--data", "cifar10", "--data-root", real_subset, "--json",
+            "--output", tmp_path / "a.png")
     assert r.exit_code == 0, r.output
     f = findings(json.loads(r.stdout))
     assert f["T1"]["verdict"] == "ok" and round(f["T1"]["numbers"]["diameter"], 6) == 49.896451 and f["T1"]["numbers"]["sigma_max"] == 50
     t2 = f["T2"]["numbers"]
     assert f["T2"]["verdict"] == "ok" and round(t2["overlap"], 3) == 0.567 and t2["equation_num_scales"] == 220
     t4 = f["T4"]["numbers"]
-    assert f["T4"]["verdict"] == "ok" and round(t4["optimal_step_size"], 9) == 6.184e-6
+    assert f["T4"]["verdict"] == "ok" and round(t4["optimal_step_size"], 9) == 6.184e-6 and t4["exact_map"]
     assert round(t4["variance_ratio"], 6) == 1.055475 and round(t4["optimal_variance_ratio"], 6) == 1.055475
     assert t4["variance_ratio"] > t4["optimal_variance_ratio"] and f["T5"]["verdict"] == "ok"
     assert (tmp_path / "a.png").stat().st_size > 1000
 
 
-def test_audit_with_fake_data_and_the_table(tmp_path, fake_cifar):
-    config = official_yaml(tmp_path / "cifar10.yml", "cifar10", sigma_begin=5)
-    r = run("audit", "--config", config, "--data", "cifar10", "--data-root", fake_cifar)
-    assert r.exit_code == 0, r.output
-    assert "T1" in r.stdout and "below the diameter" in r.stdout and "modes of the data can be missed" in r.stdout
-
-
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
-def test_every_official_config_is_audited(tmp_path, name):
-    out = json.loads(run("audit", "--config", official_yaml(tmp_path / f"{name}.yml", name), "--json").stdout)
+def test_every_official_config_is_audited(real_configs, name):
+    out = json.loads(run("audit", "--config", official(real_configs, name), "--json").stdout)
     f = findings(out)
+    size, sigma_begin, num_classes, step_lr, n_steps = OFFICIAL[name]
+    assert out["dim"] == 3 * size**2 and out["config"]["sigma_max"] == sigma_begin and out["config"]["num_scales"] == num_classes
+    assert out["config"]["step_size"] == step_lr and out["config"]["steps_per_scale"] == n_steps
     assert f["T1"]["verdict"] == "not checked" and f["T2"]["verdict"] in ("ok", "warning") and f["T4"]["verdict"] in ("ok", "warning")
-    assert out["dim"] == 3 * OFFICIAL[name][1] ** 2
+    assert out["config"]["pixel_range"] == "0,1" and out["config"]["sampler"]["name"] == "ald"
     if name == "ncsn_original":  # NCSN's original settings: EMA off, sigma_max 1, 10 scales, a step far from the optimum
         assert f["T5"]["verdict"] == "warning" and f["T4"]["verdict"] == "warning" and f["T2"]["verdict"] == "warning"
 
 
-def test_the_real_official_configs_when_present():
-    folder = os.environ.get("NCSN_TUNE_OFFICIAL_CONFIGS")
-    if not folder:
-        pytest.skip("set NCSN_TUNE_OFFICIAL_CONFIGS to a folder of ermongroup/ncsnv2's configs/*.yml")
-    for path in sorted(Path(folder).glob("*.yml")):
-        c = read_tool_config(path)
-        assert len(audit_config(c).findings) == 4, path
-
-
-def test_a_step_far_from_the_optimum_is_flagged_with_what_it_costs(tmp_path):
-    out = json.loads(run("audit", "--config", official_yaml(tmp_path / "c.yml", "cifar10", step_lr=3e-5), "--json").stdout)
+def test_a_step_far_from_the_optimum_is_flagged_with_what_it_costs(tmp_path, real_configs):
+    out = json.loads(run("audit", "--config", derived_yaml(real_configs, tmp_path, "cifar10", step_lr=3e-5), "--json").stdout)
     t4 = findings(out)["T4"]
     assert t4["verdict"] == "warning" and "4.85 times the optimum" in t4["consequence"]
     assert t4["numbers"]["variance_ratio"] > t4["numbers"]["optimal_variance_ratio"] + 0.01
-    unstable = json.loads(run("audit", "--config", official_yaml(tmp_path / "u.yml", "cifar10", step_lr=2e-4), "--json").stdout)
+    unstable = json.loads(run("audit", "--config", derived_yaml(real_configs, tmp_path, "cifar10", step_lr=2e-4), "--json").stdout)
     assert findings(unstable)["T4"]["verdict"] == "problem"
+
+
+def test_audit_with_the_data_and_the_table(tmp_path, fake_cifar, real_configs):
+    r = run("audit", "--config", official(real_configs, "ncsn_original"), "--data", "cifar10", "--data-root", fake_cifar)
+    assert r.exit_code == 0, r.output
+    assert "T1" in r.stdout and "below the diameter" in r.stdout and "modes of the data can be missed" in r.stdout
 
 
 def test_audit_of_numbers():
@@ -141,7 +166,59 @@ def test_audit_of_numbers():
     assert r.exit_code == 2 and "--sigma-max" in r.stderr
 
 
-# ------------------------------------------------------------------------------------------------ export
+# ------------------------------------------------------------------------------------------------ audit: score_sde
+
+
+def test_every_real_score_sde_ve_config_is_audited_for_the_sampler_it_runs(real_configs):
+    root = score_sde(real_configs)
+    for module in VE_CONFIGS:
+        path = root / (module.replace(".", "/") + ".py")
+        r = run("audit", "--config", path, "--score-sde-root", root, "--json")
+        if module == "configs.ve.ncsn.celeba":  # the published file sets training.loss where it means training.sde
+            assert r.exit_code == 2 and "sets no training.sde" in r.stderr and "training.loss = 'vesde'" in r.stderr
+            assert "None" not in r.stderr
+            continue
+        assert r.exit_code == 0, (module, r.output)
+        out = json.loads(r.stdout)
+        t4, sampler = findings(out)["T4"], out["config"]["sampler"]
+        assert out["dim"] == 3 * VE_CONFIGS[module] ** 2 and out["config"]["pixel_range"] == "0,1"
+        assert t4["verdict"] in ("ok", "warning"), (module, t4)
+        if sampler["predictor"] == "none":  # the ncsn and ncsnv2 configs: annealed Langevin dynamics, Proposition 3
+            assert sampler["corrector"] == "ald" and t4["numbers"]["exact_map"]
+        else:
+            assert (sampler["predictor"], sampler["corrector"]) == ("reverse_diffusion", "langevin") and not t4["numbers"]["exact_map"]
+        assert any("training.continuous" in n for n in out["config"]["notes"])
+
+
+def test_the_pc_config_is_audited_for_its_predictor_corrector_loop(real_configs):
+    """Defect 4: ve/cifar10_ncsnpp_continuous.py runs reverse_diffusion + langevin; the audit used Proposition 3's 1.0181."""
+    root = score_sde(real_configs)
+    out = json.loads(run("audit", "--config", root / "configs/ve/cifar10_ncsnpp_continuous.py", "--score-sde-root", root, "--json").stdout)
+    t4 = findings(out)["T4"]["numbers"]
+    assert t4["criterion"].startswith("the loop's own chain") and t4["num_scales"] == 1000 and t4["snr"] == 0.16
+    assert round(t4["variance_ratio"], 4) == 1.0245  # the chain of score_sde's PC loop at its snr 0.16, not Proposition 3's 1.0181
+    assert t4["optimal_snr"] < 0.5 * 0.16 and t4["optimal_variance_ratio"] < t4["variance_ratio"]
+    assert findings(out)["T4"]["verdict"] == "warning"
+    assert any("continuous time" in n for n in out["config"]["notes"])
+
+
+def test_an_ode_config_takes_no_langevin_steps(real_configs, tmp_path):
+    root = score_sde(real_configs)
+    ode = tmp_path / "ode.py"  # a user's config over the published one, as score_sde's own configs are written
+    ode.write_text("from configs.ve import cifar10_ncsnpp_continuous as base\n\n\ndef get_config():\n"
+                   "    config = base.get_config()\n    config.sampling.method = 'ode'\n    return config\n")
+    out = json.loads(run("audit", "--config", ode, "--score-sde-root", root, "--json").stdout)
+    t4 = findings(out)["T4"]
+    assert t4["verdict"] == "no Langevin steps" and "probability-flow ODE" in t4["have"] and out["config"]["steps_per_scale"] is None
+
+
+def test_a_vp_config_is_refused_in_one_line(real_configs):
+    root = score_sde(real_configs)
+    r = run("audit", "--config", root / "configs/vp/cifar10_ddpmpp.py", "--score-sde-root", root)
+    assert r.exit_code == 2 and "vpsde" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ diffusers
 
 
 @pytest.fixture
@@ -151,85 +228,190 @@ def saved(fake_cifar):
     return NoiseSchedule.load(Path(os.environ["NCSN_TUNE_WORKDIR"]) / "schedule.json")
 
 
-def test_export_to_diffusers_loads_in_diffusers(tmp_path, saved):
+def test_the_chain_to_diffusers_with_the_real_subset(tmp_path, real_subset):
+    """Done-when: sigmas on the real subset, export for diffusers, from_pretrained has the [0, 1] values."""
     diffusers = pytest.importorskip("diffusers")
-    r = run("export", "--format", "diffusers", "--output", tmp_path / "sched")
-    assert r.exit_code == 2 and "puts pixels in [-1,1]" in r.stderr and "--convert" in r.stderr
-    r = run("export", "--format", "diffusers", "--output", tmp_path / "sched", "--convert", "--json")
+    assert run("sigmas", "--data", "cifar10", "--data-root", real_subset).exit_code == 0
+    r = run("export", "--format", "diffusers", "--output", tmp_path / "d", "--json")
     assert r.exit_code == 0, r.output
-    scheduler = diffusers.ScoreSdeVeScheduler.from_pretrained(tmp_path / "sched")
-    ours = 2 * saved.sigmas  # [-1, 1] pixels: every sigma doubles
-    np.testing.assert_allclose(scheduler.discrete_sigmas.numpy()[::-1], ours, rtol=2e-6)
-    assert scheduler.config.num_train_timesteps == saved.num_scales and scheduler.config.correct_steps == 3
-    assert scheduler.config.snr == pytest.approx(saved.step_size(3).snr, rel=1e-12)  # snr does not change with the pixels
-    audited = read_tool_config(tmp_path / "sched")
-    assert audited.sigma_max == pytest.approx(2 * saved.sigma_max) and audited.steps_per_scale == 3
+    scheduler = diffusers.ScoreSdeVeScheduler.from_pretrained(tmp_path / "d")
+    assert round(scheduler.config.sigma_max, 6) == 49.896451 and scheduler.config.sigma_min == 0.01
+    assert scheduler.config.num_train_timesteps == 220 and scheduler.config.correct_steps == 1
+    out = json.loads(r.stdout)
+    assert any("num_inference_steps=220" in n for n in out["notes"])
+    best = sampler_step(Sampler.named("diffusers"), scheduler.config.sigma_max, 0.01, 220, 1)
+    assert scheduler.config.snr == pytest.approx(best.snr, rel=1e-12)  # the optimum of diffusers' own loop
 
 
-def test_export_to_score_sde_gives_a_config_with_our_fields(tmp_path, saved):
-    pytest.importorskip("ml_collections")
-    root = tmp_path / "score_sde"
-    (root / "configs" / "ve" / "ncsnv2").mkdir(parents=True)
-    for init in (root / "configs", root / "configs" / "ve", root / "configs" / "ve" / "ncsnv2"):
-        (init / "__init__.py").write_text("")
-    (root / "configs" / "ve" / "ncsnv2" / "cifar10.py").write_text(textwrap.dedent("""
-        import ml_collections
+def test_audit_of_a_diffusers_config_is_in_its_own_pixels(tmp_path, real_subset):
+    """Defect 1: (50, 0.01) on CIFAR-10 is T1 ok in diffusers' [0, 1], as it is for score_sde."""
+    diffusers = pytest.importorskip("diffusers")
+    diffusers.ScoreSdeVeScheduler(sigma_max=50.0, sigma_min=0.01, num_train_timesteps=1000).save_config(tmp_path / "theirs")
+    out = json.loads(run("audit", "--config", tmp_path / "theirs", "--data", "cifar10", "--data-root", real_subset, "--json").stdout)
+    f = findings(out)
+    assert f["T1"]["verdict"] == "ok" and round(f["T1"]["numbers"]["diameter"], 6) == 49.896451
+    assert out["config"]["num_scales"] == 2000 and any("num_train_timesteps = 1000 is not what runs" in n for n in out["config"]["notes"])
+    assert f["T4"]["numbers"]["sampler"]["name"] == "diffusers"
+    out = json.loads(run("audit", "--config", tmp_path / "theirs", "--sampling-steps", 1000, "--json").stdout)
+    assert out["config"]["num_scales"] == 1000
+    r = run("audit", "--config", tmp_path / "theirs", "--pixel-range=-1,1")
+    assert r.exit_code == 2 and "[0, 1]" in r.stderr
 
-        def get_config():
-            config = ml_collections.ConfigDict()
-            config.training = ml_collections.ConfigDict({"sde": "vesde", "continuous": False})
-            config.sampling = ml_collections.ConfigDict({"snr": 0.16, "n_steps_each": 1, "corrector": "ald", "predictor": "none"})
-            config.data = ml_collections.ConfigDict({"centered": False, "image_size": 32, "num_channels": 3})
-            config.model = ml_collections.ConfigDict({"sigma_min": 0.01, "sigma_max": 50.0, "num_scales": 1000, "ema_rate": 0.999})
-            return config
-    """))
-    r = run("export", "--format", "score-sde", "--output", tmp_path / "ours.py")
+
+def test_export_to_diffusers_refuses_the_other_pixel_range_unless_converted(tmp_path, fake_cifar):
+    diffusers = pytest.importorskip("diffusers")
+    assert run("sigmas", "--data", "cifar10", "--data-root", fake_cifar, "--pixel-range=-1,1").exit_code == 0
+    r = run("export", "--format", "diffusers", "--output", tmp_path / "d")
+    assert r.exit_code == 2 and "[0, 1]" in r.stderr and "--convert" in r.stderr
+    assert run("export", "--format", "diffusers", "--output", tmp_path / "d", "--convert").exit_code == 0
+    unit = NoiseSchedule.from_data(load_dataset("cifar10", fake_cifar, download=False))
+    scheduler = diffusers.ScoreSdeVeScheduler.from_pretrained(tmp_path / "d")
+    assert scheduler.config.sigma_max == pytest.approx(unit.sigma_max, rel=1e-12) and scheduler.config.sigma_min == pytest.approx(0.01)
+
+
+def test_the_pipeline_visits_our_sigmas_and_ends_where_the_model_says(tmp_path, saved):
+    """ScoreSdeVePipeline's real loop, with a stand-in network of the right shape that returns the exact score of
+    N(0, sigma^2 I): its predictor steps through our sigmas, and the variance after the corrector at the last level is
+    what the single-Gaussian model of the loop predicts (within Monte Carlo error)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    assert run("export", "--format", "diffusers", "--output", tmp_path / "d").exit_code == 0
+    scheduler = diffusers.ScoreSdeVeScheduler.from_pretrained(tmp_path / "d")
+    calls = []
+
+    class ExactScore(diffusers.ModelMixin, diffusers.ConfigMixin):
+        @diffusers.configuration_utils.register_to_config
+        def __init__(self, sample_size: int = 32):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, sigma):
+            calls.append((float(sigma[0]), float(x.double().pow(2).mean())))
+            return diffusers.models.unets.unet_2d.UNet2DOutput(sample=-x / sigma[:, None, None, None] ** 2)
+
+    pipe = diffusers.ScoreSdeVePipeline(unet=ExactScore(sample_size=32), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    visited = []
+    step_pred = scheduler.step_pred
+
+    def record(model_output, timestep, sample, generator=None, return_dict=True):
+        index = int((timestep * torch.ones(1) * (len(scheduler.timesteps) - 1)).long())
+        visited.append(float(scheduler.discrete_sigmas[index]))
+        return step_pred(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+
+    scheduler.step_pred = record
+    m, levels = scheduler.config.correct_steps, saved.num_scales
+    pipe(batch_size=24, num_inference_steps=levels, generator=torch.Generator().manual_seed(0), output_type="np")
+    np.testing.assert_allclose(visited, saved.sigmas, rtol=2e-6)  # every level of our schedule, once, largest first
+    assert len(calls) == levels * (m + 1)
+    np.testing.assert_allclose([s for s, _ in calls[:: m + 1]], saved.sigmas, rtol=2e-4)  # the network at sigma(t) ~ our sigmas
+    sigma, variance = calls[-1]  # the predictor's call at the last level sees the chain after the corrector
+    measured = variance / sigma**2
+    predicted = chain_variance(Sampler.named("diffusers"), saved.sigma_max, saved.sigma_min, levels, m, scheduler.config.snr).final[0]
+    assert measured == pytest.approx(predicted, abs=4 * predicted * np.sqrt(2 / (24 * 3072)))
+
+
+# ------------------------------------------------------------------------------------------------ score_sde export
+
+
+def test_the_score_sde_export_loads_over_every_real_ve_base(tmp_path, real_configs, fake_cifar):
+    """Defect 2: 17 of the 22 bases declare model.sigma_max as an int; the exported get_config() set it to a float."""
+    root = score_sde(real_configs)
+    files, expected = [], []
+    for module, size in VE_CONFIGS.items():
+        out = tmp_path / (module.replace(".", "_") + ".py")
+        r = run("export", "--format", "score-sde", "--output", out, "--score-sde-base", module, "--sigma-max", 49.5,
+                "--num-scales", 200, "--dim", 3 * size * size, "--M", 3, "--json")
+        assert r.exit_code == 0, (module, r.output)
+        files.append(out)
+        expected.append([49.5, 0.01, 200, "pc", "none", "ald", 3, sampler_step(Sampler.named("ald"), 49.5, 0.01, 200, 3).snr, False])
+    got = load_score_sde_configs(root, files, ["model.sigma_max", "model.sigma_min", "model.num_scales", "sampling.method",
+                                               "sampling.predictor", "sampling.corrector", "sampling.n_steps_each", "sampling.snr",
+                                               "data.centered"])
+    for module, g, e in zip(VE_CONFIGS, got, expected):
+        assert g[:7] == e[:7] and g[8] == e[8] and g[7] == pytest.approx(e[7], rel=1e-12), module
+
+
+def test_the_score_sde_export_of_a_data_schedule_checks_the_base(tmp_path, real_configs, saved):
+    """Defect 3: a CelebA 64x64 base used to carry a 32x32 CIFAR-10 schedule silently; the sampler fields were left as the base's."""
+    root = score_sde(real_configs)
+    r = run("export", "--format", "score-sde", "--output", tmp_path / "bad.py", "--score-sde-base", "configs.ve.celeba_ncsnpp",
+            "--score-sde-root", root)
+    assert r.exit_code == 2 and "3x64x64 images" in r.stderr and "3x32x32 data" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.py").exists()
+    # without the checkout to read it now, the written get_config() refuses the base when it is loaded
+    assert run("export", "--format", "score-sde", "--output", tmp_path / "late.py", "--score-sde-base", "configs.ve.celeba_ncsnpp").exit_code == 0
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; s = u.spec_from_file_location('o', 'LATE'); "
+                            "m = u.module_from_spec(s); s.loader.exec_module(m); m.get_config()".replace("LATE", str(tmp_path / "late.py"))],
+                           capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert probe.returncode != 0 and "derived from (3, 32, 32) images" in probe.stderr
+    # a predictor-corrector base: the export writes the sampler its snr is for
+    r = run("export", "--format", "score-sde", "--sampler", "pc", "--output", tmp_path / "pc.py", "--score-sde-base",
+            "configs.ve.cifar10_ncsnpp_continuous", "--score-sde-root", root, "--json")
     assert r.exit_code == 0, r.output
-    probe = "import importlib.util, json; s = importlib.util.spec_from_file_location('o', 'OURS'); m = importlib.util.module_from_spec(s); " \
-            "s.loader.exec_module(m); c = m.get_config(); print(json.dumps([c.model.sigma_max, c.model.sigma_min, c.model.num_scales, " \
-            "c.sampling.snr, c.sampling.n_steps_each, c.data.centered]))".replace("OURS", str(tmp_path / "ours.py"))
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root,
-                         env={**os.environ, "PYTHONPATH": str(root)})
-    assert out.returncode == 0, out.stderr
-    sigma_max, sigma_min, num_scales, snr, m, centered = json.loads(out.stdout)
-    step = saved.step_size(3)
-    assert (sigma_max, sigma_min, num_scales, m, centered) == (saved.sigma_max, saved.sigma_min, saved.num_scales, 3, False)
-    assert snr == pytest.approx(step.snr, rel=1e-12)
-    flat = json.loads((tmp_path / "ours.json").read_text())
+    step = json.loads(r.stdout)["step"]
+    (sigma_max, num_scales, method, predictor, corrector, snr, m), = load_score_sde_configs(
+        root, [tmp_path / "pc.py"], ["model.sigma_max", "model.num_scales", "sampling.method", "sampling.predictor", "sampling.corrector",
+                                     "sampling.snr", "sampling.n_steps_each"])
+    assert (sigma_max, num_scales, method, predictor, corrector, m) == (saved.sigma_max, saved.num_scales, "pc", "reverse_diffusion", "langevin", 1)
+    assert snr == pytest.approx(sampler_step(Sampler.named("pc"), saved.sigma_max, saved.sigma_min, saved.num_scales, 1).snr, rel=1e-12)
+    assert snr == step["snr"]
+    audited = json.loads(run("audit", "--config", tmp_path / "pc.py", "--score-sde-root", root, "--json").stdout)
+    assert findings(audited)["T4"]["verdict"] == "ok" and audited["config"]["num_scales"] == saved.num_scales
+    flat = json.loads((tmp_path / "pc.json").read_text())
     assert flat["model.num_scales"] == saved.num_scales and flat["_ncsn_tune"]["data"]["name"] == "cifar10"
-    # and the audit reads score_sde configs the same way
-    audited = json.loads(run("audit", "--config", tmp_path / "ours.py", "--score-sde-root", root, "--json").stdout)
-    assert audited["config"]["num_scales"] == saved.num_scales and audited["config"]["tool"] == "score-sde"
-    r = run("audit", "--config", tmp_path / "ours.py")
+    r = run("audit", "--config", tmp_path / "pc.py")
     assert r.exit_code == 2 and "--score-sde-root" in r.stderr
 
 
-def test_export_of_numbers_in_the_given_pixel_range(tmp_path):
-    r = run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--sigma-max", 100, "--num-scales", 232, "--pixel-range=-1,1")
-    assert r.exit_code == 0, r.stderr
-    edm = json.loads((tmp_path / "edm.json").read_text())
-    assert edm["pixel_range"] == "-1,1" and edm["sigma_max"] == 100 and edm["sigmas"][0] == 100  # as given: nothing converted
-    r = run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--sigma-max", 50, "--num-scales", 232)
-    assert r.exit_code == 2 and "derived for [0,1]" in r.stderr and "--convert" in r.stderr  # the default [0, 1] is not changed silently
+# ------------------------------------------------------------------------------------------------ NCSNv2 YAML and EDM
 
 
-def test_export_to_the_ncsnv2_yaml_and_edm(tmp_path, saved):
+def test_export_to_the_ncsnv2_yaml_merges_into_the_official_one(tmp_path, saved, real_configs):
     pytest.importorskip("torch")
     assert run("export", "--format", "ncsnv2-yaml", "--output", tmp_path / "ours.yml").exit_code == 0
-    import yaml
-
     from ncsn_tune.config import load_train_config
 
-    merged = yaml.safe_load(official_yaml(tmp_path / "cifar10.yml", "cifar10").read_text())
+    merged = yaml.safe_load(official(real_configs, "cifar10").read_text())
     for section, values in yaml.safe_load((tmp_path / "ours.yml").read_text()).items():
         merged[section].update(values)
     (tmp_path / "merged.yml").write_text(yaml.safe_dump(merged))
     c = load_train_config(tmp_path / "merged.yml")
     assert (c.sigma_max, c.num_scales, c.steps_per_scale) == (saved.sigma_max, saved.num_scales, 3)
     assert c.step_size == pytest.approx(saved.step_size(3).step_size, rel=1e-12)
+    # defect 7: the official FID sweep reads fast_fid.step_lr and n_steps_each
+    assert merged["fast_fid"]["step_lr"] == c.step_size and merged["fast_fid"]["n_steps_each"] == 3
+    assert not any("fast_fid" in n for n in read_tool_config(tmp_path / "merged.yml").notes)
+    assert any("fast_fid.step_lr" in n for n in read_tool_config(derived_yaml(real_configs, tmp_path, "cifar10", step_lr=5e-6)).notes)
+
+
+def test_export_to_edm_is_the_ve_discretisation_with_nothing_unread(tmp_path, saved):
+    """Defect 6: EDM's default sampler spaces the ends with rho = 7; the geometric schedule is --disc=ve."""
     r = run("export", "--format", "edm", "--output", tmp_path / "edm.json")
-    assert r.exit_code == 2 and "--convert" in r.stderr
-    assert run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--convert").exit_code == 0
+    assert r.exit_code == 2 and "--convert" in r.stderr and "[-1, 1]" in r.stderr
+    r = run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--convert", "--json")
+    assert r.exit_code == 0, r.output
     edm = json.loads((tmp_path / "edm.json").read_text())
     assert edm["pixel_range"] == "-1,1" and edm["sigmas"][-1] == 0.0 and edm["sigmas"][0] == pytest.approx(2 * saved.sigma_max)
-    assert np.all(np.diff(edm["sigmas"]) < 0) and len(edm["sigmas"]) == saved.num_scales + 1
+    assert edm["sigma_min"] == pytest.approx(0.02) and "--disc=ve" in edm["edm_generate_args"]
+    assert not {"step_size", "steps_per_scale", "snr"} & set(edm)
+    steps = np.arange(saved.num_scales)  # EDM's generate.py, --disc=ve: sigma_i^2 = sigma_max^2 (sigma_min^2 / sigma_max^2)^(i / (N-1))
+    ve = np.sqrt(edm["sigma_max"] ** 2 * (edm["sigma_min"] ** 2 / edm["sigma_max"] ** 2) ** (steps / (saved.num_scales - 1)))
+    np.testing.assert_allclose(edm["sigmas"][:-1], ve, rtol=1e-12)
+    r = run("export", "--format", "edm", "--output", tmp_path / "e2.json", "--convert", "--sampler", "pc")
+    assert r.exit_code == 2 and "no Langevin steps" in r.stderr
+
+
+def test_export_of_numbers_in_the_given_pixel_range(tmp_path):
+    r = run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--sigma-max", 100, "--num-scales", 232, "--pixel-range=-1,1")
+    assert r.exit_code == 0, r.stderr
+    edm = json.loads((tmp_path / "edm.json").read_text())
+    assert edm["pixel_range"] == "-1,1" and edm["sigma_max"] == 100 and edm["sigmas"][0] == 100 and edm["sigma_min"] == 0.02
+    r = run("export", "--format", "edm", "--output", tmp_path / "edm.json", "--sigma-max", 50, "--num-scales", 232)
+    assert r.exit_code == 2 and "derived for [0, 1]" in r.stderr and "--convert" in r.stderr
+
+
+def test_the_real_official_configs_read_as_published(real_configs):
+    for path in sorted((real_configs / "ncsnv2" / "configs").glob("*.yml")):
+        c = read_tool_config(path)
+        assert len(audit_config(c).findings) == 4 and c.sampler.name == "ald", path

@@ -259,23 +259,14 @@ def test_batch_sampler_visits_each_image_once_per_epoch():
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
 
 
-OFFICIAL_CIFAR10 = """
-training: {batch_size: 128, n_epochs: 500000, n_iters: 300001, snapshot_freq: 5000, snapshot_sampling: true, anneal_power: 2, log_all_sigmas: false}
-sampling: {batch_size: 100, data_init: false, step_lr: 0.0000062, n_steps_each: 5, ckpt_id: 300000, final_only: true, fid: false, denoise: true, num_samples4fid: 10000, inpainting: false, interpolation: false, n_interpolations: 15}
-data: {dataset: "CIFAR10", image_size: 32, channels: 3, logit_transform: false, uniform_dequantization: false, gaussian_dequantization: false, random_flip: true, rescaled: false, num_workers: 4}
-model: {sigma_begin: 50, num_classes: 232, ema: true, ema_rate: 0.999, spec_norm: false, sigma_dist: geometric, sigma_end: 0.01, normalization: InstanceNorm++, nonlinearity: elu, ngf: 128}
-optim: {weight_decay: 0.000, optimizer: "Adam", lr: 0.0001, beta1: 0.9, amsgrad: false, eps: 0.00000001}
-"""
-
-
-def test_official_yaml_reads_into_its_values(tmp_path):
-    path = tmp_path / "cifar10.yml"
-    path.write_text(OFFICIAL_CIFAR10)
-    c = load_train_config(path)
+def test_official_yaml_reads_into_its_values(tmp_path, real_configs):
+    official = (real_configs / "ncsnv2" / "configs" / "cifar10.yml").read_text()  # as published
+    c = load_train_config(real_configs / "ncsnv2" / "configs" / "cifar10.yml")
     assert (c.data, c.batch_size, c.steps, c.sigma_max, c.sigma_min, c.num_scales) == ("cifar10", 128, 300001, 50.0, 0.01, 232)
     assert (c.step_size, c.steps_per_scale, c.ngf, c.lr, c.beta1, c.adam_eps, c.ema_rate) == (6.2e-6, 5, 128, 1e-4, 0.9, 1e-8, 0.999)
     assert (c.weight_decay, c.random_flip, c.checkpoint_every, c.architecture) == (0.0, True, 5000, "ncsnv2")
-    path.write_text(OFFICIAL_CIFAR10.replace("InstanceNorm++", "BatchNorm"))
+    path = tmp_path / "cifar10.yml"
+    path.write_text(official.replace("InstanceNorm++", "BatchNorm"))
     with pytest.raises(NcsnTuneError, match="BatchNorm"):
         load_train_config(path)
 

@@ -106,6 +106,16 @@ def test_run_tuning_and_overrides(trained_run, tmp_path):
         resolve(Given(run=run, schedule_file=tmp_path / "other.json", dim=768))
 
 
+def test_sampling_refuses_a_schedule_for_the_other_pixel_range(trained_run, tmp_path):
+    """The run trained on pixels in [0, 1]: a [-1, 1] schedule has every sigma twice too large for its network."""
+    run = load_checkpoint(trained_run)
+    run.schedule.in_pixel_range("-1,1").save(tmp_path / "symmetric.json")
+    with pytest.raises(NcsnTuneError, match=r"pixels in \[-1, 1\].*factor 0.5"):
+        resolve(Given(run=run, schedule_file=tmp_path / "symmetric.json"))
+    r = CliRunner().invoke(main, ["sample", "--checkpoint", str(trained_run), "--schedule", str(tmp_path / "symmetric.json"), "--num", "1"])
+    assert r.exit_code == 2 and "pixels in [-1, 1]" in r.stderr
+
+
 def test_seed_reproducible(trained_run):
     model = load_model(trained_run)
     schedule = load_checkpoint(trained_run).schedule.with_num_scales(4)

@@ -8,6 +8,8 @@ One module per technique:
   equation, the number of scales and the geometric schedule.
 - :mod:`.step_size` -- Technique 4: Proposition 3's variance ratio and the
   step size eps that brings it closest to 1 for M steps per scale.
+- :mod:`.samplers` -- Technique 4 for the sampler that runs: score_sde's
+  predictor-corrector loop and diffusers' pipeline, modelled the same way.
 
 and the checks around them: :mod:`.simulation` (Proposition 3 by Monte Carlo,
 the paper's Figure 2 mixture experiment), :mod:`.nearest_neighbours` (exact
@@ -24,11 +26,14 @@ from .noise_schedule import (
     ratio_for_num_scales,
     solve_gamma,
 )
+from .samplers import Sampler, SamplerStep, sampler_step
 from .step_size import StepSize, optimal_step_size, variance_ratio
 
 __all__ = [
     "FarthestPair",
     "NoiseSchedule",
+    "Sampler",
+    "SamplerStep",
     "StepSize",
     "brute_force_max_distance",
     "geometric_sigmas",
@@ -37,6 +42,7 @@ __all__ = [
     "optimal_step_size",
     "overlap",
     "ratio_for_num_scales",
+    "sampler_step",
     "solve_gamma",
     "variance_ratio",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from ..errors import ScheduleError
+from ..pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 from .roots import brent_root
 from .step_size import StepSize, optimal_step_size
 
@@ -111,8 +112,14 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
 SIGMA_RANGE = (1e-18, 1e18)
 #: The most scales a schedule may have (the published CIFAR-10 one has 232).
 MAX_NUM_SCALES = 1_000_000
-#: Pixel conventions: the paper's [0, 1], and [-1, 1].
-PIXEL_RANGES = ("0,1", "-1,1")
+#: The paper's sigma_min, for pixels in [0, 1].
+SIGMA_MIN = 0.01
+
+
+def default_sigma_min(pixel_range: PixelRange | str | None = None) -> float:
+    """The paper's sigma_min (0.01 for pixels in [0, 1]) in the given pixel range: the same noise relative to the data,
+    so 0.02 in [-1, 1]."""
+    return SIGMA_MIN * DEFAULT_PIXEL_RANGE.factor_to(PixelRange.parse(pixel_range or DEFAULT_PIXEL_RANGE, error=ScheduleError))
 
 
 def validate_range(sigma_max: float, sigma_min: float) -> tuple[float, float]:
@@ -220,29 +227,28 @@ class NoiseSchedule:
     gamma: float | None = None
     data: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
-    #: The pixel convention the scales refer to: "0,1" (the paper's and NCSNv2's) or "-1,1" (EDM, diffusers,
-    #: score_sde with data.centered); doubling the pixel range doubles every distance and every sigma.
-    pixel_range: str | None = None
+    #: The pixel convention the scales refer to (None: not recorded, taken as the paper's [0, 1]); doubling the
+    #: pixel range doubles every distance and every sigma.
+    pixel_range: PixelRange | None = None
 
     def __post_init__(self) -> None:
         validate_range(self.sigma_max, self.sigma_min)
         validate_num_scales(self.num_scales)
         if self.dim is not None:
             _validate_dim(self.dim)
-        if self.pixel_range not in (None, *PIXEL_RANGES):
-            raise ScheduleError(f"pixel_range must be one of {', '.join(PIXEL_RANGES)}, got {self.pixel_range!r}", fields="pixel_range")
+        object.__setattr__(self, "pixel_range", PixelRange.parse_optional(self.pixel_range, error=ScheduleError))
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_num_scales(cls, sigma_max: float, dim: int | None, num_scales: int, *, sigma_min: float = 0.01,
-                        data: dict | None = None, source: dict | None = None, pixel_range: str | None = None) -> "NoiseSchedule":
+                        data: dict | None = None, source: dict | None = None, pixel_range: PixelRange | None = None) -> "NoiseSchedule":
         """L given scales from sigma_max to sigma_min; the overlap they achieve is reported, not targeted."""
         return cls(float(sigma_max), float(sigma_min), num_scales, dim, None, None, data, dict(source or {}), pixel_range)
 
     @classmethod
     def from_overlap(cls, sigma_max: float, dim: int, *, sigma_min: float = 0.01, target_overlap: float = 0.5,
-                     data: dict | None = None, source: dict | None = None, pixel_range: str | None = None) -> "NoiseSchedule":
+                     data: dict | None = None, source: dict | None = None, pixel_range: PixelRange | None = None) -> "NoiseSchedule":
         """Technique 2: gamma from the overlap equation, L = ceil(log(sigma_max/sigma_min)/log gamma) + 1.
 
         The schedule is then rebuilt geometrically with L scales, so its realised
@@ -255,19 +261,21 @@ class NoiseSchedule:
                    pixel_range)
 
     @classmethod
-    def from_data(cls, dataset, *, sigma_min: float = 0.01, target_overlap: float = 0.5, num_scales: int | None = None,
+    def from_data(cls, dataset, *, sigma_min: float | None = None, target_overlap: float = 0.5, num_scales: int | None = None,
                   method: str = "pruned", device: str = "auto", progress=None) -> "NoiseSchedule":
         """Techniques 1 and 2 for a data set: sigma_max is its exact diameter, then the overlap equation.
 
         ``dataset``: a :class:`ncsn_tune.data.Dataset` (``ncsn_tune.load_dataset``) or an
         array of points (N, ...) whose pixels are scaled to [0, 1] as the loader
-        would. With ``num_scales`` the schedule has that many scales instead of
-        the equation's L. ``device``: where T1 runs (cpu, cuda, auto).
+        would. ``sigma_min``: by default the paper's 0.01 in the data's pixel range
+        (:func:`default_sigma_min`). With ``num_scales`` the schedule has that many
+        scales instead of the equation's L. ``device``: where T1 runs (cpu, cuda, auto).
         """
         from ..data import as_dataset
         from .initial_noise_scale import max_pairwise_distance
 
         dataset = as_dataset(dataset)
+        sigma_min = default_sigma_min(dataset.pixel_range) if sigma_min is None else sigma_min
         found = max_pairwise_distance(dataset.points(), scale=dataset.scale, method=method, device=device, progress=progress)
         if found.distance == 0:
             what = "it holds one point" if found.num_points == 1 else f"all {found.num_points:,} points coincide"
@@ -319,19 +327,33 @@ class NoiseSchedule:
         """Technique 4: the optimal eps for M = ``steps_per_scale`` Langevin steps per scale."""
         return optimal_step_size(self.ratio, steps_per_scale, self.sigma_min)
 
+    def sampler_step(self, sampler, steps_per_scale: int = 1, snr: float | None = None):
+        """Technique 4 for another sampler's loop over these scales (:func:`ncsn_tune.analysis.samplers.sampler_step`):
+        the optimal snr (or the given one's s^2/sigma^2) for ``sampler``, e.g. ``Sampler.named("pc")``."""
+        from .samplers import sampler_step
+
+        return sampler_step(sampler, self.sigma_max, self.sigma_min, self.num_scales, steps_per_scale, snr)
+
     def with_num_scales(self, num_scales: int) -> "NoiseSchedule":
         """The same ends and data with another number of scales (the overlap equation no longer applies)."""
         return NoiseSchedule(self.sigma_max, self.sigma_min, num_scales, self.dim, None, None, self.data,
                              {**self.source, "num_scales_given": True}, self.pixel_range)
 
-    def in_pixel_range(self, pixel_range: str) -> "NoiseSchedule":
-        """The same schedule in the other pixel convention: [-1, 1] is [0, 1] stretched by 2, so every sigma doubles
-        (and the step eps quadruples; snr and the overlap do not change)."""
-        if self.pixel_range is None or pixel_range == self.pixel_range:
+    @property
+    def pixels(self) -> PixelRange:
+        """The pixel range, the paper's [0, 1] when the schedule does not record one."""
+        return self.pixel_range or DEFAULT_PIXEL_RANGE
+
+    def in_pixel_range(self, pixel_range: PixelRange | str) -> "NoiseSchedule":
+        """The same schedule for pixels in another range: every sigma, sigma_min included, scales by the ratio of the
+        widths (x2 from [0, 1] to [-1, 1]); L, the ratio and the overlap do not change. A schedule that does not record
+        its range is taken as [0, 1]."""
+        pixel_range = PixelRange.parse(pixel_range, error=ScheduleError)
+        if pixel_range == self.pixels:
             return dataclasses.replace(self, pixel_range=pixel_range)
-        factor = 2.0 if pixel_range == "-1,1" else 0.5
+        factor = self.pixels.factor_to(pixel_range)
         return dataclasses.replace(self, sigma_max=self.sigma_max * factor, sigma_min=self.sigma_min * factor, pixel_range=pixel_range,
-                                   source={**self.source, "converted_from_pixel_range": self.pixel_range})
+                                   source={**self.source, "converted_from_pixel_range": str(self.pixels)})
 
     def same_scales(self, other: "NoiseSchedule", rtol: float = 1e-12) -> bool:
         """True when both schedules have the same sigmas (ends within ``rtol``, same L)."""
@@ -349,7 +371,8 @@ class NoiseSchedule:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON/YAML, with the derived ratio, overlap and scales for the reader."""
         data = asdict(self)
-        data.update(ratio=self.ratio, overlap=None if self.dim is None else self.overlap, sigmas=self.sigmas.tolist())
+        data.update(ratio=self.ratio, overlap=None if self.dim is None else self.overlap, sigmas=self.sigmas.tolist(),
+                    pixel_range=None if self.pixel_range is None else str(self.pixel_range))
         return data
 
     @classmethod

@@ -15,6 +15,7 @@ independent of i (2 / (2 - a) is the poster's 2a / (1 - (1 - a)**2)). Here
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -122,6 +123,11 @@ class StepSize:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "snr": self.snr}
+
+    def scaled(self, factor: float) -> "StepSize":
+        """The same step for a schedule whose sigmas are all multiplied by ``factor`` (another pixel range): alpha =
+        eps sigma**2 / sigma_min**2 is a squared distance, so eps scales by factor**2; snr and s^2/sigma^2 do not change."""
+        return dataclasses.replace(self, step_size=self.step_size * factor**2, sigma_min=self.sigma_min * factor)
 
     @classmethod
     def given(cls, step_size: float, ratio: float, steps_per_scale: int, sigma_min: float = 0.01) -> "StepSize":

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
-from ..analysis.noise_schedule import NoiseSchedule, solve_gamma
+from ..analysis.noise_schedule import NoiseSchedule, default_sigma_min, solve_gamma
+from ..analysis.samplers import CORRECTORS, PREDICTORS, SAMPLERS, SAMPLING_EPS, Sampler, sampler_step
 from ..analysis.step_size import StepSize, optimal_step_size
 from ..config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
 from ..errors import NcsnTuneError
 from ..files import MAPPING_SUFFIXES, check_output
+from ..pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 from ..tuning import ScheduleChoice, derive_schedule, given_step_size, resolve, resolve_schedule, save_step_size
 from .app import main
 from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
@@ -40,8 +42,10 @@ def schedule_rows(s: dict) -> list[list[str]]:
     if s["data"]:
         rows += [["data", s["data"]["name"], f"{s['data']['path']} ({s['data'].get('split') or 'all files'})"],
                  ["points N", fmt(s["num_points"]), f"pixel scale: {s['pixel_scale']}"]]
-    if s["pixel_range"] and s["pixel_range"] != "0,1":
-        rows.append(["pixel range", s["pixel_range"], "distances and sigmas in this convention (twice the [0, 1] ones)"])
+    pixels = PixelRange.parse(s["pixel_range"] or DEFAULT_PIXEL_RANGE)
+    if pixels != DEFAULT_PIXEL_RANGE:
+        rows.append(["pixel range", pixels.label, f"distances and sigmas in this convention ({DEFAULT_PIXEL_RANGE.factor_to(pixels):g} "
+                     f"times the {DEFAULT_PIXEL_RANGE.label} ones)"])
     rows.append(["dimension D", fmt(s["dim"]), "C*H*W"])
     t1 = s["t1"]
     if t1 and "pair" in t1:
@@ -49,7 +53,8 @@ def schedule_rows(s: dict) -> list[list[str]]:
                      f"{t1['pairs_evaluated']:,} of {t1['pairs_total']:,} pairs in {t1['seconds']:.2f} s"])
     else:
         rows.append(["sigma_max", f"{s['sigma_max']:.6g}", "given"])
-    rows.append(["sigma_min", fmt(s["sigma_min"]), "given" if s["sigma_min"] != A.sigma_min else "paper default"])
+    rows.append(["sigma_min", fmt(s["sigma_min"]), "paper default" + ("" if pixels == DEFAULT_PIXEL_RANGE else f" for {pixels.label}")
+                 if s["sigma_min"] == default_sigma_min(pixels) else "given"])
     rows.append(["gamma", fmt(s["gamma"], 8), "T2: root of Phi(sqrt(2D)(g-1)+3g) - Phi(sqrt(2D)(g-1)-3g) = C"])
     how = "ceil(log(sigma_max/sigma_min)/log gamma) + 1" if s["target_overlap"] else f"given (the equation gives {fmt(s['equation_num_scales'])})"
     rows += [["num_scales L", str(s["num_scales"]), how],
@@ -65,7 +70,8 @@ def schedule_rows(s: dict) -> list[list[str]]:
 @data_options
 @click.option("--sigma-max", type=float, help="Use this sigma_max instead of computing it from --data (Technique 1).")
 @click.option("--dim", type=int, help="Data dimension D = C*H*W (with --sigma-max and no --data).")
-@click.option("--sigma-min", type=float, help=f"The smallest scale [default: {A.sigma_min}].")
+@click.option("--sigma-min", type=float, help=f"The smallest scale [default: {A.sigma_min} for pixels in [0, 1], the same relative to the "
+              "data in another range: 0.02 in [-1, 1]].")
 @click.option("--overlap", "target_overlap", type=float, help=f"Target overlap C of adjacent scales [default: {A.target_overlap}].")
 @click.option("--num-scales", type=int, help="Use L scales instead of the equation's L; the overlap they achieve is reported.")
 @path_option("--output", help=f"Schedule file to write, .json or .yaml [default: WORKDIR/{SCHEDULE_FILE}].")
@@ -120,22 +126,45 @@ def step_size_options(default_steps: str | None):
     )
 
 
+sampler_options = stack(
+    click.option("--sampler", type=click.Choice(SAMPLERS), default="ald", show_default=True,
+                 help="The loop the step is for: ald (NCSNv2's annealed Langevin dynamics: Proposition 3), pc (score_sde's "
+                 "predictor-corrector sampler) or diffusers (ScoreSdeVePipeline)."),
+    click.option("--predictor", type=click.Choice(PREDICTORS), help="pc: score_sde's sampling.predictor [default: reverse_diffusion]."),
+    click.option("--corrector", type=click.Choice(CORRECTORS), help="pc: score_sde's sampling.corrector [default: langevin]."),
+    click.option("--sampling-eps", type=float, default=SAMPLING_EPS, show_default=True,
+                 help="pc, diffusers: the end time of the t grid linspace(1, eps, N)."),
+)
+
+
+def chosen_sampler(name: str, predictor: str | None, corrector: str | None, sampling_eps: float) -> Sampler:
+    if name != "pc" and (predictor or corrector):
+        raise NcsnTuneError(f"--predictor and --corrector choose score_sde's loop (--sampler pc); {name} runs a fixed one",
+                            fields=("predictor", "corrector", "sampler"))
+    return Sampler.named(name, predictor, corrector, sampling_eps=sampling_eps)
+
+
 @main.command("step-size")
 @step_size_options(str(A.steps_per_scale))
+@sampler_options
 @path_option("--output", help=f"Step-size file to write (one M), .json or .yaml [default: WORKDIR/{STEP_SIZE_FILE}].")
 @force_option
 @json_option
-def step_size(steps_per_scale, step_size, snr, output, force, as_json, **opts):
-    """Technique 4: the eps that brings Proposition 3's s^2/sigma^2 closest to 1 for M steps per scale.
+def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, output, force, as_json, **opts):
+    """Technique 4: the eps (or snr) that brings s^2/sigma^2 closest to 1 for M steps per scale, for the sampler that runs.
 
     \b
     ncsn-tune step-size --M 5                     (uses the schedule 'sigmas' saved)
     ncsn-tune step-size --M 1,3,5,10 --sigma-max 50 --num-scales 232
+    ncsn-tune step-size --sampler pc --M 1 --sigma-max 50 --num-scales 1000 --snr 0.16
     """
     report = Report(as_json)
+    loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
     steps = parse_steps(steps_per_scale)
     target = check_output(output or workdir() / STEP_SIZE_FILE, MAPPING_SUFFIXES, force=force) if len(steps) == 1 else None
     choice = choose_schedule(report, opts)
+    if loop.name != "ald":
+        return sampler_step_size(report, loop, choice, steps, step_size, snr, target)
     step_size = given_step_size(step_size, snr, choice.sigma_min)
     rows = step_rows(choice, steps, step_size)
     saved = save_step_size(rows[0][0], target, choice.schedule, choice.file) if target else None
@@ -154,6 +183,31 @@ def step_size(steps_per_scale, step_size, snr, output, force, as_json, **opts):
                 "for a single-Gaussian model, an approximation for real data).")
     report.line(f"Saved the step size for M = {steps[0]} to {saved}" if saved else
                 f"Several values of M ({', '.join(map(str, steps))}): no step size saved; give one M to save it.")
+
+
+def sampler_step_size(report: Report, loop: Sampler, choice: ScheduleChoice, steps: list[int], step_size, snr, target) -> None:
+    """``step-size --sampler pc|diffusers``: the optimum snr of that loop for each M, and a given snr's ratio."""
+    schedule = require_schedule(choice)
+    if step_size is not None:
+        raise NcsnTuneError(f"{loop.describe()} takes its step as snr, not eps: give --snr", fields=("step_size", "snr"))
+    rows = [(sampler_step(loop, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m),
+             sampler_step(loop, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m, snr) if snr is not None else None)
+            for m in steps]
+    saved = save_step_size(rows[0][0], target, schedule, choice.file) if target else None
+    results = [{**best.to_dict(), **({"given_snr": g.snr, "given_variance_ratio": g.variance_ratio} if g else {})} for best, g in rows]
+    report.result({**results[0], "step_size_file": saved, "notes": list(choice.notes)} if saved else results)
+    if report.as_json:
+        return
+    report.notes(choice.notes)
+    columns = ["M", "snr (optimal)", "s^2/sigma^2 at the last level"] + ([f"at snr = {snr:g}"] if snr is not None else [])
+    table = [[str(b.steps_per_scale), "-" if b.snr is None else f"{b.snr:.5f}", f"{b.variance_ratio:.6f}"]
+             + ([f"{g.variance_ratio:.6f}"] if g else []) for b, g in rows]
+    report.table(f"Corrector step (Technique 4) for {loop.describe()}: N = {schedule.num_scales} levels from {schedule.sigma_max:.6g} "
+                 f"to {schedule.sigma_min:g}, t in linspace(1, {loop.sampling_eps:g}, N)", columns, table, tuple(range(len(columns))))
+    report.line(f"Criterion: {rows[0][0].criterion}, closest to 1 (a single-Gaussian model of the loop, exact for it; an "
+                "approximation for real data). No closed form: the loop's variance recursion, checked by Monte Carlo in the tests.")
+    report.line(f"Saved the step for M = {steps[0]} to {saved}" if saved else
+                f"Several values of M ({', '.join(map(str, steps))}): nothing saved; give one M to save it.")
 
 
 # ------------------------------------------------------------------------------------------------ plot
@@ -183,21 +237,30 @@ def save_figure(report: Report, fig, output: Path) -> Path:
 
 @plot.command("step-size")
 @step_size_options("1,3,5,10")
+@sampler_options
 @figure_output
 @json_option
-def plot_step_size_cmd(steps_per_scale, step_size, snr, output, force, as_json, **opts):
-    """s^2/sigma^2 against eps for several M, each optimum marked (Technique 4); takes what step-size takes."""
-    from ..plots import plot_step_size
+def plot_step_size_cmd(steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, output, force, as_json, **opts):
+    """s^2/sigma^2 against eps (or snr, for another tool's loop) for several M, each optimum marked (Technique 4); takes what
+    step-size takes."""
+    from ..plots import plot_sampler_step, plot_step_size
 
     report = Report(as_json)
     check_figure(output, force)
+    loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
     steps = parse_steps(steps_per_scale)
     choice = choose_schedule(report, opts)
-    fig = plot_step_size(choice.ratio, choice.sigma_min, steps, given_step_size(step_size, snr, choice.sigma_min))
+    if loop.name == "ald":
+        fig = plot_step_size(choice.ratio, choice.sigma_min, steps, given_step_size(step_size, snr, choice.sigma_min))
+    elif step_size is not None:
+        raise NcsnTuneError(f"{loop.describe()} takes its step as snr, not eps: give --snr", fields=("step_size", "snr"))
+    else:
+        fig = plot_sampler_step(loop, require_schedule(choice), steps, snr)
     save_figure(report, fig, output)
     report.result({"figure": output, "optima": [o.to_dict() for o in fig.optima], "notes": list(choice.notes)})
     for o in fig.optima:
-        report.line(f"M = {o.steps_per_scale}: eps = {o.step_size:.6e}, s^2/sigma^2 = {o.variance_ratio:.6f}")
+        report.line(f"M = {o.steps_per_scale}: " + (f"eps = {o.step_size:.6e}" if loop.name == "ald" else f"snr = {o.snr:.5f}")
+                    + f", s^2/sigma^2 = {o.variance_ratio:.6f}")
 
 
 @plot.command("schedule")

@@ -16,6 +16,7 @@ import click
 from ..config import AnalysisConfig, help_of
 from ..data import SPLITS, Dataset, load_dataset
 from ..errors import NcsnTuneError
+from ..pixel_range import CHOICES as PIXEL_RANGE_CHOICES, DEFAULT as DEFAULT_PIXEL_RANGE
 from ..tuning import Given
 from .render import Report
 
@@ -46,8 +47,9 @@ data_options = stack(
     click.option("--split", type=click.Choice(SPLITS), default=A.split, show_default=True, help=help_of(A, "split")),
     click.option("--no-download", is_flag=True, help="Never download CIFAR-10; fail if it is not on disk."),
     click.option("--no-rescale", is_flag=True, help="Use array values as stored instead of scaling them to [0, 1]."),
-    click.option("--pixel-range", type=click.Choice(["0,1", "-1,1"]), default="0,1", show_default=True,
-                 help="The pixel convention distances and sigmas refer to: the paper's [0, 1], or [-1, 1] (EDM, diffusers)."),
+    click.option("--pixel-range", type=click.Choice(PIXEL_RANGE_CHOICES),
+                 help="The pixel convention distances and sigmas refer to: the paper's [0, 1], or [-1, 1] (EDM, k-diffusion, "
+                 "score_sde with data.centered) [default: the paper's [0, 1]; a schedule file's own range]."),
     click.option("--method", type=click.Choice(["pruned", "blocked"]), default=A.distance_method, show_default=True,
                  help=help_of(A, "distance_method")),
     click.option("--device", default=A.device, show_default=True, help=help_of(A, "device")),
@@ -56,7 +58,8 @@ data_options = stack(
 schedule_options = stack(
     path_option("--schedule", help="Schedule file (JSON/YAML) [default: the work folder's schedule.json]."),
     click.option("--sigma-max", type=float, help="The largest scale: with --num-scales (or --dim), a schedule from numbers."),
-    click.option("--sigma-min", type=float, help=f"The smallest scale [default: the schedule's, else {A.sigma_min}]."),
+    click.option("--sigma-min", type=float, help=f"The smallest scale [default: the schedule's, else {A.sigma_min} for pixels in [0, 1], "
+                 "the same relative to the data in another range]."),
     click.option("--num-scales", type=int, help="Number of scales L (with --sigma-max; alone, re-spaces the chosen schedule)."),
     click.option("--dim", type=int, help="Data dimension D = C*H*W (for the overlap, when no data is given)."),
     click.option("--ratio", "--gamma", "ratio", type=float, help="A bare ratio of adjacent scales instead of a schedule."),
@@ -86,7 +89,7 @@ def read_data(report: Report, opts: dict[str, Any], split: str | None = None) ->
     with report.progress() as progress:
         data = load_dataset(opts["data"], opts.get("data_root"), split or opts.get("split", A.split),
                             download=not opts.get("no_download"), rescale=not opts.get("no_rescale"), progress=progress,
-                            pixel_range=opts.get("pixel_range", "0,1"))
+                            pixel_range=opts.get("pixel_range") or DEFAULT_PIXEL_RANGE)
     for note in data.notes:
         report.warn(note)
     return data

@@ -7,7 +7,9 @@ given diameter and dimension), and a verdict with its consequence in words and n
   cannot travel between training images farther apart than about sigma_max, so modes can be missed.
 - T2: the overlap of adjacent scales that its L reaches, against the target; more scales than the
   equation needs cost sampling time, fewer leave gaps the sampler must jump.
-- T4: Proposition 3's s^2/sigma^2 at its eps (or snr) and M, against the optimum for that M.
+- T4: for the sampler it runs, the s^2/sigma^2 its step (eps or snr) and M reach, against the optimum for that M
+  (Proposition 3 for annealed Langevin dynamics; the loop's single-Gaussian chain for predictor-corrector
+  samplers); "no Langevin steps" for an ODE or a predictor-only sampler.
 - T5: EMA sampling on or off.
 """
 
@@ -16,8 +18,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..analysis.noise_schedule import NoiseSchedule, num_scales_for_ratio, overlap, ratio_for_num_scales, solve_gamma
-from ..analysis.step_size import optimal_step_size, snr_of, variance_ratio
+from ..analysis.samplers import sampler_step
 from ..errors import ScheduleError
 from .tool_configs import ToolConfig
 
@@ -48,11 +52,11 @@ class Audit:
 
 
 def check_t1(c: ToolConfig, diameter: float | None) -> Finding:
-    have = f"sigma_max {c.sigma_max:g} (pixels in [{c.pixel_range}])"
+    have = f"sigma_max {c.sigma_max:g} (pixels in {c.pixel_range.label})"
     if diameter is None:
         return Finding("T1", "not checked", have, "sigma_max = the largest distance between two training images",
                        "give the data (or its diameter) to check it", {"sigma_max": c.sigma_max})
-    paper = f"the data's diameter {diameter:.6f} (exact, pixels in [{c.pixel_range}])"
+    paper = f"the data's diameter {diameter:.6f} (exact, pixels in {c.pixel_range.label})"
     numbers = {"sigma_max": c.sigma_max, "diameter": diameter}
     if c.sigma_max >= diameter:
         ratio = ratio_for_num_scales(c.sigma_max, c.sigma_min, c.num_scales)
@@ -99,29 +103,44 @@ def check_t2(c: ToolConfig, dim: int | None, target: float) -> Finding:
 
 
 def check_t4(c: ToolConfig) -> Finding:
-    if c.steps_per_scale is None or c.eps is None:
-        return Finding("T4", "not checked", "no Langevin steps per scale", "M Langevin steps per scale at Proposition 3's eps",
-                       "the sampler runs no annealed Langevin corrector", {})
-    m, eps = c.steps_per_scale, c.eps
-    ratio = ratio_for_num_scales(c.sigma_max, c.sigma_min, c.num_scales)
-    given = "snr " + f"{c.snr:g}" + f" (eps = 2 (snr sigma_min)^2 = {eps:.4g})" if c.step_size is None else f"eps {eps:g}"
-    have = f"M = {m}, {given}"
-    best = optimal_step_size(ratio, m, c.sigma_min)
-    paper = f"eps {best.step_size:.4g} (snr {best.snr:.4f}) for M = {m}: s^2/sigma^2 = {best.variance_ratio:.7f}"
-    approx = " (score_sde's langevin corrector and diffusers: an approximate map through ||s|| ~ sqrt(D)/sigma)" \
-        if c.step_rule == "langevin" else ""
-    numbers = {"steps_per_scale": m, "step_size": eps, "snr": snr_of(eps, c.sigma_min), "optimal_step_size": best.step_size,
-               "optimal_snr": best.snr, "optimal_variance_ratio": best.variance_ratio, "exact_map": c.step_rule == "ald"}
-    if eps >= c.sigma_min**2:
+    """Technique 4 for the sampler the configuration runs (:mod:`ncsn_tune.analysis.samplers`): Proposition 3 for
+    annealed Langevin dynamics, the single-Gaussian chain of the predictor-corrector loop otherwise."""
+    if c.sampler is None or not c.sampler.langevin_steps:
+        why = c.no_sampler_reason or f"{c.sampler.describe()} runs its predictor only"
+        return Finding("T4", "no Langevin steps", why, "M Langevin steps per scale at the optimal step",
+                       "Technique 4 tunes Langevin steps, and this sampler takes none", {"sampler": c.sampler.to_dict() if c.sampler else None})
+    m, snr = c.steps_per_scale, c.given_snr
+    if m is None or snr is None:
+        return Finding("T4", "not checked", "no step size in this configuration", "M Langevin steps at the optimal step",
+                       "the configuration does not give the corrector's step", {})
+    exact = c.sampler.annealed_langevin
+    given = f"eps {c.step_size:g}" if c.step_size is not None else f"snr {snr:g}" + (f" (eps = 2 (snr sigma_min)^2 = {c.eps:.4g})" if exact else "")
+    have = f"M = {m}, {given}; {c.sampler.describe()}, N = {c.num_scales}"
+    best = sampler_step(c.sampler, c.sigma_max, c.sigma_min, c.num_scales, m)
+    what = "s^2/sigma^2" if exact else "s^2/sigma^2 at the last level"
+    paper = (f"eps {best.step_size:.4g} (snr {best.snr:.4f}) for M = {m}: {what} = {best.variance_ratio:.7f}" if exact else
+             f"snr {best.snr:.4f} for M = {m}: {what} = {best.variance_ratio:.7f} (the loop's single-Gaussian chain)")
+    numbers = {"sampler": c.sampler.to_dict(), "num_scales": c.num_scales, "steps_per_scale": m, "snr": snr, "step_size": c.eps,
+               "optimal_snr": best.snr, "optimal_step_size": best.step_size, "optimal_variance_ratio": best.variance_ratio,
+               "criterion": best.criterion, "exact_map": exact}
+    if exact and c.eps >= c.sigma_min**2:
         return Finding("T4", "problem", have, paper, f"eps is at or above sigma_min^2 = {c.sigma_min ** 2:g}: the Langevin step at the "
-                       f"smallest scale overshoots and the variance does not settle{approx}", numbers)
-    got = float(variance_ratio(eps, ratio, m, c.sigma_min))
-    numbers["variance_ratio"] = got
-    excess, best_excess = got - 1, best.variance_ratio - 1
-    close = got - best.variance_ratio <= max(1e-4, 0.02 * best_excess)
-    words = (f"eps {eps:.4g} gives s^2/sigma^2 = {got:.7f} against the optimum's {best.variance_ratio:.7f} at eps {best.step_size:.4g}"
-             + ("" if close else f": the samples end {excess:.1%} above the noise level the model expects instead of {best_excess:.1%}"
-                f" (a step {eps / best.step_size:.2f} times the optimum)") + approx)
+                       "smallest scale overshoots and the variance does not settle", numbers)
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = sampler_step(c.sampler, c.sigma_max, c.sigma_min, c.num_scales, m, snr)
+    numbers.update(variance_ratio=got.variance_ratio, chain_ratio=got.chain_ratio)
+    if not math.isfinite(got.variance_ratio) or got.variance_ratio > 1e6:
+        return Finding("T4", "problem", have, paper, "the chain's variance does not settle at this step: the samples end far from the "
+                       "noise level the model expects", numbers)
+    excess, best_excess = abs(got.variance_ratio - 1), abs(best.variance_ratio - 1)
+    close = excess - best_excess <= max(1e-4, 0.02 * best_excess)
+    factor = snr / best.snr
+    words = (f"{'eps ' + format(c.eps, '.4g') if exact else 'snr ' + format(snr, 'g')} gives {what} = {got.variance_ratio:.7f} "
+             f"against the optimum's {best.variance_ratio:.7f}"
+             + ("" if close else f": the samples end {excess:.1%} off the noise level the model expects instead of {best_excess:.1%} "
+                f"(a step {factor ** 2 if exact else factor:.2f} times the optimum's {'eps' if exact else 'snr'})"))
+    if exact:
+        words += f"; run through the whole chain the excess compounds to {got.chain_ratio:.4f}"
     return Finding("T4", "ok" if close else "warning", have, paper, words, numbers)
 
 

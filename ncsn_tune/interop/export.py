@@ -1,110 +1,249 @@
-"""Writing a derived schedule and step size in the configuration formats of other tools (torch-free).
+"""Writing a derived schedule and step for the configuration formats of other tools (torch-free).
 
-- ``diffusers``: a folder with ``scheduler_config.json`` that ``ScoreSdeVeScheduler.from_pretrained`` loads;
-  its ``discrete_sigmas`` are this schedule's sigmas (ascending), ``snr`` the step, ``correct_steps`` M.
-- ``score-sde``: a ``.py`` whose ``get_config()`` starts from the user's base config and sets
-  ``model.sigma_max``/``sigma_min``/``num_scales``, ``sampling.snr``/``n_steps_each`` and ``data.centered``,
-  and the same fields as flat JSON beside it.
-- ``ncsnv2-yaml``: the ``model``/``sampling``/``data`` settings of an official NCSNv2 YAML.
-- ``edm``: JSON with the continuous ``sigma_max``/``sigma_min`` in [-1, 1] pixels and the sigmas for
-  k-diffusion's ``sample_*(model, x, sigmas)`` (descending, with the trailing 0 k-diffusion appends).
+- ``diffusers``: a folder with ``scheduler_config.json`` that ``ScoreSdeVeScheduler.from_pretrained`` loads, for
+  pixels in [0, 1] (the pipeline's convention). Its ``snr`` is the optimum for the pipeline's own loop (langevin
+  corrector, then reverse-diffusion predictor) over the schedule's L levels, ``correct_steps`` is M; the pipeline
+  must be called with ``num_inference_steps = L`` (it re-spaces to its default 2000 otherwise), which the file
+  records and the notes say.
+- ``score-sde``: a ``.py`` whose ``get_config()`` starts from the user's base config and sets the schedule
+  (``model.sigma_max``/``sigma_min``/``num_scales``), ``data.centered`` for the schedule's pixel range, and the
+  sampler coherently (``sampling.method = 'pc'``, ``predictor``, ``corrector``, ``n_steps_each``, ``snr`` derived
+  for that sampler); fields are set with ``ignore_type`` because score_sde's bases declare some as ints; the file
+  refuses, when loaded, a base whose image size or channels differ from the schedule's data. The same fields as
+  flat JSON beside it.
+- ``ncsnv2-yaml``: the ``model``/``sampling``/``fast_fid``/``data`` settings of an official NCSNv2 YAML.
+- ``edm``: JSON for EDM's ``generate.py --disc=ve`` (its geometric discretisation; its default ``edm_sampler``
+  would space the same ends with rho = 7 instead) and k-diffusion's ``get_sigmas_exponential``, pixels in [-1, 1];
+  no Langevin steps, so no step is written.
 
-diffusers and EDM/k-diffusion put pixels in [-1, 1]: a schedule derived in [0, 1] is refused for them
-unless converted (every sigma doubles, eps quadruples; snr and the overlap do not change). score_sde and
-the NCSNv2 YAML take either convention (``data.centered``, ``data.rescaled``) and are set to the schedule's.
-Each file says what produced it from which data.
+A schedule made for another pixel range than the format's is refused unless converted (:meth:`NoiseSchedule.
+in_pixel_range`: every sigma, sigma_min included, scales by the ratio of the widths; eps by its square; snr, L and
+the overlap do not change). Each file says what produced it from which data.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
 
 from .. import __version__
 from ..analysis.noise_schedule import NoiseSchedule
-from ..analysis.step_size import StepSize
+from ..analysis.samplers import SAMPLING_EPS, Sampler, SamplerStep
 from ..errors import NcsnTuneError
 from ..files import atomic_write_bytes, write_mapping
+from ..pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
+from .conventions import CONVENTIONS, centered_for
 
 FORMATS = ("diffusers", "score-sde", "ncsnv2-yaml", "edm")
-#: The pixel convention a format fixes (None: it records either).
-CONVENTIONS = {"diffusers": "-1,1", "edm": "-1,1", "score-sde": None, "ncsnv2-yaml": None}
 SUFFIXES = {"diffusers": ("",), "score-sde": (".py",), "ncsnv2-yaml": (".yml", ".yaml"), "edm": (".json",)}
+#: EDM's VE preconditioner clamps the sampler's sigmas to this range (training/networks.py:534-535, generate.py:95-96).
+EDM_VE_RANGE = (0.02, 100.0)
 
 
-def provenance(schedule: NoiseSchedule, step: StepSize, fmt: str) -> dict:
+def provenance(schedule: NoiseSchedule, fmt: str, step: SamplerStep | None) -> dict:
     data = schedule.data or {}
-    return {"written_by": f"ncsn-tune {__version__} export --format {fmt}",
-            "data": {k: data.get(k) for k in ("name", "path", "split", "num_points", "shape", "fingerprint")} if data else "numbers given",
-            "sigma_max": schedule.sigma_max, "sigma_min": schedule.sigma_min, "num_scales": schedule.num_scales, "ratio": schedule.ratio,
-            "overlap": schedule.overlap if schedule.dim else None, "steps_per_scale": step.steps_per_scale, "step_size": step.step_size,
-            "snr": step.snr, "variance_ratio": step.variance_ratio, "pixel_range": schedule.pixel_range,
-            "converted_from_pixel_range": schedule.source.get("converted_from_pixel_range")}
+    origin = {"written_by": f"ncsn-tune {__version__} export --format {fmt}",
+              "data": {k: data.get(k) for k in ("name", "path", "split", "num_points", "shape", "fingerprint")} if data else "numbers given",
+              "sigma_max": schedule.sigma_max, "sigma_min": schedule.sigma_min, "num_scales": schedule.num_scales, "ratio": schedule.ratio,
+              "overlap": schedule.overlap if schedule.dim else None, "pixel_range": str(schedule.pixels),
+              "converted_from_pixel_range": schedule.source.get("converted_from_pixel_range")}
+    if step is not None:
+        origin.update(sampler=step.sampler.to_dict(), steps_per_scale=step.steps_per_scale, snr=step.snr, step_size=step.step_size,
+                      variance_ratio=step.variance_ratio, criterion=step.criterion)
+    return origin
 
 
-def converted(schedule: NoiseSchedule, step: StepSize, fmt: str, convert: bool) -> tuple[NoiseSchedule, StepSize, list[str]]:
-    """The schedule and step in the format's pixel convention, or a refusal to change it silently."""
-    wanted, notes = CONVENTIONS[fmt], []
-    have = schedule.pixel_range or "0,1"
+def converted(schedule: NoiseSchedule, wanted: PixelRange | None, convert: bool) -> tuple[NoiseSchedule, list[str]]:
+    """The schedule in the format's pixel range ``wanted`` (None: the format records either), or a refusal to change it
+    silently."""
+    notes = []
     if schedule.pixel_range is None:
-        notes.append("the schedule does not record its pixel range: taken as the paper's [0, 1]")
+        notes.append(f"the schedule does not record its pixel range: taken as the paper's {DEFAULT_PIXEL_RANGE.label}")
+    have = schedule.pixels
     if wanted is None or wanted == have:
-        return schedule.in_pixel_range(have), step, notes
+        return schedule.in_pixel_range(have), notes
     if not convert:
-        raise NcsnTuneError(f"{fmt} puts pixels in [{wanted}] but this schedule was derived for [{have}]: derive it for [{wanted}] "
-                            "(pixel range), or convert it (every sigma scales with the pixel range)", fields=("convert", "pixel_range"))
+        raise NcsnTuneError(f"this format puts pixels in {wanted.label} but the schedule was derived for {have.label}: derive it for "
+                            f"{wanted.label} (pixel range), or convert it (every sigma, sigma_min included, scales by "
+                            f"{have.factor_to(wanted):g})", fields=("convert", "pixel_range"))
     new = schedule.in_pixel_range(wanted)
-    factor = (new.sigma_min / schedule.sigma_min) ** 2  # alpha = eps sigma^2 / sigma_min^2 keeps its meaning
-    new_step = StepSize(step.steps_per_scale, step.step_size * factor, step.variance_ratio, step.ratio, new.sigma_min, step.optimal)
-    notes.append(f"converted from [{have}] to [{wanted}] pixels: sigmas x{new.sigma_min / schedule.sigma_min:g}, eps x{factor:g}, "
-                 "snr and overlap unchanged")
-    return new, new_step, notes
+    notes.append(f"converted from {have.label} to {wanted.label} pixels: every sigma x{have.factor_to(wanted):g} (sigma_min "
+                 f"{schedule.sigma_min:g} -> {new.sigma_min:g}), eps x{have.factor_to(wanted) ** 2:g}; snr, L and the overlap unchanged")
+    return new, notes
 
 
-def export_tuning(schedule: NoiseSchedule, step: StepSize, fmt: str, output: Path, *, convert: bool = False,
-                  score_sde_base: str = "configs.ve.ncsnv2.cifar10") -> tuple[list[Path], list[str]]:
-    """Write ``schedule`` and ``step`` for ``fmt``; returns the files written and notes."""
+def check_score_sde_shape(base: dict, schedule: NoiseSchedule, base_name: str) -> None:
+    """A base whose data.image_size / num_channels differ from the schedule's data is refused."""
+    shape = tuple((schedule.data or {}).get("shape") or ())
+    size, channels = base.get("image_size"), base.get("num_channels")
+    if size is None:
+        return
+    theirs = (int(channels or 3), int(size), int(size))
+    if len(shape) == 3 and tuple(shape) != theirs:
+        raise NcsnTuneError(f"score_sde's {base_name} is for {'x'.join(map(str, theirs))} images but the schedule was derived from "
+                            f"{'x'.join(map(str, shape))} data; choose a base for this image size",
+                            fields="score_sde_base")
+    if schedule.dim is not None and schedule.dim != theirs[0] * theirs[1] * theirs[2]:
+        raise NcsnTuneError(f"score_sde's {base_name} is for {'x'.join(map(str, theirs))} images (D = {theirs[0] * theirs[1] * theirs[2]}) "
+                            f"but the schedule is for D = {schedule.dim}; choose a base for this image size",
+                            fields="score_sde_base")
+
+
+def export_tuning(schedule: NoiseSchedule, step: SamplerStep | None, fmt: str, output: Path, *,
+                  score_sde_base: str = "configs.ve.ncsnv2.cifar10", base_config: dict | None = None) -> tuple[list[Path], list[str]]:
+    """Write ``schedule`` and ``step`` (for the format's sampler, :func:`format_sampler`; None for ``edm``) for ``fmt``;
+    returns the files written and notes. ``base_config``: score_sde's base, as :func:`~.tool_configs.probe_score_sde`
+    read it (checked against the schedule's data; None: checked only when the file is loaded)."""
     if fmt not in FORMATS:
         raise NcsnTuneError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", fields="format")
-    schedule, step, notes = converted(schedule, step, fmt, convert)
-    origin = provenance(schedule, step, fmt)
     output = Path(output)
     if fmt == "diffusers":
-        config = {"_class_name": "ScoreSdeVeScheduler", "_diffusers_version": "0.30.0", "num_train_timesteps": schedule.num_scales,
-                  "snr": step.snr, "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max, "sampling_eps": 1e-5,
-                  "correct_steps": step.steps_per_scale, "_ncsn_tune": origin}
-        return [atomic_write_bytes(output / "scheduler_config.json", (json.dumps(config, indent=2) + "\n").encode())], notes
+        return _diffusers(schedule, step, output)
     if fmt == "score-sde":
-        fields = {"model.sigma_max": schedule.sigma_max, "model.sigma_min": schedule.sigma_min, "model.num_scales": schedule.num_scales,
-                  "sampling.snr": step.snr, "sampling.n_steps_each": step.steps_per_scale,
-                  "data.centered": schedule.pixel_range == "-1,1"}
-        lines = [f'"""Overrides written by {origin["written_by"]} (data: {json.dumps(origin["data"])}).',
-                 "",
-                 f"Starts from score_sde's {score_sde_base} and sets the noise schedule and the corrector's step: snr is exact for the",
-                 "ald corrector (step 2 (snr sigma)^2 = eps sigma^2 / sigma_min^2) and approximate for the langevin one.",
-                 '"""', "", "import importlib", "", "", "def get_config():",
-                 f"    config = importlib.import_module({score_sde_base!r}).get_config()"]
-        lines += [f"    config.{key} = {value!r}" for key, value in fields.items()]
-        lines += ["    return config", ""]
-        written = [atomic_write_bytes(output, "\n".join(lines).encode()),
-                   write_mapping(output.with_suffix(".json"), {**fields, "_ncsn_tune": origin})]
-        return written, notes
+        return _score_sde(schedule, step, output, score_sde_base, base_config)
     if fmt == "ncsnv2-yaml":
-        section = {"model": {"sigma_dist": "geometric", "sigma_begin": schedule.sigma_max, "sigma_end": schedule.sigma_min,
-                             "num_classes": schedule.num_scales, "ema": True, "ema_rate": 0.999},
-                   "sampling": {"n_steps_each": step.steps_per_scale, "step_lr": step.step_size, "denoise": True},
-                   "data": {"rescaled": schedule.pixel_range == "-1,1"}}
-        text = (f"# written by {origin['written_by']}: merge these keys into an official NCSNv2 config\n"
-                f"# data: {json.dumps(origin['data'])}\n" + yaml.safe_dump(section, sort_keys=False))
-        return [atomic_write_bytes(output, text.encode())], notes
-    sigmas = [float(s) for s in schedule.sigmas] + [0.0]
-    document = {"sigma_max": schedule.sigma_max, "sigma_min": schedule.sigma_min, "num_scales": schedule.num_scales,
-                "pixel_range": schedule.pixel_range, "sigmas": sigmas, "steps_per_scale": step.steps_per_scale,
-                "step_size": step.step_size, "snr": step.snr,
-                "usage": "torch.tensor(sigmas) for k-diffusion's sample_*(model, x, sigmas) (descending, the final 0 appended as "
-                         "k-diffusion does); EDM's sampler takes sigma_max and sigma_min; step_size is Technique 4's eps for "
-                         "annealed Langevin dynamics with steps_per_scale steps per scale",
-                "_ncsn_tune": origin}
+        return _ncsnv2_yaml(schedule, step, output)
+    return _edm(schedule, output)
+
+
+def _diffusers(schedule: NoiseSchedule, step: SamplerStep, output: Path) -> tuple[list[Path], list[str]]:
+    origin = provenance(schedule, "diffusers", step) | {"num_inference_steps": schedule.num_scales}
+    config = {"_class_name": "ScoreSdeVeScheduler", "_diffusers_version": "0.30.0", "num_train_timesteps": schedule.num_scales,
+              "snr": step.snr, "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max, "sampling_eps": step.sampler.sampling_eps,
+              "correct_steps": step.steps_per_scale, "_ncsn_tune": origin}
+    notes = [f"call the pipeline with num_inference_steps={schedule.num_scales}: ScoreSdeVePipeline re-spaces its levels to "
+             "num_inference_steps (default 2000), whatever num_train_timesteps says",
+             f"snr {step.snr:.5f} is the optimum for the pipeline's own loop over {schedule.num_scales} levels with correct_steps = "
+             f"{step.steps_per_scale} (single-Gaussian model: s^2/sigma^2 = {step.variance_ratio:.6f} at the last level)"]
+    return [atomic_write_bytes(output / "scheduler_config.json", (json.dumps(config, indent=2) + "\n").encode())], notes
+
+
+def _score_sde(schedule: NoiseSchedule, step: SamplerStep, output: Path, base: str, base_config: dict | None) -> tuple[list[Path], list[str]]:
+    origin = provenance(schedule, "score-sde", step)
+    sampler = step.sampler
+    fields = {"model.sigma_max": schedule.sigma_max, "model.sigma_min": schedule.sigma_min, "model.num_scales": schedule.num_scales,
+              "data.centered": centered_for(schedule.pixels), "sampling.method": "pc", "sampling.predictor": sampler.predictor,
+              "sampling.corrector": sampler.corrector, "sampling.n_steps_each": step.steps_per_scale, "sampling.snr": step.snr}
+    shape = tuple((schedule.data or {}).get("shape") or ())
+    notes = [f"configures {sampler.describe()}: snr {step.snr:.5f} for M = {step.steps_per_scale} "
+             f"({'exact map to eps' if sampler.annealed_langevin else 'the optimum of the loop'}: s^2/sigma^2 = {step.variance_ratio:.6f})"]
+    if base_config is not None:
+        check_score_sde_shape(base_config, schedule, base)
+        theirs = (base_config.get("predictor"), base_config.get("corrector"))
+        if base_config.get("method") and (base_config.get("method"), *theirs) != ("pc", sampler.predictor, sampler.corrector):
+            notes.append(f"the base samples with method {base_config.get('method')!r}, predictor {theirs[0]!r}, corrector {theirs[1]!r}; "
+                         "the export replaces them with the sampler its snr was derived for")
+        if base_config.get("continuous") is False and base_config.get("num_scales") != schedule.num_scales:
+            notes.append(f"the base trains on discrete scales (training.continuous = False): model.num_scales {base_config.get('num_scales')} "
+                         f"-> {schedule.num_scales} means training a new model")
+    else:
+        notes.append("the base was not read here (give the score_sde checkout to check it now); the written get_config() checks "
+                     "its image size and channels when it is loaded")
+    check = []
+    if len(shape) == 3:
+        check = [f"    expected = {tuple(shape)!r}  # (channels, height, width) of the data the schedule was derived from",
+                 "    found = (config.data.num_channels, config.data.image_size, config.data.image_size)",
+                 "    if tuple(found) != expected:",
+                 f"        raise ValueError(f'{{__file__}}: the schedule was derived from {{expected}} images, but {base} is for {{found}}; "
+                 "export again over a base of that image size')"]
+    lines = [f'"""Overrides written by {origin["written_by"]} (data: {json.dumps(origin["data"])}).',
+             "",
+             f"Starts from score_sde's {base} and sets the noise schedule, the pixel range and the sampler the step was derived for:",
+             f"{sampler.describe()}, snr {step.snr!r}, M = {step.steps_per_scale}.",
+             '"""', "", "import importlib", "", "", "def get_config():",
+             f"    config = importlib.import_module({base!r}).get_config()", *check,
+             "    with config.ignore_type():  # score_sde's bases declare e.g. model.sigma_max = 50 as an int"]
+    lines += [f"        config.{key} = {value!r}" for key, value in fields.items()]
+    lines += ["    return config", ""]
+    written = [atomic_write_bytes(output, "\n".join(lines).encode()),
+               write_mapping(output.with_suffix(".json"), {**fields, "_ncsn_tune": origin})]
+    return written, notes
+
+
+def _ncsnv2_yaml(schedule: NoiseSchedule, step: SamplerStep, output: Path) -> tuple[list[Path], list[str]]:
+    origin = provenance(schedule, "ncsnv2-yaml", step)
+    sampling = {"n_steps_each": step.steps_per_scale, "step_lr": step.step_size}
+    section = {"model": {"sigma_dist": "geometric", "sigma_begin": schedule.sigma_max, "sigma_end": schedule.sigma_min,
+                         "num_classes": schedule.num_scales, "ema": True, "ema_rate": 0.999},
+               "sampling": {**sampling, "denoise": True},
+               "fast_fid": dict(sampling),
+               "data": {"rescaled": centered_for(schedule.pixels)}}
+    text = (f"# written by {origin['written_by']}: merge these keys into an official NCSNv2 config\n"
+            f"# data: {json.dumps(origin['data'])}\n" + yaml.safe_dump(section, sort_keys=False))
+    return [atomic_write_bytes(output, text.encode())], ["fast_fid.step_lr and fast_fid.n_steps_each are set too: the official "
+                                                         "FID sweep (main.py --fast_fid) samples with them"]
+
+
+def _edm(schedule: NoiseSchedule, output: Path) -> tuple[list[Path], list[str]]:
+    origin = provenance(schedule, "edm", None)
+    s = schedule
+    generate = f"--steps={s.num_scales} --sigma_min={s.sigma_min!r} --sigma_max={s.sigma_max!r} --disc=ve --schedule=ve --scaling=none"
+    document = {"sigma_max": s.sigma_max, "sigma_min": s.sigma_min, "num_steps": s.num_scales, "pixel_range": str(s.pixels),
+                "edm_generate_args": generate,
+                "k_diffusion": f"k_diffusion.sampling.get_sigmas_exponential({s.num_scales}, {s.sigma_min!r}, {s.sigma_max!r})",
+                "sigmas": [float(v) for v in s.sigmas] + [0.0], "_ncsn_tune": origin}
+    notes = [f"EDM: python generate.py {generate} (--disc=ve spaces the levels geometrically, as this schedule; EDM's default "
+             "sampler would space the same ends with rho = 7); k-diffusion: the sigmas listed (descending, the final 0 appended), "
+             "or get_sigmas_exponential",
+             "EDM and k-diffusion take no Langevin steps: no step size is written"]
+    lo, hi = EDM_VE_RANGE
+    if s.sigma_min < lo or s.sigma_max > hi:
+        notes.append(f"EDM's VE preconditioner clamps the sampler's sigmas to [{lo:g}, {hi:g}] (a network trained by EDM's VE setup "
+                     "knows no others)")
     return [write_mapping(output, document)], notes
+
+
+def format_pixel_range(fmt: str) -> PixelRange | None:
+    """The pixel range a format fixes (None: it records either, by data.centered or data.rescaled)."""
+    return CONVENTIONS[fmt].pixel_range
+
+
+def format_sampler(fmt: str, sampler: Sampler | None, sampling_eps: float = SAMPLING_EPS) -> Sampler | None:
+    """The sampler a format configures: diffusers' pipeline, NCSNv2's annealed Langevin dynamics, for score_sde the one
+    asked for (default: corrector-only ald, NCSNv2's loop, for which Technique 4 is Proposition 3), none for EDM."""
+    if fmt == "score-sde":
+        if sampler is not None and sampler.name == "diffusers":
+            raise NcsnTuneError("score_sde runs its own pc loop: choose the ald or the pc sampler for it", fields="sampler")
+        if sampler is None or sampler.name == "ald":
+            return Sampler("pc", "none", "ald", sampling_eps)
+        return sampler
+    fixed = {"diffusers": Sampler.named("diffusers", sampling_eps=sampling_eps), "ncsnv2-yaml": Sampler.named("ald"), "edm": None}[fmt]
+    if sampler is not None and sampler != fixed:
+        what = "takes no Langevin steps" if fmt == "edm" else f"runs {fixed.describe()}"
+        raise NcsnTuneError(f"{fmt} {what}; the sampler option chooses score_sde's loop", fields="sampler")
+    if fmt != "diffusers" and sampling_eps != SAMPLING_EPS:
+        raise NcsnTuneError(f"{fmt} has no t grid: sampling_eps is for score_sde's and diffusers' loops", fields="sampling_eps")
+    return fixed
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def export_schedule(given, fmt: str, output: Path, *, sampler: Sampler | None = None, sampling_eps: float = SAMPLING_EPS,
+                    convert: bool = False,
+                    score_sde_base: str = "configs.ve.ncsnv2.cifar10", score_sde_root: Path | None = None,
+                    workdir: Path | None = None, progress=None) -> tuple[list[Path], list[str], SamplerStep | None]:
+    """The resolver's schedule (:func:`ncsn_tune.tuning.resolve_schedule`) and the step for the format's sampler
+    (:func:`ncsn_tune.tuning.resolve_sampler_step`), in the format's pixel range, written for ``fmt``. Returns the
+    files, the notes (where each value came from, what to do with the files) and the step written."""
+    from ..tuning import resolve_sampler_step, resolve_schedule
+    from .tool_configs import probe_score_sde
+
+    if fmt not in FORMATS:
+        raise NcsnTuneError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", fields="format")
+    if fmt == "score-sde" and not _MODULE.fullmatch(score_sde_base or ""):
+        raise NcsnTuneError(f"{score_sde_base!r} is not a module name such as configs.ve.ncsnv2.cifar10", fields="score_sde_base")
+    loop = format_sampler(fmt, sampler, sampling_eps)
+    choice = resolve_schedule(given, workdir=workdir, progress=progress)
+    if choice.schedule is None:
+        raise NcsnTuneError("an export writes a schedule, not a bare ratio", fields="ratio")
+    step, step_notes = resolve_sampler_step(given, loop, choice, workdir=workdir) if loop is not None else (None, ())
+    base = probe_score_sde(score_sde_base, score_sde_root, f"score_sde's {score_sde_base}") if fmt == "score-sde" and score_sde_root else None
+    schedule, pixel_notes = converted(choice.schedule, format_pixel_range(fmt), convert)
+    if step is not None:
+        step = step.scaled(schedule.sigma_min / choice.schedule.sigma_min)
+    written, notes = export_tuning(schedule, step, fmt, output, score_sde_base=score_sde_base, base_config=base)
+    return written, [*choice.notes, *step_notes, *pixel_notes, *notes], step

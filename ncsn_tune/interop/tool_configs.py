@@ -6,12 +6,8 @@
   checkout on the import path; score_sde's configs import ``ml_collections`` and ``torch``);
 - plain numbers.
 
-Facts behind the mapping (checked against the public sources): score_sde's ``ald`` corrector takes the step
-2 (snr sigma)**2 at each scale, which is Technique 4's alpha = eps sigma**2 / sigma_min**2 exactly when
-snr = sqrt(eps / 2) / sigma_min; its ``langevin`` corrector and diffusers' ``step_correct`` take
-2 (snr ||z|| / ||s||)**2, the same map when ||s|| ~ sqrt(D) / sigma (an approximation). score_sde and
-diffusers step through sigma_min (sigma_max / sigma_min)**t over N evenly spaced t, a geometric schedule of
-N scales; diffusers' pipelines and score_sde's ``data.centered`` put pixels in [-1, 1].
+Each reader records the pixel range and the sampler the tool runs, as :mod:`.conventions` establishes them from
+the tools' sources, so that the audit models the loop that will run (:mod:`ncsn_tune.analysis.samplers`).
 """
 
 from __future__ import annotations
@@ -24,17 +20,26 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.samplers import CORRECTORS, PREDICTORS, SAMPLING_EPS, Sampler
 from ..analysis.step_size import step_size_of_snr
 from ..errors import NcsnTuneError
 from ..files import read_mapping
+from ..pixel_range import PixelRange
+from .conventions import CONVENTIONS, ncsnv2_pixel_range, score_sde_pixel_range
+
+#: diffusers' ScoreSdeVePipeline samples with this many levels unless called with num_inference_steps.
+DIFFUSERS_INFERENCE_STEPS = 2000
+
 
 @dataclass(frozen=True)
 class ToolConfig:
     """The settings of another tool's sampler that the paper's techniques speak about.
 
-    ``step_rule``: ``ald`` (annealed Langevin dynamics, alpha = eps sigma**2 / sigma_min**2: the exact map),
-    ``langevin`` (snr times the noise-to-score norm ratio: mapped through ||s|| ~ sqrt(D) / sigma, an
-    approximation) or ``none`` (no Langevin steps). ``ema``: None when the configuration does not say.
+    ``num_scales``: the number of noise levels the sampler runs (diffusers: ``num_inference_steps``, which is not
+    ``num_train_timesteps``; score_sde: ``model.num_scales``). ``sampler``: the loop it runs (None: no Langevin-type
+    sampler, e.g. score_sde's probability-flow ODE; ``no_sampler_reason`` says which). ``continuous``: trained in
+    continuous time (score_sde), so L is free at sampling time; False: a new L means retraining; None: not
+    applicable. ``ema``: None when the configuration does not say.
     """
 
     tool: str
@@ -45,12 +50,14 @@ class ToolConfig:
     steps_per_scale: int | None = None
     step_size: float | None = None
     snr: float | None = None
-    step_rule: str = "ald"
+    sampler: Sampler | None = Sampler()
+    no_sampler_reason: str | None = None
     ema: bool | None = None
     ema_rate: float | None = None
-    pixel_range: str = "0,1"
+    pixel_range: PixelRange = PixelRange.UNIT
     image_shape: tuple[int, ...] | None = None
     geometric: bool = True
+    continuous: bool | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -64,8 +71,18 @@ class ToolConfig:
             return self.step_size
         return step_size_of_snr(self.snr, self.sigma_min) if self.snr is not None else None
 
+    @property
+    def given_snr(self) -> float | None:
+        """The step as snr (from step_lr as sqrt(eps / 2) / sigma_min)."""
+        if self.snr is not None:
+            return self.snr
+        return math.sqrt(self.step_size / 2) / self.sigma_min if self.step_size is not None else None
+
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()} | {"dim": self.dim, "eps": self.eps}
+        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        data.update(sampler=self.sampler.to_dict() if self.sampler else None, pixel_range=str(self.pixel_range), dim=self.dim,
+                    eps=self.eps)
+        return data
 
 
 def _need(mapping: dict, path: str, where: str):
@@ -86,23 +103,29 @@ def read_ncsnv2_yaml(path: Path) -> ToolConfig:
     geometric = model.get("sigma_dist", "geometric") == "geometric"
     if not geometric:
         notes.append(f"sigma_dist is {model.get('sigma_dist')}: Techniques 2 and 4 assume a geometric schedule")
-    if dset.get("logit_transform"):
+    if dset.get("logit_transform") and not dset.get("rescaled"):
         notes.append("logit_transform is on: distances in logit space are not the pixel distances Technique 1 measures")
     if not sampling.get("denoise", True):
         notes.append("the final denoising step is off (it took the paper's CIFAR-10 FID from 31.75 to 10.87)")
+    fast_fid = data.get("fast_fid") if isinstance(data.get("fast_fid"), dict) else {}
+    stale = [f"fast_fid.{k} = {fast_fid[k]} (sampling.{k} = {sampling.get(k)})" for k in ("step_lr", "n_steps_each")
+             if k in fast_fid and fast_fid[k] != sampling.get(k)]
+    if stale:
+        notes.append(f"the official FID sweep (main.py --fast_fid) samples with {', '.join(stale)}")
     return ToolConfig(
         tool="ncsnv2-yaml", source=where, sigma_max=float(_need(model, "sigma_begin", where)), sigma_min=float(_need(model, "sigma_end", where)),
         num_scales=int(_need(model, "num_classes", where)), steps_per_scale=int(_need(sampling, "n_steps_each", where)),
-        step_size=float(_need(sampling, "step_lr", where)), step_rule="ald", ema=bool(model.get("ema", False)),
-        ema_rate=float(model.get("ema_rate", 0.999)) if model.get("ema") else None,
-        pixel_range="-1,1" if dset.get("rescaled") else "0,1",
+        step_size=float(_need(sampling, "step_lr", where)), sampler=Sampler.named("ald"), ema=bool(model.get("ema", False)),
+        ema_rate=float(model.get("ema_rate", 0.999)) if model.get("ema") else None, pixel_range=ncsnv2_pixel_range(dset),
         image_shape=(int(dset.get("channels", 3)), int(dset.get("image_size", 0)), int(dset.get("image_size", 0)))
         if dset.get("image_size") else None,
         geometric=geometric, notes=tuple(notes))
 
 
-def read_diffusers(path: Path) -> ToolConfig:
-    """A diffusers ``ScoreSdeVeScheduler`` configuration (``scheduler_config.json``, or a folder holding one)."""
+def read_diffusers(path: Path, sampling_steps: int | None = None) -> ToolConfig:
+    """A diffusers ``ScoreSdeVeScheduler`` configuration (``scheduler_config.json``, or a folder holding one).
+
+    ``sampling_steps``: the ``num_inference_steps`` the pipeline is called with (default: the pipeline's 2000)."""
     path = Path(path)
     if path.is_dir():
         found = [p for p in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json") if p.is_file()]
@@ -113,78 +136,133 @@ def read_diffusers(path: Path) -> ToolConfig:
     kind = data.get("_class_name", "ScoreSdeVeScheduler")
     if kind != "ScoreSdeVeScheduler":
         raise NcsnTuneError(f"{path} configures a {kind}; ncsn_tune audits the variance-exploding ScoreSdeVeScheduler", fields="config")
+    trained = int(data.get("num_train_timesteps", 2000))
+    origin = data.get("_ncsn_tune") if isinstance(data.get("_ncsn_tune"), dict) else {}
+    recorded = origin.get("num_inference_steps")
+    if sampling_steps:
+        steps, how = sampling_steps, f"num_inference_steps = {sampling_steps} as given"
+    elif isinstance(recorded, int) and recorded >= 2:
+        steps, how = recorded, (f"num_inference_steps = {recorded}, which ncsn-tune exported this file for (the pipeline's default is "
+                                f"{DIFFUSERS_INFERENCE_STEPS}: pass num_inference_steps={recorded})")
+    else:
+        steps, how = DIFFUSERS_INFERENCE_STEPS, f"the pipeline's default num_inference_steps = {DIFFUSERS_INFERENCE_STEPS}"
+    notes = [f"audited as sampled with {how}; ScoreSdeVePipeline re-spaces its levels to num_inference_steps, so "
+             f"num_train_timesteps = {trained} is not what runs unless the two agree",
+             f"pixels in {CONVENTIONS['diffusers'].pixel_range.label}: {CONVENTIONS['diffusers'].rule}"]
     return ToolConfig(
         tool="diffusers", source=str(path), sigma_max=float(data.get("sigma_max", 1348.0)), sigma_min=float(data.get("sigma_min", 0.01)),
-        num_scales=int(data.get("num_train_timesteps", 2000)), steps_per_scale=int(data.get("correct_steps", 1)),
-        snr=float(data.get("snr", 0.15)), step_rule="langevin", ema=None, pixel_range="-1,1",
-        notes=("diffusers' corrector step is 2 (snr ||z|| / ||s||)^2; eps = 2 (snr sigma_min)^2 assumes ||s|| ~ sqrt(D) / sigma "
-               "(an approximation), and its predictor steps come on top",
-               "pixels in [-1, 1], as diffusers' pipelines use them"))
+        num_scales=steps, steps_per_scale=int(data.get("correct_steps", 1)), snr=float(data.get("snr", 0.15)),
+        sampler=Sampler.named("diffusers", sampling_eps=float(data.get("sampling_eps", SAMPLING_EPS))), ema=None,
+        pixel_range=CONVENTIONS["diffusers"].pixel_range, continuous=True, notes=tuple(notes))
 
 
 #: Run in a separate process: the score_sde config's get_config(), as JSON of the fields the audit reads.
 _SCORE_SDE_PROBE = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("score_sde_config", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+import importlib, importlib.util, json, sys
+target = sys.argv[1]
+if target.endswith(".py"):
+    spec = importlib.util.spec_from_file_location("score_sde_config", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+else:
+    module = importlib.import_module(target)
 c = module.get_config()
 get = lambda obj, name, default=None: getattr(obj, name, default) if obj is not None else default
-out = {"sde": get(c.training, "sde"), "continuous": get(c.training, "continuous"), "sigma_max": get(c.model, "sigma_max"),
-       "sigma_min": get(c.model, "sigma_min"), "num_scales": get(c.model, "num_scales"), "ema_rate": get(c.model, "ema_rate"),
-       "snr": get(c.sampling, "snr"), "n_steps_each": get(c.sampling, "n_steps_each"), "corrector": get(c.sampling, "corrector"),
-       "predictor": get(c.sampling, "predictor"), "centered": get(c.data, "centered"), "image_size": get(c.data, "image_size"),
-       "num_channels": get(c.data, "num_channels")}
+training, sampling, model, data = (get(c, k) for k in ("training", "sampling", "model", "data"))
+out = {"sde": get(training, "sde"), "loss": get(training, "loss"), "continuous": get(training, "continuous"),
+       "sigma_max": get(model, "sigma_max"), "sigma_min": get(model, "sigma_min"), "num_scales": get(model, "num_scales"),
+       "ema_rate": get(model, "ema_rate"), "method": get(sampling, "method"), "snr": get(sampling, "snr"),
+       "n_steps_each": get(sampling, "n_steps_each"), "corrector": get(sampling, "corrector"), "predictor": get(sampling, "predictor"),
+       "probability_flow": get(sampling, "probability_flow"), "centered": get(data, "centered"), "image_size": get(data, "image_size"),
+       "num_channels": get(data, "num_channels")}
 print(json.dumps(out))
 """
 
 
-def read_score_sde(path: Path, score_sde_root: Path | None) -> ToolConfig:
-    """A score_sde config ``.py``: its ``get_config()`` run with ``score_sde_root`` on the import path."""
-    path = Path(path)
+def probe_score_sde(target: str, score_sde_root: Path | None, what: str) -> dict:
+    """Run ``get_config()`` of a score_sde config (a .py path or a module name such as ``configs.ve.ncsnv2.cifar10``)
+    with the checkout ``score_sde_root`` on the import path; the fields the audit and the export read."""
     if score_sde_root is None:
-        raise NcsnTuneError(f"{path} is a score_sde config: give the score_sde checkout its imports come from (the folder holding "
+        raise NcsnTuneError(f"{what} is a score_sde config: give the score_sde checkout its imports come from (the folder holding "
                             "configs/)", fields="score_sde_root")
     root = Path(score_sde_root)
     if not (root / "configs").is_dir():
         raise NcsnTuneError(f"{root} holds no configs/ folder: give the root of a score_sde checkout", fields="score_sde_root")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root.resolve()), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", _SCORE_SDE_PROBE, str(path.resolve())], capture_output=True, text=True, env=env,
-                       cwd=str(root))
+    r = subprocess.run([sys.executable, "-c", _SCORE_SDE_PROBE, target], capture_output=True, text=True, env=env, cwd=str(root))
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no message"])[-1]
         missing = "ml_collections" if "ml_collections" in last else "torch" if "'torch'" in last else None
         hint = f"; install {missing} (score_sde's configs import it)" if missing else ""
-        raise NcsnTuneError(f"running get_config() of {path} failed: {last}{hint}", fields="config")
-    c = json.loads(r.stdout.strip().splitlines()[-1])
+        raise NcsnTuneError(f"running get_config() of {what} failed: {last}{hint}", fields="config")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def score_sde_sampler(c: dict, where: str) -> tuple[Sampler | None, str | None]:
+    """The loop score_sde's get_sampling_fn builds from a config (sampling.py:80-123), or None and why not."""
+    method = (c.get("method") or "").lower()
+    if method == "ode":
+        return None, "the probability-flow ODE (sampling.method = 'ode', an RK45 solver): no Langevin steps"
+    if method != "pc":
+        return None, f"sampling.method is {c.get('method')!r}; score_sde runs 'pc' or 'ode'"
+    predictor, corrector = (str(c.get(k) or "none").lower() for k in ("predictor", "corrector"))
+    if predictor not in PREDICTORS or corrector not in CORRECTORS:
+        return None, f"predictor {predictor!r} with corrector {corrector!r} is not modelled (ncsn_tune models predictors " \
+                     f"{', '.join(PREDICTORS)} and correctors {', '.join(CORRECTORS)})"
+    if c.get("probability_flow") and predictor != "none":
+        return None, "the predictor follows the probability-flow ODE (sampling.probability_flow): not modelled"
+    return Sampler.named("pc", predictor, corrector, continuous=bool(c.get("continuous"))), None
+
+
+def read_score_sde(path: Path, score_sde_root: Path | None, sampling_steps: int | None = None) -> ToolConfig:
+    """A score_sde config ``.py``: its ``get_config()`` run with ``score_sde_root`` on the import path."""
+    path = Path(path)
+    c = probe_score_sde(str(path.resolve()), score_sde_root, str(path))
+    if c["sde"] is None:
+        also = f" (it sets training.loss = {c['loss']!r}, which score_sde does not read)" if c.get("loss") else ""
+        raise NcsnTuneError(f"{path} sets no training.sde{also}, so score_sde's run_lib cannot run it (it reads config.training.sde); "
+                            "set training.sde = 'vesde' in a copy to audit it", fields="config")
     if c["sde"] != "vesde":
         raise NcsnTuneError(f"{path} trains a {c['sde']} model; the techniques apply to variance-exploding (vesde) ones", fields="config")
-    corrector = c.get("corrector") or "none"
-    rule = {"ald": "ald", "langevin": "langevin"}.get(corrector, "none")
+    sampler, why_not = score_sde_sampler(c, str(path))
     notes = []
-    if rule == "langevin":
-        notes.append("the langevin corrector's step is 2 (snr ||z|| / ||s||)^2; eps = 2 (snr sigma_min)^2 assumes ||s|| ~ sqrt(D) / sigma")
-    if c.get("predictor") not in (None, "none"):
-        notes.append(f"the {c['predictor']} predictor takes steps of its own between the corrector's")
+    if sampler is not None and sampler.corrector == "langevin":
+        notes.append("the langevin corrector's step is 2 (snr ||z|| / ||s||)^2, modelled for a single Gaussian (exact as D grows)")
+    continuous = bool(c.get("continuous"))
+    n = int(c["num_scales"])
+    if sampling_steps and sampling_steps != n:
+        notes.append(f"sampled with N = {sampling_steps} as given, not model.num_scales = {n}" +
+                     ("" if continuous else ": this model was trained on discrete scales (training.continuous = False), so its "
+                      "network only knows the model.num_scales levels"))
+        n = sampling_steps
+    notes.append("training.continuous = True: trained in continuous time, so N (model.num_scales) can change at sampling time "
+                 "without retraining" if continuous else
+                 "training.continuous = False: trained on model.num_scales discrete scales; another L means retraining")
     size, channels = c.get("image_size"), c.get("num_channels")
     return ToolConfig(
-        tool="score-sde", source=str(path), sigma_max=float(c["sigma_max"]), sigma_min=float(c["sigma_min"]), num_scales=int(c["num_scales"]),
-        steps_per_scale=int(c["n_steps_each"]) if rule != "none" else None, snr=float(c["snr"]) if c.get("snr") is not None else None,
-        step_rule=rule, ema=bool(c.get("ema_rate")) if c.get("ema_rate") is not None else None, ema_rate=c.get("ema_rate"),
-        pixel_range="-1,1" if c.get("centered") else "0,1", image_shape=(int(channels), int(size), int(size)) if size else None,
-        notes=tuple(notes))
+        tool="score-sde", source=str(path), sigma_max=float(c["sigma_max"]), sigma_min=float(c["sigma_min"]), num_scales=n,
+        steps_per_scale=int(c["n_steps_each"]) if sampler is not None and sampler.langevin_steps else None,
+        snr=float(c["snr"]) if c.get("snr") is not None and sampler is not None and sampler.langevin_steps else None,
+        sampler=sampler, no_sampler_reason=why_not, ema=bool(c.get("ema_rate")) if c.get("ema_rate") is not None else None,
+        ema_rate=c.get("ema_rate"), pixel_range=score_sde_pixel_range(c.get("centered")),
+        image_shape=(int(channels), int(size), int(size)) if size else None, continuous=continuous, notes=tuple(notes))
 
 
-def read_tool_config(path: Path, score_sde_root: Path | None = None) -> ToolConfig:
-    """Any of the supported configurations, by its suffix (.yml/.yaml: NCSNv2; .json or a folder: diffusers; .py: score_sde)."""
+def read_tool_config(path: Path, score_sde_root: Path | None = None, sampling_steps: int | None = None) -> ToolConfig:
+    """Any of the supported configurations, by its suffix (.yml/.yaml: NCSNv2; .json or a folder: diffusers; .py: score_sde).
+
+    ``sampling_steps``: the number of levels the sampler is run with, where the configuration does not fix it
+    (diffusers' num_inference_steps; a continuous-time score_sde model)."""
     path = Path(path)
     if not path.exists():
         raise NcsnTuneError(f"{path} does not exist", fields="config")
     if path.is_dir() or path.suffix.lower() == ".json":
-        return read_diffusers(path)
+        return read_diffusers(path, sampling_steps)
+    if sampling_steps is not None and path.suffix.lower() in (".yml", ".yaml"):
+        raise NcsnTuneError("an NCSNv2 YAML samples its num_classes scales; the number of sampling steps is not free", fields="sampling_steps")
     if path.suffix.lower() in (".yml", ".yaml"):
         return read_ncsnv2_yaml(path)
     if path.suffix.lower() == ".py":
-        return read_score_sde(path, score_sde_root)
+        return read_score_sde(path, score_sde_root, sampling_steps)
     raise NcsnTuneError(f"{path}: not a configuration ncsn_tune reads (an NCSNv2 .yml, a diffusers scheduler_config.json or folder, "
                         "a score_sde .py)", fields="config")
