@@ -108,3 +108,10 @@ def test_a_saved_pc_step_is_not_taken_for_annealed_langevin(tmp_path):
     assert any("made for score_sde's PC sampler" in n for n in tuning.notes)
     exported = json.loads(run("export", "--format", "score-sde", "--sampler", "pc", "--output", tmp_path / "pc.py", "--json").stdout)
     assert exported["step"]["steps_per_scale"] == 2 and any("M = 2 from" in n for n in exported["notes"])
+
+
+def test_simulate_runs_a_loop_against_its_model():
+    out = json.loads(run("simulate", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--chains", 8, "--json").stdout)
+    assert abs(out["z"]) < 4 and out["snr"] == pytest.approx(sampler_step(Sampler.named("pc"), 50.0, 0.01, 80, 1).snr)
+    r = run("simulate", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--sweep")
+    assert r.exit_code == 2 and "--sweep" in r.stderr

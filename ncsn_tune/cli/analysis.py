@@ -345,17 +345,26 @@ def plot_overlap_cmd(output, force, as_json, **opts):
 @click.option("--tau", type=float, default=0.5, show_default=True, help="Standard deviation of each mixture component (--toy gmm).")
 @click.option("--samples", "num_samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples (--toy gmm).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@sampler_options
+@click.option("--snr", type=float, help="pc, diffusers: the corrector's snr [default: the loop's optimum].")
 @path_option("--output", help="Figure of the result (.png or .pdf).")
 @force_option
 @json_option
 def simulate(steps_per_scale, step_size, chains, sim_dim, mode, sweep, toy, toy_dim, weights, separation, small_sigma_max, tau, num_samples,
-             seed, output, force, as_json, **opts):
-    """Monte Carlo check of Proposition 3 with an exact Gaussian score, or the paper's Figure 2 experiment (--toy gmm)."""
+             seed, sampler, predictor, corrector, sampling_eps, snr, output, force, as_json, **opts):
+    """Monte Carlo check of Proposition 3 (or of another sampler's model, --sampler pc|diffusers) with an exact Gaussian score,
+    or the paper's Figure 2 experiment (--toy gmm)."""
     report = Report(as_json)
     check_figure(output, force)
     if toy == "gmm":
         return simulate_mixture(report, weights, separation, toy_dim, tau, small_sigma_max, opts, num_samples, steps_per_scale, seed,
                                 output)
+    loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
+    if loop.name != "ald" or snr is not None:
+        if output is not None or sweep or step_size is not None or mode != "per-scale":
+            raise NcsnTuneError("a sampler's Monte Carlo check takes the schedule, M, --snr, --chains and --sim-dim only",
+                                fields=("output", "sweep", "step_size", "mode"))
+        return simulate_loop(report, loop, opts, steps_per_scale, snr, chains, sim_dim, seed)
     from ..analysis.simulation import simulate_proposition3, sweep_step_sizes
 
     data = read_data(report, opts)
@@ -377,6 +386,29 @@ def simulate(steps_per_scale, step_size, chains, sim_dim, mode, sweep, toy, toy_
     report.result({**check.to_dict(), "notes": list(tuning.notes), **({"sweep": [s.to_dict() for s in sweeps]} if sweeps else {})})
     if not as_json:
         render_proposition3(report, check, sweeps, tuning, schedule, mode)
+
+
+def simulate_loop(report: Report, loop: Sampler, opts, steps_per_scale, snr, chains, sim_dim, seed) -> None:
+    """``simulate --sampler pc|diffusers``: the loop run with particles against its single-Gaussian model."""
+    from ..analysis.simulation import simulate_sampler
+    from ..tuning import resolve_sampler_step
+
+    data = read_data(report, opts)
+    given = given_from(opts, data, steps_per_scale=steps_per_scale, snr=snr)
+    choice = resolve_schedule(given, workdir=workdir())
+    step, notes = resolve_sampler_step(given, loop, choice, workdir=workdir())
+    schedule = require_schedule(choice)
+    dim = sim_dim or schedule.dim
+    if dim is None:
+        raise NcsnTuneError("the simulation needs a dimension: give the schedule's D or the dimensions per chain", fields=("dim", "sim_dim"))
+    with report.progress() as progress:
+        check = simulate_sampler(loop, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, step.steps_per_scale, step.snr,
+                                 dim, chains, seed, progress=progress)
+    report.result({**check.to_dict(), "notes": [*choice.notes, *notes]})
+    report.notes([*choice.notes, *notes])
+    report.line(f"{loop.describe()}, N = {schedule.num_scales}, M = {step.steps_per_scale}, snr {fmt(step.snr, 5)}, {chains} chains x {dim} "
+                f"dimensions: s^2/sigma^2 after the corrector at the last level measured {check.measured_ratio:.5f} against the model's "
+                f"{check.predicted_ratio:.5f} ({check.z:+.1f} standard errors of {check.standard_error:.5f}).")
 
 
 def render_proposition3(report: Report, check, sweeps, tuning, schedule: NoiseSchedule, mode: str) -> None:

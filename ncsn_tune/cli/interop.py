@@ -96,7 +96,7 @@ def audit(config, score_sde_root, sampling_steps, diameter, dim, target_overlap,
     report.result(result.to_dict())
     report.table(f"Audit of {c.source} ({c.tool}) against Song & Ermon (2020)", ["", "verdict", "it has", "the technique gives", "so"],
                  [[f.technique, f.verdict, f.have, f.paper, f.consequence] for f in result.findings])
-    report.notes(c.notes)
+    report.notes(result.notes)
 
 
 @main.command()

@@ -46,9 +46,16 @@ class Audit:
     dim: int | None
     target_overlap: float
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The configuration's notes, and what the T4 numbers are."""
+        modelled = any(f.technique == "T4" and f.verdict not in ("not checked", "no Langevin steps") for f in self.findings)
+        return self.config.notes + (("T4's s^2/sigma^2 models the sampler for data that is one Gaussian point: exact for that model, an "
+                                     "approximation for real data",) if modelled else ())
+
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "diameter": self.diameter, "dim": self.dim, "target_overlap": self.target_overlap,
-                "findings": [f.to_dict() for f in self.findings]}
+                "findings": [f.to_dict() for f in self.findings], "notes": list(self.notes)}
 
 
 def check_t1(c: ToolConfig, diameter: float | None) -> Finding:
