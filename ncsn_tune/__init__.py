@@ -18,68 +18,33 @@ from __future__ import annotations
 
 import importlib
 
-from .analysis import (
-    FarthestPair,
-    NoiseSchedule,
-    Sampler,
-    SamplerStep,
-    StepSize,
-    brute_force_max_distance,
-    geometric_sigmas,
-    max_pairwise_distance,
-    num_scales_for_ratio,
-    optimal_step_size,
-    overlap,
-    ratio_for_num_scales,
-    sampler_step,
-    solve_gamma,
-    variance_ratio,
-)
-from .config import AnalysisConfig, TrainConfig, load_config, save_config
-from .data import DataIdentity, Dataset, as_dataset, load_dataset
-from .errors import CheckpointError, DataError, NcsnTuneError, RunError, ScheduleError
-from .pixel_range import PixelRange
-from .tuning import Given, Tuning, resolve
-
 __version__ = "0.2.0"
 
-__all__ = [
-    "AnalysisConfig",
-    "CheckpointError",
-    "DataError",
-    "DataIdentity",
-    "Dataset",
-    "FarthestPair",
-    "Given",
-    "NcsnTuneError",
-    "NoiseSchedule",
-    "PixelRange",
-    "RunError",
-    "Sampler",
-    "SamplerStep",
-    "ScheduleError",
-    "StepSize",
-    "TrainConfig",
-    "Tuning",
-    "as_dataset",
-    "brute_force_max_distance",
-    "geometric_sigmas",
-    "load_config",
-    "load_dataset",
-    "max_pairwise_distance",
-    "num_scales_for_ratio",
-    "optimal_step_size",
-    "overlap",
-    "ratio_for_num_scales",
-    "resolve",
-    "sampler_step",
-    "save_config",
-    "solve_gamma",
-    "variance_ratio",
-]
+#: The public names and the modules that hold them. Imported when first used, so that ``import ncsn_tune`` (and the
+#: command line's start, during which Ctrl-C must give one line, not a traceback) costs almost nothing.
+_EXPORTS = {
+    "AnalysisConfig": "config", "TrainConfig": "config", "load_config": "config", "save_config": "config",
+    "DataIdentity": "data", "Dataset": "data", "as_dataset": "data", "load_dataset": "data",
+    "CheckpointError": "errors", "DataError": "errors", "NcsnTuneError": "errors", "RunError": "errors", "ScheduleError": "errors",
+    "PixelRange": "pixel_range",
+    "Given": "tuning", "Tuning": "tuning", "resolve": "tuning",
+    **{name: "analysis" for name in ("FarthestPair", "NoiseSchedule", "Sampler", "SamplerStep", "StepSize", "brute_force_max_distance",
+                                     "geometric_sigmas", "max_pairwise_distance", "num_scales_for_ratio", "optimal_step_size", "overlap",
+                                     "ratio_for_num_scales", "sampler_step", "solve_gamma", "variance_ratio")},
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name == "model":  # imports torch, so only when asked for
         return importlib.import_module(".model", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | {"model"})

@@ -1,5 +1,5 @@
 """``python -m ncsn_tune``: the ``ncsn-tune`` command (also how torchrun starts training processes)."""
 
-from .cli import main
+from .cli import run
 
-main()
+run()

@@ -19,6 +19,8 @@ from .errors import NcsnTuneError
 DEFAULT_WORKDIR = ".ncsn-tune"
 SCHEDULE_FILE = "schedule.json"
 STEP_SIZE_FILE = "step_size.json"
+#: torch.compile's modes.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: The NCSNv2 depths (the network lives in ncsn_tune.model.network; the names are here so that no torch is needed to check them).
 ARCHITECTURES = ("ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest")
 
@@ -173,6 +175,10 @@ class TrainConfig:
         for name in ("ema_rate", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise NcsnTuneError(f"{name} must lie in [0, 1), got {getattr(self, name)}", fields=name)
+        if self.compile_mode not in COMPILE_MODES:
+            raise NcsnTuneError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}", fields="compile_mode")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise NcsnTuneError(f"step_size must be a positive number, got {self.step_size}", fields="step_size")
         if self.compile_scope not in ("model", "blocks"):
             raise NcsnTuneError(f"compile_scope must be model or blocks, got {self.compile_scope!r}", fields="compile_scope")
         if self.architecture != "auto" and self.architecture not in ARCHITECTURES:
@@ -195,6 +201,9 @@ def train_config_from_official(data: dict[str, Any], where: str = "the official 
         training, sampling, dset, model, optim = (data[k] for k in ("training", "sampling", "data", "model", "optim"))
     except (KeyError, TypeError):
         raise NcsnTuneError(f"{where} lacks one of the sections training, sampling, data, model, optim") from None
+    for section_name, section in zip(("training", "sampling", "data", "model", "optim"), (training, sampling, dset, model, optim)):
+        if not isinstance(section, dict):
+            raise NcsnTuneError(f"{where}: the section {section_name} must be a mapping of settings, got {section!r}", fields="config")
     refuse = []
     if model.get("normalization", "InstanceNorm++") != "InstanceNorm++":
         refuse.append(f"normalization {model['normalization']}")
@@ -212,26 +221,39 @@ def train_config_from_official(data: dict[str, Any], where: str = "the official 
     if refuse:
         raise NcsnTuneError(f"{where} asks for {', '.join(refuse)}, which ncsn_tune does not implement")
     name, architecture = OFFICIAL_DATASETS.get(str(dset.get("dataset", "")).upper(), (None, "auto"))
-    return TrainConfig(
+
+    def number(section: dict, section_name: str, key: str, kind: type = float, default=None):
+        value = section.get(key, default)
+        if value is None:
+            raise NcsnTuneError(f"{where} has no {section_name}.{key}", fields="config")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and float(value) != int(value)):
+            raise NcsnTuneError(f"{where}: {section_name}.{key} must be {'a whole number' if kind is int else 'a number'}, got {value!r}",
+                                fields="config")
+        return kind(value)
+
+    config = TrainConfig(
         data=name or TrainConfig.data,
         random_flip=bool(dset.get("random_flip", True)),
-        sigma_max=float(model["sigma_begin"]),
-        sigma_min=float(model["sigma_end"]),
-        num_scales=int(model["num_classes"]),
-        steps_per_scale=int(sampling["n_steps_each"]),
-        step_size=float(sampling["step_lr"]),
+        sigma_max=number(model, "model", "sigma_begin"),
+        sigma_min=number(model, "model", "sigma_end"),
+        num_scales=number(model, "model", "num_classes", int),
+        steps_per_scale=number(sampling, "sampling", "n_steps_each", int),
+        step_size=number(sampling, "sampling", "step_lr"),
         architecture=architecture,
-        ngf=int(model["ngf"]),
-        batch_size=int(training["batch_size"]),
-        steps=int(training["n_iters"]),
-        lr=float(optim["lr"]),
-        beta1=float(optim.get("beta1", 0.9)),
-        adam_eps=float(optim.get("eps", 1e-8)),
-        weight_decay=float(optim.get("weight_decay", 0.0)),
-        ema_rate=float(model.get("ema_rate", 0.999)),
-        checkpoint_every=int(training.get("snapshot_freq", 5000)),
-        sample_every=int(training.get("snapshot_freq", 5000)),
+        ngf=number(model, "model", "ngf", int),
+        batch_size=number(training, "training", "batch_size", int),
+        steps=number(training, "training", "n_iters", int),
+        lr=number(optim, "optim", "lr"),
+        beta1=number(optim, "optim", "beta1", float, 0.9),
+        adam_eps=number(optim, "optim", "eps", float, 1e-8),
+        weight_decay=number(optim, "optim", "weight_decay", float, 0.0),
+        ema_rate=number(model, "model", "ema_rate", float, 0.999),
+        checkpoint_every=number(training, "training", "snapshot_freq", int, 5000),
+        sample_every=number(training, "training", "snapshot_freq", int, 5000),
     )
+    if not (math.isfinite(config.step_size) and config.step_size > 0):
+        raise NcsnTuneError(f"{where}: sampling.step_lr must be a positive number, got {config.step_size:g}", fields="config")
+    return config
 
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:

@@ -20,6 +20,8 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 import dataclasses
 import functools
 from collections import Counter
@@ -315,6 +317,14 @@ def find_cifar10(
             return found
     target = roots[0][1]
     places = "; ".join(f"{why}: {root}" for why, root in roots)
+    for _, root in roots:  # a folder that holds some of the batches: name the ones missing
+        for folder in (root, root / CIFAR10_FOLDER):
+            present = [name for name in _cifar_files(split) if (folder / name).is_file()]
+            if present:
+                missing = [name for name in _cifar_files(split) if name not in present]
+                raise DataError(f"{folder} holds {', '.join(present)} but not {', '.join(missing)} of the CIFAR-10 {split} split; "
+                                f"put the missing batch files there (all of cifar-10-python.tar.gz, md5 {CIFAR10_MD5}), or give "
+                                "the images you have as a .npy array", fields="data_root")
     how = (
         f"download {CIFAR10_URL} (md5 {CIFAR10_MD5}), unpack it so that DIR/{CIFAR10_FOLDER}/data_batch_1 exists, "
         "then give DIR as the data root or set NCSN_TUNE_DATA=DIR"
@@ -424,6 +434,9 @@ def pixel_scale(values: np.ndarray, rescale: bool = True) -> tuple[float, float,
     [-1, 1] -> (x + 1) / 2, in [0, 255] -> /255; anything else is an error
     unless ``rescale`` is False (values used as they are).
     """
+    if not rescale:  # whatever the type: distances in the units the values are stored in
+        lo, hi = _value_range(values)
+        return 1.0, 0.0, f"as stored (range [{lo:g}, {hi:g}], not rescaled)"
     if values.dtype == np.uint8:
         return 1.0 / 255.0, 0.0, "uint8 / 255"
     if values.dtype == np.uint16:
@@ -431,8 +444,6 @@ def pixel_scale(values: np.ndarray, rescale: bool = True) -> tuple[float, float,
     if values.dtype == np.bool_:
         return 1.0, 0.0, "bool as 0/1"
     lo, hi = _value_range(values)
-    if not rescale:
-        return 1.0, 0.0, f"as stored (range [{lo:g}, {hi:g}], not rescaled)"
     if lo >= 0 and hi <= 1:
         return 1.0, 0.0, "already in [0, 1]"
     if lo >= -1 and hi <= 1:
@@ -468,9 +479,12 @@ def _as_images(values: np.ndarray, name: str) -> np.ndarray:
 
 
 def load_array(path: Path, rescale: bool = True) -> Dataset:
-    """A ``.npy`` (memory-mapped) or ``.npz`` array of images or vectors."""
+    """A ``.npy`` (memory-mapped) or ``.npz`` array of images or vectors. Anything that is not a readable array of real
+    numbers (a damaged or truncated file, a zip of something else, pickled objects, a pipe) is a :class:`DataError`."""
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file (a folder, a pipe or a device); give a .npy/.npz file")
     try:
-        if path.suffix == ".npz":
+        if (path.suffix or path.resolve().suffix) == ".npz" or zipfile.is_zipfile(path):
             with np.load(path, allow_pickle=False) as archive:
                 keys = [k for k in archive.keys() if k != "written_by"]
                 preferred = [k for k in ("images", "x", "data", "arr_0", "uint8") if k in keys]
@@ -487,9 +501,21 @@ def load_array(path: Path, rescale: bool = True) -> Dataset:
             values = np.load(path, mmap_mode="r", allow_pickle=False)
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{path} is not a readable NumPy array file ({err})") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as err:
+        raise DataError(f"{path} is not a readable NumPy array file: {_why_not_an_array(err)}") from None
+    if not isinstance(values, np.ndarray):
+        raise DataError(f"{path} is not a readable NumPy array file: its member is not an array saved by numpy")
     return _array_dataset(values, path.stem, str(path.resolve()), str(path), rescale)
+
+
+def _why_not_an_array(err: BaseException) -> str:
+    """numpy's and zipfile's failures in one clause."""
+    text = str(err)
+    if "pickled" in text or "Python objects" in text:
+        return "it is not a .npy/.npz file, or it holds Python objects, which are not loaded (they could run code)"
+    if isinstance(err, (zipfile.BadZipFile, zlib.error, EOFError)) or "truncated" in text or "zip" in text.lower():
+        return "the archive is damaged or truncated (an interrupted copy or a full disk)"
+    return f"{type(err).__name__}: {(text.splitlines() or [''])[0]}"
 
 
 def _array_dataset(values: np.ndarray, name: str, source: str | None, what: str, rescale: bool) -> Dataset:
@@ -804,6 +830,7 @@ def _load(spec: str, data_root, split, download, rescale, progress, stream) -> D
         if _cifar_folder_in(path, split) is not None:
             return load_cifar10(path, split, download=False)
         return load_image_folder(path, progress, stream)
-    if path.suffix in (".npy", ".npz"):
+    suffix = path.suffix or path.resolve().suffix  # a link without a suffix: its target's
+    if suffix in (".npy", ".npz"):
         return load_array(path, rescale)
-    raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz or a folder of PNG/JPEG images")
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz or a folder of PNG/JPEG images")

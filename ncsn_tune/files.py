@@ -114,8 +114,8 @@ def check_output(path: Path, suffixes: tuple[str, ...], *, force: bool = False, 
     if path.is_dir():
         raise NcsnTuneError(f"{path} is a folder; give a file name", fields=what)
     if path.exists() and not force and not written_by_us(path):
-        raise NcsnTuneError(f"{path} exists and was not written by ncsn-tune; choose another name, or allow replacing it",
-                            fields=(what, "force"))
+        raise NcsnTuneError(f"{path} exists and was not written by ncsn-tune (it lacks ncsn-tune's mark: another program wrote it, or it "
+                            "is damaged); choose another name, or allow replacing it", fields=(what, "force"))
     return path
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from .analysis.samplers import Sampler, SamplerStep, sampler_step
 from .analysis.step_size import StepSize, optimal_step_size, step_size_of_snr, validate_ratio, validate_sigma_min, validate_step_size
 from .config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir as default_workdir
 from .data import DataIdentity, Dataset
-from .errors import ScheduleError
+from .errors import DataError, ScheduleError
 from .files import read_mapping, write_mapping
 from .pixel_range import PixelRange
 
@@ -256,6 +257,9 @@ def _saved_mismatch(saved: NoiseSchedule, given: Given, data: Dataset | None) ->
         return None
     recorded = DataIdentity.from_dict(saved.data)
     if not recorded.same_data(data.identity()):
+        if recorded.path and data.source and Path(recorded.path) == Path(data.source) and recorded.name == data.name:
+            return (f"the data at {recorded.path} changed since the schedule was derived from it ({recorded.num_points:,} points "
+                    f"then, {data.num_points:,} now; its fingerprint differs)")
         return f"it was derived from other data: {recorded.describe()}"
     return None
 
@@ -343,12 +347,16 @@ def _check_fits(schedule: NoiseSchedule, sigma_min: float | None, dim: int | Non
 
 
 def given_step_size(step_size: float | None, snr: float | None, sigma_min: float) -> float | None:
-    """The step eps given as eps or as score_sde's/diffusers' snr (eps = 2 (snr sigma_min)^2), not both; None when neither."""
+    """The step eps given as eps or as score_sde's/diffusers' snr (eps = 2 (snr sigma_min)^2), not both; None when neither.
+    Either must give 0 < eps < sigma_min^2."""
     if snr is None:
-        return step_size
+        return None if step_size is None else validate_step_size(step_size, sigma_min)
     if step_size is not None:
         raise ScheduleError("give the step as eps or as snr, not both", fields=("step_size", "snr"))
-    return step_size_of_snr(snr, sigma_min)
+    try:
+        return validate_step_size(step_size_of_snr(snr, sigma_min), sigma_min)
+    except ScheduleError as err:
+        raise ScheduleError(f"snr {snr:g} gives eps = 2 (snr sigma_min)^2 = {2 * (snr * sigma_min) ** 2:g}: {err}", fields="snr") from None
 
 
 def resolve_steps(given: Given, choice: ScheduleChoice, *, workdir: Path | None = None) -> StepChoice:
@@ -473,7 +481,10 @@ def resolve_data(spec: str | None, data_root: str | None, *, workdir: Path | Non
     saved_path = (Path(workdir) if workdir is not None else default_workdir()) / SCHEDULE_FILE
     if saved_path.exists():
         recorded = DataIdentity.from_dict(NoiseSchedule.load(saved_path).data)
-        if recorded is not None and recorded.path and Path(recorded.path).exists():
+        if recorded is not None and recorded.path and not Path(recorded.path).exists():
+            raise DataError(f"the saved schedule {saved_path} was derived from {recorded.describe()}, which is no longer there; give the "
+                            "data to train on (it is not swapped for another data set silently)", fields="data")
+        if recorded is not None and recorded.path:
             note = f"data from {saved_path}: {recorded.describe()}"
             if recorded.name == "cifar10":
                 return DataChoice("cifar10", recorded.path, (note,))
@@ -528,14 +539,23 @@ def plan_training(config, *, run=None, changed: set[str] = frozenset(), workdir:
     ``changed`` names them.
     """
     config.validate()
+    from .devices import resolve_device
+
+    device = resolve_device(config.device)  # a device that cannot be honoured is refused now, not after the data is read
     data = resolve_data(config.data, config.data_root, workdir=workdir)
     train, test, notes = load_training_data(data.spec, data.data_root, progress)
+    check_batch_fits(config, train.image_shape, device)
+    if config.batch_size > train.num_points:
+        notes.append(f"the batch of {config.batch_size:,} is larger than the {train.num_points:,} training images: every batch holds "
+                     "some images more than once")
     notes = list(data.notes) + notes
     if run is not None:
         recorded = DataIdentity.from_dict(getattr(run, "data", None))
-        if recorded is not None and recorded.fingerprint and not recorded.same_data(train.identity()):
+        same = (recorded.same_data(train.identity()) if recorded is not None and recorded.fingerprint else
+                recorded is None or not recorded.path or Path(recorded.path).resolve() == Path(train.source or "").resolve())
+        if not same:
             raise ScheduleError(f"the run was trained on {recorded.describe()}, not on {train.identity().describe()}; a run continues "
-                                "on its own data", fields="data")
+                                "on its own data (give the data it was trained on, or leave --data out)", fields=("data", "data_root"))
         for name in ("sigma_max", "sigma_min", "num_scales"):
             value = getattr(config, name)
             if value is not None and not math.isclose(value, getattr(run.schedule, name), rel_tol=1e-12):
@@ -554,6 +574,41 @@ def plan_training(config, *, run=None, changed: set[str] = frozenset(), workdir:
                                    num_scales=schedule.num_scales, target_overlap=schedule.target_overlap,
                                    steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size)
     return TrainingPlan(resolved, train, test, tuning, tuple(notes) + tuning.notes)
+
+
+#: Activation memory of one CIFAR-10 image (3x32x32) in an NCSNv2 training step at ngf 128, fp32: the official code's
+#: 8.6-9.1 GB peak at batch 128, less its weights and Adam state. Halved below, so that the check only refuses batches
+#: that cannot fit by a wide margin.
+ACTIVATION_BYTES_PER_IMAGE = 65e6
+
+
+def training_memory(batch_size: int, ngf: int, image_shape: tuple[int, ...]) -> float:
+    """A lower bound of a training step's activation memory in bytes: it grows with the batch, the width and the pixels."""
+    pixels = math.prod(image_shape[-2:]) if len(image_shape) >= 2 else 1024
+    return 0.5 * ACTIVATION_BYTES_PER_IMAGE * batch_size * (ngf / 128) * (pixels / 1024)
+
+
+def device_memory(device: str) -> float | None:
+    """The memory a training step can use: the GPU's, or this machine's RAM (None when unknown)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return float(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_batch_fits(config, image_shape: tuple[int, ...], device: str) -> None:
+    """Refuse, before any work, a batch whose activations alone exceed the device's memory (a lower bound)."""
+    processes = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))  # under torchrun each GPU takes its share of the batch
+    need, have = training_memory(math.ceil(config.batch_size / processes), config.ngf, image_shape), device_memory(device)
+    if have is not None and need > have:
+        where = "this GPU's" if device.startswith("cuda") else "this machine's"
+        raise ScheduleError(f"a training batch of {config.batch_size:,} images of {'x'.join(map(str, image_shape))} at ngf {config.ngf} "
+                            f"needs at least {need / 2**30:,.0f} GiB of activations, more than {where} {have / 2**30:,.0f} GiB; choose a "
+                            "smaller batch size", fields="batch_size")
 
 
 def derive_schedule(given: Given, *, progress=None) -> NoiseSchedule:

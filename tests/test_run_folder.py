@@ -199,6 +199,7 @@ def test_6_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(da
         raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/3: file write failed")
 
     monkeypatch.setattr(ckpt.torch, "save", full)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: type("Usage", (), {"free": 10_000})())  # what a full disk reports
     one_line_error(run("train", "--output", tmp_path / "run", "--resume", "--steps", 9), "the disk is full", "checkpoint_00000006.pt")
     monkeypatch.setattr(ckpt.torch, "save", real)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["checkpoint_00000003.pt"]
@@ -350,8 +351,16 @@ def test_12_cifar_batches_are_checked_against_the_official_files(fake_cifar, mon
 def test_12_the_fault_injection_script_runs(tmp_path):
     from fault_injection import inject_faults
 
-    report = inject_faults(kills=2, steps=12, seed=1, workdir=tmp_path)
+    report = inject_faults(kills=2, steps=12, seed=1, workdir=tmp_path)  # as users type it: --data cifar10 --data-root, then --resume
     assert report["all_checkpoints_loadable"] and report["metrics_each_step_once"] and report["equal_to_uninterrupted"]
+
+
+@pytest.mark.parametrize("method", ["auto", "rlimit"])
+def test_12_a_full_disk_at_several_free_sizes_is_one_line_and_then_resumes_bit_identical(tmp_path, method):
+    from fault_injection import full_disk
+
+    report = full_disk(steps=6, free_sizes=(2_000, 40_000), method=None if method == "auto" else method, workdir=tmp_path)
+    assert report["all_passed"], report
 
 
 class Payload:  # what a malicious pickle would carry: an object of some class, rebuilt by unpickling

@@ -55,7 +55,7 @@ def overlap(gamma, dim):
     return float(result) if result.ndim == 0 else result
 
 
-def _validate_overlap_target(target_overlap: float) -> None:
+def validate_overlap_target(target_overlap: float) -> None:
     if isinstance(target_overlap, bool) or not isinstance(target_overlap, (int, float, np.floating)) or not (
         math.isfinite(target_overlap) and 0.0 < target_overlap < 1.0
     ):
@@ -65,7 +65,7 @@ def _validate_overlap_target(target_overlap: float) -> None:
         )
 
 
-def _validate_dim(dim) -> int:
+def validate_dim(dim) -> int:
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ScheduleError(f"the data dimension D must be a whole number >= 1, got {dim!r}", fields="dim")
     return int(dim)
@@ -81,8 +81,8 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
     bracketed on a log grid of gamma - 1 and refined with Brent's method to
     machine precision. Raises :class:`ScheduleError` when no root exists.
     """
-    _validate_overlap_target(target_overlap)
-    dim = _validate_dim(dim)
+    validate_overlap_target(target_overlap)
+    dim = validate_dim(dim)
     if target_overlap >= MAX_OVERLAP:
         raise ScheduleError(
             f"no ratio gamma > 1 gives an overlap of {target_overlap}: even gamma = 1 gives only "
@@ -235,7 +235,7 @@ class NoiseSchedule:
         validate_range(self.sigma_max, self.sigma_min)
         validate_num_scales(self.num_scales)
         if self.dim is not None:
-            _validate_dim(self.dim)
+            validate_dim(self.dim)
         object.__setattr__(self, "pixel_range", PixelRange.parse_optional(self.pixel_range, error=ScheduleError))
 
     # ------------------------------------------------------------------ construction

@@ -38,6 +38,20 @@ from ..errors import ScheduleError
 from .step_size import StepSize, optimal_step_size, validate_step_size, validate_steps_per_scale, variance_ratio
 
 
+#: The most random numbers a simulation draws: about 13 minutes at the ~60 million per second NumPy reaches on one core.
+MAX_DRAWS = 5 * 10**10
+#: Steps of one scale between progress reports when a scale is long.
+PROGRESS_STEPS = 1000
+
+
+def check_simulation_size(draws: int, what: str, fields: tuple[str, ...], rate: float = 6e7) -> None:
+    """Refuse, with the estimate, a simulation beyond :data:`MAX_DRAWS` before it starts."""
+    if draws > MAX_DRAWS:
+        raise ScheduleError(f"this simulation would draw {draws:.3g} {what}, about {draws / rate / 3600:,.1f} hours at the ~{rate / 1e6:.0f} "
+                            f"million per second of one CPU core (ncsn_tune runs up to {MAX_DRAWS:.0e}); use fewer chains, dimensions, "
+                            "samples or steps per scale", fields=fields)
+
+
 @dataclass(frozen=True)
 class Proposition3Check:
     """Measured and predicted s**2/sigma**2 per scale (largest scale first)."""
@@ -160,6 +174,8 @@ def simulate_proposition3(
             raise ScheduleError(f"{name} must be a whole number >= 1, got {value!r}", fields=name)
     validate_steps_per_scale(steps_per_scale)
     validate_step_size(step_size, float(sigmas[-1]))
+    draws = int(num_chains) * int(dim) * len(sigmas) * (int(steps_per_scale) + (mode == "per-scale"))
+    check_simulation_size(draws, "normal numbers", ("num_chains", "dim", "steps_per_scale"))
     rng = _normals(seed, device)
     sigma_min = sigmas[-1]
     a = step_size / sigma_min**2
@@ -181,8 +197,10 @@ def simulate_proposition3(
                 x = rng.normal(size) * prev[i]
             alpha = step_size * sigma**2 / sigma_min**2
             noise = math.sqrt(2 * alpha)
-            for _ in range(steps_per_scale):
+            for k in range(steps_per_scale):
                 x = (1.0 - a) * x + noise * rng.normal(size)
+                if progress is not None and (k + 1) % PROGRESS_STEPS == 0:  # a long scale reports within it too
+                    progress(c * len(sigmas) + i + (k + 1) / steps_per_scale, total, "scales")
             sums[i] += rng.sum_squares(x) / sigma**2
             if progress is not None:
                 progress(c * len(sigmas) + i + 1, total, "scales")
@@ -265,7 +283,7 @@ def mixture_on_circle(weights=(0.8, 0.2), separation: float = 10.0, dim: int = 2
     first two coordinates (on a line when ``dim`` is 1), each an isotropic Gaussian of std ``tau`` (0: points)."""
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or len(w) < 2 or not np.all(np.isfinite(w)) or np.any(w <= 0):
-        raise ScheduleError(f"a mixture needs at least two positive weights, got {list(np.atleast_1d(w))}", fields="weights")
+        raise ScheduleError(f"a mixture needs at least two positive weights, got {np.atleast_1d(w).tolist()}", fields="weights")
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ScheduleError(f"the mixture's dimension must be a whole number >= 1, got {dim!r}", fields="dim")
     if not (math.isfinite(separation) and separation > 0):
@@ -314,6 +332,10 @@ class ModeCoverage:
         return d
 
 
+#: Working memory the mixture experiment may take.
+MAX_MIXTURE_BYTES = 4 * 2**30
+
+
 def gmm_experiment(
     mixture: Mixture,
     small_sigma_max: float = 1.0,
@@ -340,6 +362,11 @@ def gmm_experiment(
         raise ScheduleError(f"the number of samples must be a whole number >= 1, got {num_samples!r}", fields="num_samples")
     rng = np.random.default_rng(seed)
     dim = mixture.centres.shape[1]
+    modes = len(mixture.weights)
+    need = 4 * num_samples * modes * dim * 8  # the score's (samples, modes, D) temporaries
+    if need > MAX_MIXTURE_BYTES:
+        raise ScheduleError(f"{num_samples:,} samples of a {modes}-mode mixture in {dim} dimensions need about {need / 2**30:,.1f} GiB of "
+                            f"working memory (ncsn_tune allows {MAX_MIXTURE_BYTES / 2**30:g} GiB); use fewer samples", fields="num_samples")
     diameter = max_pairwise_distance(mixture.centres).distance
     lo, hi = mixture.centres.min(0) - diameter / 2, mixture.centres.max(0) + diameter / 2
     x0 = lo + (hi - lo) * rng.random((num_samples, dim))
@@ -351,6 +378,7 @@ def gmm_experiment(
             num_scales = NoiseSchedule.from_overlap(sigma_max, dim, sigma_min=sigma_min, target_overlap=target_overlap).num_scales
         except ScheduleError:  # D <= 4: the overlap equation has no root; a fixed ratio of 1.5 between scales instead
             num_scales = max(2, int(math.ceil(math.log(sigma_max / sigma_min) / math.log(1.5))) + 1)
+        check_simulation_size(num_samples * dim * num_scales * steps_per_scale, "normal numbers", ("num_samples", "steps_per_scale"))
         sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_scales))
         ratio = sigmas[0] / sigmas[1]
         eps = optimal_step_size(ratio, steps_per_scale, sigma_min).step_size
@@ -404,6 +432,7 @@ def simulate_sampler(sampler, sigma_max: float, sigma_min: float, num_scales: in
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ScheduleError(f"{name} must be a whole number >= 1, got {value!r}", fields=name)
     n, m = int(num_scales), validate_steps_per_scale(steps_per_scale)
+    check_simulation_size(int(num_chains) * int(dim) * n * (m + 1), "normal numbers", ("num_chains", "dim", "steps_per_scale"))
     rng = np.random.default_rng(seed)
     ascending = np.exp(np.linspace(math.log(sigma_min), math.log(sigma_max), n))
     if sampler.name == "ald":

@@ -24,13 +24,15 @@ A = AnalysisConfig
 # ------------------------------------------------------------------------------------------------ sigmas
 
 
-def schedule_summary(schedule: NoiseSchedule, path: Path | None) -> dict:
-    """The numbers ``sigmas`` reports (JSON keys), the equation's gamma and L beside the schedule's."""
-    equation = schedule.overlap_equation()
+def schedule_summary(schedule: NoiseSchedule, path: Path | None, target_overlap: float | None = None) -> dict:
+    """The numbers ``sigmas`` reports (JSON keys), the equation's gamma and L (for ``target_overlap``, else the schedule's
+    own target, else 0.5) beside the schedule's."""
+    equation = schedule.overlap_equation(target_overlap)
     data = schedule.data or {}
     return {"sigma_max": schedule.sigma_max, "sigma_min": schedule.sigma_min, "num_scales": schedule.num_scales,
             "gamma": equation[0] if equation else None, "ratio": schedule.ratio,
-            "overlap": schedule.overlap if schedule.dim else None, "target_overlap": schedule.target_overlap, "dim": schedule.dim,
+            "overlap": schedule.overlap if schedule.dim else None, "target_overlap": schedule.target_overlap,
+            "equation_target_overlap": target_overlap or schedule.target_overlap or A.target_overlap, "dim": schedule.dim,
             "equation_num_scales": equation[1] if equation else None, "data": data or None, "num_points": data.get("num_points"),
             "pair": schedule.source.get("pair"), "pixel_scale": data.get("pixel_scale"), "pixel_range": schedule.pixel_range,
             "t1": schedule.source or None,
@@ -56,7 +58,8 @@ def schedule_rows(s: dict) -> list[list[str]]:
     rows.append(["sigma_min", fmt(s["sigma_min"]), "paper default" + ("" if pixels == DEFAULT_PIXEL_RANGE else f" for {pixels.label}")
                  if s["sigma_min"] == default_sigma_min(pixels) else "given"])
     rows.append(["gamma", fmt(s["gamma"], 8), "T2: root of Phi(sqrt(2D)(g-1)+3g) - Phi(sqrt(2D)(g-1)-3g) = C"])
-    how = "ceil(log(sigma_max/sigma_min)/log gamma) + 1" if s["target_overlap"] else f"given (the equation gives {fmt(s['equation_num_scales'])})"
+    how = ("ceil(log(sigma_max/sigma_min)/log gamma) + 1" if s["target_overlap"] else
+           f"given (the equation gives {fmt(s['equation_num_scales'])} for overlap {s['equation_target_overlap']:g})")
     rows += [["num_scales L", str(s["num_scales"]), how],
              ["realised ratio", fmt(s["ratio"], 8), "(sigma_max/sigma_min)^(1/(L-1))"],
              ["realised overlap", fmt(s["overlap"]), "what the realised ratio achieves"]]
@@ -90,7 +93,7 @@ def sigmas(output, force, as_json, **opts):
     with report.progress() as progress:
         schedule = derive_schedule(given_from(opts, data), progress=progress)
     schedule.save(path)
-    summary = schedule_summary(schedule, path)
+    summary = schedule_summary(schedule, path, opts["target_overlap"])
     report.result(summary)
     if not as_json:
         report.table("Noise schedule (Song & Ermon 2020, Techniques 1-2)", ["quantity", "value", "how"], schedule_rows(summary), (1,))

@@ -88,7 +88,8 @@ def audit(config, score_sde_root, sampling_steps, diameter, dim, target_overlap,
         with report.progress() as progress:
             diameter = max_pairwise_distance(data.points(), scale=data.scale, method=opts["method"], device=opts["device"],
                                              progress=progress).distance
-    result = audit_config(c, diameter=diameter, dim=dim or (data.dim if data is not None else None), target_overlap=target_overlap)
+    result = audit_config(c, diameter=diameter, dim=dim if dim is not None else (data.dim if data is not None else None),
+                          target_overlap=target_overlap)
     if output is not None:
         from ..plots import plot_audit
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..errors import NcsnTuneError
 from ..files import plain
 
 #: Seconds between progress lines when stderr is not a terminal ($NCSN_TUNE_PROGRESS_EVERY overrides).
@@ -28,10 +29,17 @@ PROGRESS_EVERY_S = 5.0
 
 
 def progress_every() -> float:
-    try:
-        return max(0.0, float(os.environ.get("NCSN_TUNE_PROGRESS_EVERY", PROGRESS_EVERY_S)))
-    except ValueError:
+    """Seconds between progress lines off a terminal: ``$NCSN_TUNE_PROGRESS_EVERY``, else 5."""
+    text = os.environ.get("NCSN_TUNE_PROGRESS_EVERY")
+    if text is None or not text.strip():
         return PROGRESS_EVERY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise NcsnTuneError(f"NCSN_TUNE_PROGRESS_EVERY must be a number of seconds >= 0, got {text!r}; fix it or unset it")
+    return value
 
 
 def _console(stream) -> Console:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis.noise_schedule import NoiseSchedule, num_scales_for_ratio, overlap, ratio_for_num_scales, solve_gamma
+from ..analysis.noise_schedule import (NoiseSchedule, num_scales_for_ratio, overlap, ratio_for_num_scales, solve_gamma, validate_dim,
+                                      validate_overlap_target)
 from ..analysis.samplers import sampler_step
 from ..errors import ScheduleError
 from .tool_configs import ToolConfig
@@ -166,6 +167,11 @@ def check_t5(c: ToolConfig) -> Finding:
 def audit_config(config: ToolConfig, *, diameter: float | None = None, dim: int | None = None, target_overlap: float = 0.5) -> Audit:
     """The four findings for ``config``; ``diameter`` (Technique 1 on the data, in the configuration's pixel
     convention) and ``dim`` (D = C*H*W, else the configuration's image size) make T1 and T2 checkable."""
+    if diameter is not None and not (isinstance(diameter, (int, float)) and math.isfinite(diameter) and diameter > 0):
+        raise ScheduleError(f"the data's diameter must be a positive number, got {diameter!r}", fields="diameter")
+    if dim is not None:
+        validate_dim(dim)
+    validate_overlap_target(target_overlap)
     dim = dim or config.dim
     findings = (check_t1(config, diameter), check_t2(config, dim, target_overlap), check_t4(config), check_t5(config))
     return Audit(config, findings, diameter, dim, target_overlap)

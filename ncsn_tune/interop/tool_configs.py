@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..analysis.samplers import CORRECTORS, PREDICTORS, SAMPLING_EPS, Sampler
-from ..analysis.step_size import step_size_of_snr
+from ..analysis.noise_schedule import validate_num_scales, validate_range
+from ..analysis.step_size import step_size_of_snr, validate_steps_per_scale
 from ..errors import NcsnTuneError
 from ..files import read_mapping
 from ..pixel_range import PixelRange
@@ -60,6 +61,19 @@ class ToolConfig:
     continuous: bool | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def __post_init__(self) -> None:
+        """What the configuration gives must be numbers the techniques can use: said in the configuration's words."""
+        validate_range(self.sigma_max, self.sigma_min)
+        validate_num_scales(self.num_scales)
+        if self.steps_per_scale is not None:
+            validate_steps_per_scale(self.steps_per_scale)
+        for name, value in (("step size", self.step_size), ("snr", self.snr)):
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                                          and value > 0):
+                raise NcsnTuneError(f"{self.source}: the {name} must be a positive number, got {value!r}", fields="config")
+        if self.step_size is not None and self.snr is not None:
+            raise NcsnTuneError("give the step as eps or as snr, not both", fields=("step_size", "snr"))
+
     @property
     def dim(self) -> int | None:
         return math.prod(self.image_shape) if self.image_shape else None
@@ -85,12 +99,17 @@ class ToolConfig:
         return data
 
 
-def _need(mapping: dict, path: str, where: str):
+def _need(mapping: dict, path: str, where: str, kind: type | None = None):
+    """``mapping``'s value at the dotted ``path``; with ``kind`` (float or int) it must be such a number."""
     value = mapping
     for key in path.split("."):
         if not isinstance(value, dict) or key not in value:
             raise NcsnTuneError(f"{where} has no {path}; is it the configuration it looks like?", fields="config")
         value = value[key]
+    if kind is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and float(value) != int(value)):
+            raise NcsnTuneError(f"{where}: {path} must be {'a whole number' if kind is int else 'a number'}, got {value!r}", fields="config")
+        value = kind(value)
     return value
 
 
@@ -113,9 +132,9 @@ def read_ncsnv2_yaml(path: Path) -> ToolConfig:
     if stale:
         notes.append(f"the official FID sweep (main.py --fast_fid) samples with {', '.join(stale)}")
     return ToolConfig(
-        tool="ncsnv2-yaml", source=where, sigma_max=float(_need(model, "sigma_begin", where)), sigma_min=float(_need(model, "sigma_end", where)),
-        num_scales=int(_need(model, "num_classes", where)), steps_per_scale=int(_need(sampling, "n_steps_each", where)),
-        step_size=float(_need(sampling, "step_lr", where)), sampler=Sampler.named("ald"), ema=bool(model.get("ema", False)),
+        tool="ncsnv2-yaml", source=where, sigma_max=_need(data, "model.sigma_begin", where, float),
+        sigma_min=_need(data, "model.sigma_end", where, float), num_scales=_need(data, "model.num_classes", where, int),
+        steps_per_scale=_need(data, "sampling.n_steps_each", where, int), step_size=_need(data, "sampling.step_lr", where, float), sampler=Sampler.named("ald"), ema=bool(model.get("ema", False)),
         ema_rate=float(model.get("ema_rate", 0.999)) if model.get("ema") else None, pixel_range=ncsnv2_pixel_range(dset),
         image_shape=(int(dset.get("channels", 3)), int(dset.get("image_size", 0)), int(dset.get("image_size", 0)))
         if dset.get("image_size") else None,
@@ -190,12 +209,17 @@ def probe_score_sde(target: str, score_sde_root: Path | None, what: str) -> dict
         raise NcsnTuneError(f"{root} holds no configs/ folder: give the root of a score_sde checkout", fields="score_sde_root")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root.resolve()), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-c", _SCORE_SDE_PROBE, target], capture_output=True, text=True, env=env, cwd=str(root))
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        last = (r.stderr.strip().splitlines() or [f"it exited with status {r.returncode} and printed nothing"])[-1]
         missing = "ml_collections" if "ml_collections" in last else "torch" if "'torch'" in last else None
         hint = f"; install {missing} (score_sde's configs import it)" if missing else ""
         raise NcsnTuneError(f"running get_config() of {what} failed: {last}{hint}", fields="config")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        raise NcsnTuneError(f"get_config() of {what} did not return a configuration the probe could read (its last output line: "
+                            f"{lines[-1][:120]!r})", fields="config") from None
 
 
 def score_sde_sampler(c: dict, where: str) -> tuple[Sampler | None, str | None]:
@@ -229,7 +253,7 @@ def read_score_sde(path: Path, score_sde_root: Path | None, sampling_steps: int 
     if sampler is not None and sampler.corrector == "langevin":
         notes.append("the langevin corrector's step is 2 (snr ||z|| / ||s||)^2, modelled for a single Gaussian (exact as D grows)")
     continuous = bool(c.get("continuous"))
-    n = int(c["num_scales"])
+    n = _need(c, "num_scales", f"{path} (model.num_scales)", int)
     if sampling_steps and sampling_steps != n:
         notes.append(f"sampled with N = {sampling_steps} as given, not model.num_scales = {n}" +
                      ("" if continuous else ": this model was trained on discrete scales (training.continuous = False), so its "
@@ -239,6 +263,8 @@ def read_score_sde(path: Path, score_sde_root: Path | None, sampling_steps: int 
                  "without retraining" if continuous else
                  "training.continuous = False: trained on model.num_scales discrete scales; another L means retraining")
     size, channels = c.get("image_size"), c.get("num_channels")
+    for key in ("sigma_max", "sigma_min", "num_scales"):
+        _need(c, key, f"{path} (model.{key})", float)
     return ToolConfig(
         tool="score-sde", source=str(path), sigma_max=float(c["sigma_max"]), sigma_min=float(c["sigma_min"]), num_scales=n,
         steps_per_scale=int(c["n_steps_each"]) if sampler is not None and sampler.langevin_steps else None,

@@ -15,8 +15,13 @@ whose model keys carry DataParallel's ``module.`` prefix) are read by
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import pickle
 import re
+import resource
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ from typing import Any
 import torch
 
 from ..analysis.noise_schedule import NoiseSchedule
-from ..errors import CheckpointError, ScheduleError
+from ..errors import CheckpointError, RunError, ScheduleError
 from .network import NCSNv2
 
 FORMAT = "ncsn_tune.checkpoint/1"
@@ -44,26 +49,58 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int = 3) -> Path:
-    """Write ``state`` atomically as checkpoint_<step>.pt and delete all but the newest ``keep``."""
+def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int = 3, note=None) -> Path:
+    """Write ``state`` atomically as checkpoint_<step>.pt and delete all but the newest ``keep``. A write that fails
+    (a full disk, a file-size limit, an unwritable folder) leaves the previous checkpoint as it was and raises one
+    clear error; an old checkpoint that cannot be deleted is reported through ``note(text)`` and the run goes on."""
     from ..files import atomic_open
 
     path = checkpoint_path(Path(run_dir), int(state["step"]))
     try:
         with atomic_open(path) as f:
             torch.save({"format": FORMAT, **state}, f)
-    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
-        if "write" not in str(err).lower():
-            raise
-        import errno
-        import shutil
-
-        free = shutil.disk_usage(Path(run_dir)).free
-        raise OSError(errno.ENOSPC, f"could not write the checkpoint ({free / 1e6:.0f} MB free); the previous checkpoint is kept",
-                      str(path)) from None
+    except (RuntimeError, OSError) as err:  # torch's zip writer reports a failed write as a RuntimeError ("unexpected pos ...")
+        raise write_failure(err, path, state) from None
     for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as err:
+            if note is not None:
+                note(f"could not delete the old checkpoint {old.name} ({err.strerror or err}); the run goes on")
     return path
+
+
+def _state_bytes(state) -> int:
+    """The bytes of the tensors in a checkpoint's state (what its file needs, within a few percent)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return 0
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+def write_failure(err: BaseException, path: Path, state: dict) -> Exception:
+    """Why a checkpoint could not be written, as one error the command line prints on one line."""
+    need = _state_bytes(state)
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+    kept = "the previous checkpoint is kept"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC or free < need + (1 << 20):
+        return OSError(errno.ENOSPC, f"could not write the checkpoint ({_size(free)} free, about {_size(need)} needed); {kept}",
+                       str(path))
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if isinstance(err, OSError) and err.errno == errno.EFBIG or limit != resource.RLIM_INFINITY and limit < need + (1 << 20):
+        return RunError(f"could not write the checkpoint {path}: the file-size limit (ulimit -f, {_size(limit)}) is below its "
+                        f"size (about {_size(need)}); raise the limit and continue the run; {kept}", fields="output")
+    if isinstance(err, OSError):
+        return err
+    first = (str(err).splitlines() or [""])[0]
+    return RunError(f"could not write the checkpoint {path} ({first}); {kept}", fields="output")
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -86,8 +123,18 @@ def read_torch_file(path: Path, what: str, hint: str = "", map_location="cpu") -
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist{hint}") from None
+    except PermissionError:
+        raise unreadable_by_permissions(Path(path)) from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a {what}{hint}") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} is not a readable {what}: {_why_unreadable(err)}{hint}") from None
+
+
+def unreadable_by_permissions(path: Path) -> CheckpointError:
+    """A file this user may not read: not damaged, so nothing is skipped or overwritten."""
+    return CheckpointError(f"{path} cannot be read: permission denied (the file is not damaged); make it readable (chmod u+r) and run "
+                           "the command again")
 
 
 def _why_unreadable(err: Exception) -> str:
@@ -95,10 +142,11 @@ def _why_unreadable(err: Exception) -> str:
     text = str(err)
     if isinstance(err, EOFError) or any(k in text for k in ("central directory", "PytorchStreamReader", "unexpected EOF", "truncated")):
         return "the file is truncated or damaged (an interrupted copy or a full disk)"
-    if any(k in text for k in ("invalid load key", "could not find MARK", "Unsupported operand")) or isinstance(err, (ValueError, TypeError)):
-        return "it is not a file written by torch.save"
-    if "Weights only load failed" in text or "weights_only" in text:
+    if "Unsupported global" in text or "GLOBAL" in text:
         return "it holds Python objects other than tensors and plain containers, which are not loaded (they could run code)"
+    if any(k in text for k in ("invalid load key", "could not find MARK", "Unsupported operand", "Weights only load failed")) or isinstance(
+            err, (ValueError, TypeError, KeyError, IndexError, AttributeError, pickle.UnpicklingError, UnicodeDecodeError)):
+        return "it is not a file written by torch.save"
     first = (text.splitlines() or [""])[0]
     return f"{type(err).__name__}: {first if len(first) <= 160 else first[:first.rfind(' ', 0, 160)] + ' ...'}"
 
@@ -145,6 +193,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> Checkpoint:
         resolve_checkpoint(path)  # raises: no checkpoint
     skipped = []
     for candidate in reversed(candidates):
+        if not os.access(candidate, os.R_OK):  # not damaged: never skipped (a resumed run would overwrite it)
+            raise unreadable_by_permissions(candidate)
         try:
             ckpt = _load_checkpoint_file(candidate, map_location)
         except CheckpointError as err:
@@ -159,7 +209,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> Checkpoint:
 def _load_checkpoint_file(path: Path, map_location="cpu") -> Checkpoint:
     state = read_torch_file(path, "checkpoint", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        if isinstance(state, (list, tuple)):
+        if isinstance(state, (list, tuple)) and len(state) >= 4 and isinstance(state[0], dict):
             raise CheckpointError(f"{path} looks like an official NCSNv2 checkpoint; start a run from its weights instead",
                                   fields="init_from")
         raise CheckpointError(f"{path} is not an ncsn_tune checkpoint")

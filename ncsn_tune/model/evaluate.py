@@ -10,6 +10,8 @@ weights, data) is checked before any long computation starts.
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,8 +87,9 @@ def read_samples(path: Path) -> np.ndarray:
                 samples = np.asarray(f["uint8"], dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
             else:
                 raise KeyError("neither a 'float' nor a 'uint8' array")
-    except (OSError, KeyError, ValueError, EOFError) as exc:
-        raise NcsnTuneError(f"{path} is not a samples file as the sampler writes them ({exc})", fields="samples") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise NcsnTuneError(f"{path} is not a samples file as the sampler writes them ({type(exc).__name__}: {exc})",
+                            fields="samples") from None
     if samples.ndim != 4 or len(samples) == 0:
         raise NcsnTuneError(f"{path}: expected samples shaped (N, C, H, W), got {samples.shape}", fields="samples")
     if not np.isfinite(samples).all():
@@ -172,11 +175,14 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     if fid_images is not None and fid_images < 2:
         raise NcsnTuneError(f"FID needs at least 2 reference images, got {fid_images}", fields="fid_images")
     sample_array = read_samples(samples) if samples is not None else None
-    weights_path = None
-    if fid:
-        from .inception import find_inception_weights
+    inception = reference = None
+    if fid:  # every FID input is read and checked here, before the long work
+        from .fid import FeatureStatistics
+        from .inception import find_inception_weights, load_fid_inception
 
         weights_path = find_inception_weights(inception_weights)
+        inception = (weights_path, *load_fid_inception(weights_path, torch.device("cpu")))
+        reference = FeatureStatistics.load(fid_reference) if fid_reference is not None else None
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     if sample_array is not None and tuple(sample_array.shape[1:]) != ckpt.image_shape:
         raise NcsnTuneError(f"the samples have shape {sample_array.shape[1:]} but the model's images {ckpt.image_shape}", fields="samples")
@@ -204,20 +210,22 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
         result.nearest = nearest_neighbours(queries, train.points(), scale=train.scale, progress=progress)
         result.nearest_images = train.unit_float32(result.nearest.indices)
         if fid:
-            result.fid = fid_of_samples(sample_array, train, weights_path, fid_reference, fid_images, ckpt.run_dir, dev, progress)
+            result.fid = fid_of_samples(sample_array, train, inception, (fid_reference, reference), fid_images, ckpt.run_dir, dev, progress)
     return result
 
 
-def fid_of_samples(samples: np.ndarray, train: Dataset, weights_path: Path, reference_file: Path | None, reference_images: int | None,
+def fid_of_samples(samples: np.ndarray, train: Dataset, inception: tuple, given_reference: tuple, reference_images: int | None,
                    cache_dir: Path, device, progress=None) -> dict:
-    """FID of the samples against ``reference_file``'s statistics, or against the training images' (computed once
-    and kept in ``cache_dir``)."""
-    from .fid import FeatureStatistics, cached_reference, feature_statistics, fid
-    from .inception import inception_features, load_fid_inception
+    """FID of the samples against the given reference statistics (``given_reference``: its file and the statistics
+    read from it, or (None, None)), or against the training images' (computed once and kept in ``cache_dir``).
+    ``inception``: the weights file, the network loaded from it, its SHA-256 and notes."""
+    from .fid import cached_reference, feature_statistics, fid
+    from .inception import inception_features
 
-    network, sha, notes = load_fid_inception(weights_path, device)
+    weights_path, network, sha, notes = inception
+    network = network.to(device)
+    reference_file, reference = given_reference
     if reference_file is not None:
-        reference = FeatureStatistics.load(reference_file)
         where, stats_file = str(reference_file), reference_file
     else:
         n = train.num_points if reference_images is None else min(reference_images, train.num_points)

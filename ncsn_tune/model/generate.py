@@ -141,6 +141,10 @@ def check_sample_outputs(output: Path | None = None, npz: Path | None = None, di
             check_output(path, suffixes, force=force, what=what)
 
 
+#: The most image evaluations one sample command runs: about 6 days at the 20,000 per second of an H100.
+MAX_IMAGE_EVALUATIONS = 10**10
+
+
 def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = None, seed: int = 0, schedule_file: Path | None = None,
                       num_scales: int | None = None, steps_per_scale: int | None = None, step_size: float | None = None,
                       denoise: bool = True, ema: bool = True, device: str = "auto", compile: bool | None = None,
@@ -162,6 +166,11 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
     batch_size = score_batch_size(shape, model.sigmas.device, num, requested=batch_size)
     batch = (batch_size, *shape)
     evaluations = num * (tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise))
+    if evaluations > MAX_IMAGE_EVALUATIONS:
+        raise NcsnTuneError(f"{num:,} samples with L = {tuning.schedule.num_scales} and M = {tuning.steps_per_scale} are {evaluations:.3g} image "
+                            f"evaluations of the network: at about 20,000 per second on an H100 that is {evaluations / 2e4 / 86400:,.1f} days "
+                            f"(ncsn_tune samples up to {MAX_IMAGE_EVALUATIONS:.0e}); use fewer samples or a smaller M",
+                            fields=("num", "steps_per_scale"))
     use_compile, why = decide_score_compile(model, ckpt.run_dir, batch, evaluations, compile)
     notes = [why] if why else []
     samples = generate(model, tuning.schedule, steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size, num=num,

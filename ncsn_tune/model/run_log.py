@@ -11,6 +11,7 @@ events after it are purged (``SummaryWriter(purge_step=...)``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..files import atomic_write_bytes
@@ -51,7 +52,7 @@ class RunLog:
     def __init__(self, run_dir: Path, start_step: int, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.notes = [n for n in [cut_metrics(self.path, start_step)] if n]
-        self.file = open(self.path, "a")
+        self.file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666), "a")
         self.writer = _tensorboard(Path(run_dir), start_step) if tensorboard else None
 
     def record(self, record: dict, scalars: dict[str, float] | None = None) -> None:

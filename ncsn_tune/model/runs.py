@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 import socket
@@ -33,11 +34,15 @@ from typing import Callable
 from ..config import TrainConfig, load_train_config, save_config
 from ..errors import CheckpointError, NcsnTuneError, RunError
 from ..tuning import TrainingPlan, plan_training
-from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_official_weights
+from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_official_weights, non_finite_tensor
 
-#: Settings a continued run may not change: they are part of the trained model, its data or its schedule.
-FIXED_ON_RESUME = ("data", "data_root", "schedule", "sigma_max", "sigma_min", "num_scales", "target_overlap", "architecture", "ngf",
-                   "seed")
+#: Settings a continued run may not change: they are part of the trained model or its schedule. Its data may not change
+#: either, but is not compared here as text: ``data`` and ``data_root`` only say where to find it (a typed root, a
+#: trailing slash, a relative path or a symlink all lead to the same images), and the resolver checks that what they
+#: lead to is the data the run was trained on (its recorded identity).
+FIXED_ON_RESUME = ("schedule", "sigma_max", "sigma_min", "num_scales", "target_overlap", "architecture", "ngf", "seed")
+#: Where a run's data is found: given again on resume, they are used to find it, never reported as changes.
+DATA_LOCATION = ("data", "data_root")
 #: What a run folder holds (the files a fresh run refuses to mix with, and ``overwrite`` removes).
 RUN_FILES = ("config.yaml", "schedule.json", "metrics.jsonl")
 RUN_PATTERNS = ("checkpoint_*.pt", "samples_*.png", "fid_reference_*.npz")
@@ -90,15 +95,26 @@ def check_run_folder(run_dir: Path) -> Path:
     return run_dir
 
 
-def _same(name: str, old, new) -> bool:
-    if name in ("data", "data_root") and old is not None and new is not None and old != "cifar10" and new != "cifar10":
-        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+def _same_setting(name: str, old, new, ckpt: Checkpoint) -> bool:
+    """Whether a setting given again for a continued run is the run's own: ``auto`` and the architecture it resolves
+    to for the run's image size are the same; a schedule file is the run's schedule when its scales are."""
+    if name == "architecture":
+        from .network import architecture_for
+
+        size = ckpt.image_shape[-1]
+        return (architecture_for(size) if old == "auto" else old) == (architecture_for(size) if new == "auto" else new)
+    if name == "schedule" and new is not None:
+        from ..analysis.noise_schedule import NoiseSchedule
+
+        return NoiseSchedule.load(new).same_scales(ckpt.schedule)
     return old == new
 
 
-def changes_on_resume(base: TrainConfig, given: dict) -> dict[str, tuple]:
-    """The settings given for a continued run that differ from the run's; refuses those that cannot change."""
-    changed = {k: (getattr(base, k), v) for k, v in given.items() if not _same(k, getattr(base, k), v)}
+def changes_on_resume(base: TrainConfig, given: dict, ckpt: Checkpoint) -> dict[str, tuple]:
+    """The settings given for a continued run that differ from the run's; refuses those that cannot change. Where the
+    data is found (:data:`DATA_LOCATION`) is not a change: the data itself is checked by its identity."""
+    changed = {k: (getattr(base, k), v) for k, v in given.items()
+               if k not in DATA_LOCATION and not _same_setting(k, getattr(base, k), v, ckpt)}
     fixed = [k for k in changed if k in FIXED_ON_RESUME]
     if fixed:
         what = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
@@ -124,6 +140,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     if output is not None:
         check_run_folder(Path(output))
         if main_process:
+            check_own_files(Path(output))
             RunLock.refuse_if_held(Path(output))
     init = load_official_weights(init_from) if init_from is not None else None
     if resume:
@@ -134,7 +151,12 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
             raise RunError(f"{output} has no config.yaml: it is not a run folder to continue", fields="output")
         base = load_train_config(saved)
         ckpt = load_checkpoint(output)
-        changed = changes_on_resume(base, given)
+        bad = non_finite_tensor(ckpt.model) or non_finite_tensor(ckpt.ema)
+        if bad is not None:
+            raise CheckpointError(f"{ckpt.path}: the weights hold NaN or infinite values ({bad}), so the run cannot continue from it; "
+                                  "delete it to continue from the checkpoint before, or start the run afresh", fields=("resume", "overwrite"))
+        changed = changes_on_resume(base, given, ckpt)
+        given = {k: v for k, v in given.items() if k in changed or k in DATA_LOCATION}  # the run's own values stay as recorded
     elif config_file is not None:
         base = load_train_config(config_file)
     else:
@@ -151,9 +173,11 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     existing = run_files(run_dir) if main_process else []
     if ckpt is None and existing and not overwrite:
         steps = list_checkpoints(run_dir)
-        what = f"checkpoints up to {steps[-1].name}" if steps else "a run that wrote no checkpoint yet"
-        raise RunError(f"{run_dir} already holds {what}: continue it, start it afresh (its files are deleted), or choose another "
-                       "run folder", fields=("resume", "overwrite", "output"))
+        if steps:
+            raise RunError(f"{run_dir} already holds checkpoints up to {steps[-1].name}: continue it, start it afresh (its files are "
+                           "deleted), or choose another run folder", fields=("resume", "overwrite", "output"))
+        raise RunError(f"{run_dir} already holds a run that wrote no checkpoint yet (it stopped before its first checkpoint), so there "
+                       "is nothing to continue: start it afresh (its files are deleted) or choose another run folder", fields=("overwrite", "output"))
     notes = (ckpt.notes if ckpt is not None else []) + list(plan.notes)
     if changed:
         notes.append("changed for the rest of the run: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
@@ -165,6 +189,25 @@ def count_model_parameters(setup: RunSetup) -> int:
     from .train import build_model
 
     return count_parameters(build_model(setup.config, setup.plan.train.image_shape, setup.plan.schedule.sigmas))
+
+
+def check_own_files(run_dir: Path) -> None:
+    """ncsn_tune writes only its own files in a run folder: a link there (to a file anywhere) is refused, never followed,
+    and so are a metrics log that is not a writable file. Checked before anything is written."""
+    from .run_log import METRICS_FILE
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for path in [run_dir / LOCK_FILE, *run_files(run_dir)]:
+        if path.is_symlink():
+            raise RunError(f"{path} is a symbolic link; ncsn_tune writes only its own files in a run folder and does not follow links "
+                           "there: remove the link", fields="output")
+    metrics = run_dir / METRICS_FILE
+    if metrics.exists() and not metrics.is_file():
+        raise RunError(f"{metrics} is not a file; it is where the run logs its metrics: move it away", fields="output")
+    if metrics.exists() and not os.access(metrics, os.W_OK):
+        raise RunError(f"{metrics} is not writable; make it writable (chmod u+w) or choose another run folder", fields="output")
 
 
 class RunLock:
@@ -179,8 +222,18 @@ class RunLock:
     def refuse_if_held(cls, run_dir: Path) -> None:
         """Fail at once, naming the holder, when another process trains in ``run_dir`` (nothing is written)."""
         path = Path(run_dir) / LOCK_FILE
-        if path.exists():
-            os.close(cls(run_dir)._lock(os.open(path, os.O_RDWR)))  # closing releases it
+        if path.exists() or path.is_symlink():
+            os.close(cls(run_dir)._lock(cls._open(path, os.O_RDWR)))  # closing releases it
+
+    @staticmethod
+    def _open(path: Path, flags: int) -> int:
+        try:
+            return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunError(f"{path} is a symbolic link; ncsn_tune does not follow links in a run folder: remove it",
+                               fields="output") from None
+            raise
 
     def _lock(self, fd: int) -> int:
         import fcntl
@@ -195,7 +248,7 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = self._lock(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666))
+        fd = self._lock(self._open(self.path, os.O_RDWR | os.O_CREAT))
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
         self.fd = fd
@@ -238,6 +291,7 @@ def _prepare_folder(setup: RunSetup, callback) -> None:
     """Under the lock: the folder is still as setup_run saw it; leftovers of killed writers go, and with
     ``overwrite`` the old run's files too."""
     run_dir = setup.run_dir
+    check_own_files(run_dir)
     stale = remove_stale_temporaries(run_dir)
     if stale:
         callback({"event": "note", "text": f"removed {len(stale)} temporary file(s) left by an interrupted write: "

@@ -417,7 +417,8 @@ class Trainer:
         """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it."""
         path = None
         if self.dist.main:
-            path = save_checkpoint(self.checkpoint_state(), self.run_dir, self.config.keep_checkpoints)
+            path = save_checkpoint(self.checkpoint_state(), self.run_dir, self.config.keep_checkpoints,
+                                   note=lambda text: self.callback({"event": "note", "text": text}))
             self.callback({"event": "checkpoint", "step": self.step, "path": str(path)})
         self.dist.barrier()
         return path
