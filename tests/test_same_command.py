@@ -361,3 +361,45 @@ def test_mixture_weights_are_printed_as_numbers():
     r = run("simulate", "--toy", "gmm", "--weights", "0,1")
     one_line_error(r, "[0.0, 1.0]")
     assert "np.float64" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+
+def ncsn_tune(*args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "ncsn_tune", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signum, status", [(2, 130), (15, 143)])
+def test_a_signal_during_start_up_is_one_line_and_the_shells_status(signum, status, tmp_path):
+    import time
+
+    for delay in (0.1, 0.25):
+        proc = ncsn_tune("sigmas", "--sigma-max", 50, "--dim", 3072, "--output", tmp_path / "s.json", "--force")
+        time.sleep(delay)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            continue  # finished before the signal came
+        assert proc.returncode == status and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_sigterm_to_audit_stops_the_score_sde_child(tmp_path, real_configs):
+    import subprocess
+    import time
+
+    (tmp_path / "spin.py").write_text("def get_config():\n    while True:\n        pass\n")
+    proc = ncsn_tune("audit", "--config", tmp_path / "spin.py", "--score-sde-root", real_configs / "score_sde_pytorch")
+    marker = str(tmp_path / "spin.py")
+    children = lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()  # noqa: E731
+    deadline = time.monotonic() + 60
+    while len(children()) < 2 and time.monotonic() < deadline:  # the command and its child name the file
+        time.sleep(0.1)
+    proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    time.sleep(0.5)
+    assert proc.returncode == 143 and "Stopped" in err and "Traceback" not in err
+    assert not children()
