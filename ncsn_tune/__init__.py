@@ -26,7 +26,7 @@ _EXPORTS = {
     "AnalysisConfig": "config", "TrainConfig": "config", "load_config": "config", "save_config": "config",
     "DataIdentity": "data", "Dataset": "data", "as_dataset": "data", "load_dataset": "data",
     "CheckpointError": "errors", "DataError": "errors", "NcsnTuneError": "errors", "RunError": "errors", "ScheduleError": "errors",
-    "PixelRange": "pixel_range",
+    "PixelRange": "data",
     "Given": "tuning", "Tuning": "tuning", "resolve": "tuning",
     **{name: "analysis" for name in ("FarthestPair", "NoiseSchedule", "Sampler", "SamplerStep", "StepSize", "brute_force_max_distance",
                                      "geometric_sigmas", "max_pairwise_distance", "num_scales_for_ratio", "optimal_step_size", "overlap",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .checks import is_real, is_whole
 from .errors import NcsnTuneError
 
 #: Where the commands keep what one step hands to the next (``$NCSN_TUNE_WORKDIR`` overrides).
@@ -81,11 +82,11 @@ def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "configura
         kind, optional = _field_kind(fields[name])
         if value is None and optional:
             values[name] = None
-        elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif kind is float and is_real(value):
             values[name] = float(value)
         elif kind is tuple and isinstance(value, (list, tuple)):
             values[name] = tuple(value)
-        elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        elif is_whole(value) if kind is int else isinstance(value, kind):
             values[name] = value
         else:
             raise NcsnTuneError(f"{where}: {name} must be {kind.__name__}{' or null' if optional else ''}, got {value!r}",
@@ -226,7 +227,7 @@ def train_config_from_official(data: dict[str, Any], where: str = "the official 
         value = section.get(key, default)
         if value is None:
             raise NcsnTuneError(f"{where} has no {section_name}.{key}", fields="config")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and float(value) != int(value)):
+        if not is_real(value) or (kind is int and float(value) != int(value)):
             raise NcsnTuneError(f"{where}: {section_name}.{key} must be {'a whole number' if kind is int else 'a number'}, got {value!r}",
                                 fields="config")
         return kind(value)

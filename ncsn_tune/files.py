@@ -179,3 +179,11 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raise NcsnTuneError(f"{path} does not hold a mapping of settings")
     data.pop("_written_by", None)
     return data
+
+
+def cache_dir() -> Path:
+    """$NCSN_TUNE_CACHE, else $XDG_CACHE_HOME/ncsn_tune, else ~/.cache/ncsn_tune."""
+    if os.environ.get("NCSN_TUNE_CACHE"):
+        return Path(os.environ["NCSN_TUNE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ncsn_tune"

@@ -47,7 +47,7 @@ from .config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir as de
 from .data import DataIdentity, Dataset
 from .errors import DataError, ScheduleError
 from .files import read_mapping, write_mapping
-from .pixel_range import PixelRange
+from .data.pixel_range import PixelRange
 
 DEFAULTS = AnalysisConfig()
 

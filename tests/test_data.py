@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncsn_tune import data as data_mod
+from ncsn_tune.data import cifar10 as data_mod
 from ncsn_tune.data import load_cifar10, load_dataset
 from ncsn_tune.errors import DataError
 
@@ -199,7 +199,7 @@ def test_unknown_specs(tmp_path):
 
 def test_streamed_image_folder_equals_loaded(tmp_path):
     from ncsn_tune.analysis import max_pairwise_distance
-    from ncsn_tune.data import ImageFolderArray
+    from ncsn_tune.data.image_folder import ImageFolderArray
 
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (23, 6, 5, 3), dtype=np.uint8)

@@ -338,7 +338,7 @@ def test_10_temporary_files_of_a_killed_writer_are_removed(data, tmp_path):
 
 
 def test_12_cifar_batches_are_checked_against_the_official_files(fake_cifar, monkeypatch):
-    from ncsn_tune import data as data_mod
+    from ncsn_tune.data import cifar10 as data_mod
     from ncsn_tune.errors import DataError
 
     subset = data_mod.load_cifar10(fake_cifar, download=False)

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..checks import is_real, is_whole
+from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE
+from ..data.pixel_range import PixelRange
 from ..errors import ScheduleError
-from ..pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 from .roots import brent_root
 from .step_size import StepSize, optimal_step_size
 
@@ -56,7 +59,7 @@ def overlap(gamma, dim):
 
 
 def validate_overlap_target(target_overlap: float) -> None:
-    if isinstance(target_overlap, bool) or not isinstance(target_overlap, (int, float, np.floating)) or not (
+    if not is_real(target_overlap) or not (
         math.isfinite(target_overlap) and 0.0 < target_overlap < 1.0
     ):
         raise ScheduleError(
@@ -66,7 +69,7 @@ def validate_overlap_target(target_overlap: float) -> None:
 
 
 def validate_dim(dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+    if not is_whole(dim) or dim < 1:
         raise ScheduleError(f"the data dimension D must be a whole number >= 1, got {dim!r}", fields="dim")
     return int(dim)
 
@@ -126,7 +129,7 @@ def validate_range(sigma_max: float, sigma_min: float) -> tuple[float, float]:
     """sigma_max and sigma_min positive, finite, within :data:`SIGMA_RANGE`, and sigma_min < sigma_max."""
     lo, hi = SIGMA_RANGE
     for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (
+        if not is_real(value) or not (
             math.isfinite(value) and value > 0
         ):
             raise ScheduleError(f"{name} must be a positive finite number, got {value!r}", fields=name)
@@ -146,7 +149,7 @@ def validate_range(sigma_max: float, sigma_min: float) -> tuple[float, float]:
 
 
 def validate_num_scales(num_scales) -> int:
-    if isinstance(num_scales, bool) or not isinstance(num_scales, (int, np.integer)) or num_scales < 2:
+    if not is_whole(num_scales) or num_scales < 2:
         raise ScheduleError(
             f"the number of scales L must be a whole number, at least 2 (sigma_max and sigma_min), got {num_scales!r}",
             fields="num_scales"
@@ -200,7 +203,7 @@ def _number(data: dict, key: str, kind=float, optional: bool = False):
         return None
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+    if not (is_real(value) if kind is float else is_whole(value)):
         raise ScheduleError(f"{key} must be {'a number' if kind is float else 'a whole number'}, got {value!r}")
     return kind(value)
 

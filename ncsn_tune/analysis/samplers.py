@@ -56,10 +56,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..checks import is_whole
 from ..errors import ScheduleError
 from .noise_schedule import geometric_sigmas, ratio_for_num_scales, validate_range
 from .step_size import (
-    MAX_STEPS_PER_SCALE,
     StepSize,
     optimal_step_size,
     snr_of,
@@ -159,7 +159,7 @@ def time_grid(num_steps: int, sampling_eps: float = SAMPLING_EPS) -> np.ndarray:
 
 def _check_loop(sigma_max: float, sigma_min: float, num_steps: int, steps_per_scale: int) -> tuple[float, float, int, int]:
     sigma_max, sigma_min = validate_range(sigma_max, sigma_min)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
+    if not is_whole(num_steps) or num_steps < 2:
         raise ScheduleError(f"the number of sampling steps N must be a whole number >= 2, got {num_steps!r}", fields="num_scales")
     m = validate_steps_per_scale(steps_per_scale)
     if int(num_steps) * (m + 1) > MAX_EVALUATIONS:

@@ -34,9 +34,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
+from ..checks import is_whole
 from ..errors import ScheduleError
-from .step_size import StepSize, optimal_step_size, validate_step_size, validate_steps_per_scale, variance_ratio
-
+from .step_size import (
+    StepSize,
+    optimal_step_size,
+    validate_step_size,
+    validate_steps_per_scale,
+    variance_ratio,
+)
 
 #: The most random numbers a simulation draws: about 13 minutes at the ~60 million per second NumPy reaches on one core.
 MAX_DRAWS = 5 * 10**10
@@ -170,7 +176,7 @@ def simulate_proposition3(
     if sigmas.ndim != 1 or len(sigmas) < 2 or not np.all(np.diff(sigmas) < 0) or not sigmas[-1] > 0:
         raise ScheduleError("the simulation needs a descending schedule of at least 2 positive scales", fields="num_scales")
     for name, value in (("dim", dim), ("num_chains", num_chains)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_whole(value) or value < 1:
             raise ScheduleError(f"{name} must be a whole number >= 1, got {value!r}", fields=name)
     validate_steps_per_scale(steps_per_scale)
     validate_step_size(step_size, float(sigmas[-1]))
@@ -284,7 +290,7 @@ def mixture_on_circle(weights=(0.8, 0.2), separation: float = 10.0, dim: int = 2
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or len(w) < 2 or not np.all(np.isfinite(w)) or np.any(w <= 0):
         raise ScheduleError(f"a mixture needs at least two positive weights, got {np.atleast_1d(w).tolist()}", fields="weights")
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+    if not is_whole(dim) or dim < 1:
         raise ScheduleError(f"the mixture's dimension must be a whole number >= 1, got {dim!r}", fields="dim")
     if not (math.isfinite(separation) and separation > 0):
         raise ScheduleError(f"the distance between the modes must be a positive number, got {separation!r}", fields="separation")
@@ -358,7 +364,7 @@ def gmm_experiment(
     if not (math.isfinite(small_sigma_max) and small_sigma_max > sigma_min):
         raise ScheduleError(f"the small sigma_max must be a number above sigma_min = {sigma_min:g}, got {small_sigma_max!r}",
                             fields="small_sigma_max")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+    if not is_whole(num_samples) or num_samples < 1:
         raise ScheduleError(f"the number of samples must be a whole number >= 1, got {num_samples!r}", fields="num_samples")
     rng = np.random.default_rng(seed)
     dim = mixture.centres.shape[1]
@@ -429,7 +435,7 @@ def simulate_sampler(sampler, sigma_max: float, sigma_min: float, num_scales: in
     from .samplers import chain_variance, time_grid
 
     for name, value in (("dim", dim), ("num_chains", num_chains)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_whole(value) or value < 1:
             raise ScheduleError(f"{name} must be a whole number >= 1, got {value!r}", fields=name)
     n, m = int(num_scales), validate_steps_per_scale(steps_per_scale)
     check_simulation_size(int(num_chains) * int(dim) * n * (m + 1), "normal numbers", ("num_chains", "dim", "steps_per_scale"))

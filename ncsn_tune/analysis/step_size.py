@@ -20,6 +20,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ..checks import is_real, is_whole
 from ..errors import ScheduleError
 from .roots import brent_root
 
@@ -55,7 +57,7 @@ def _slope(a: float, ratio: float, m: int) -> float:
 
 
 def validate_ratio(ratio: float) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating, np.integer)) or not (
+    if not is_real(ratio) or not (
         math.isfinite(ratio) and ratio > 1.0
     ):
         raise ScheduleError(f"the ratio of adjacent scales must be a finite number > 1, got {ratio!r}", fields="ratio")
@@ -63,7 +65,7 @@ def validate_ratio(ratio: float) -> float:
 
 
 def validate_steps_per_scale(steps_per_scale: int) -> int:
-    if isinstance(steps_per_scale, bool) or not isinstance(steps_per_scale, (int, np.integer)) or steps_per_scale < 1:
+    if not is_whole(steps_per_scale) or steps_per_scale < 1:
         raise ScheduleError(f"M (Langevin steps per scale) must be a whole number >= 1, got {steps_per_scale!r}", fields="steps_per_scale")
     if steps_per_scale > MAX_STEPS_PER_SCALE:
         raise ScheduleError(
@@ -75,7 +77,7 @@ def validate_steps_per_scale(steps_per_scale: int) -> int:
 
 
 def validate_sigma_min(sigma_min: float) -> float:
-    if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float, np.floating, np.integer)) or not (
+    if not is_real(sigma_min) or not (
         math.isfinite(sigma_min) and sigma_min > 0
     ):
         raise ScheduleError(f"sigma_min must be a positive finite number, got {sigma_min!r}", fields="sigma_min")
@@ -86,7 +88,7 @@ def validate_step_size(step_size: float, sigma_min: float) -> float:
     """0 < eps < sigma_min**2: at eps >= sigma_min**2 the Langevin step at the smallest scale overshoots
     (a >= 1) and Proposition 3's variance no longer settles."""
     sigma_min = validate_sigma_min(sigma_min)
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float, np.floating, np.integer)) or not (
+    if not is_real(step_size) or not (
         math.isfinite(step_size) and step_size > 0
     ):
         raise ScheduleError(f"the step size eps must be a positive finite number, got {step_size!r}", fields="step_size")
@@ -145,7 +147,7 @@ def snr_of(step_size: float, sigma_min: float) -> float:
 
 def step_size_of_snr(snr: float, sigma_min: float) -> float:
     """eps = 2 (snr sigma_min)**2, the inverse of :func:`snr_of`."""
-    if isinstance(snr, bool) or not isinstance(snr, (int, float, np.floating)) or not (math.isfinite(snr) and snr > 0):
+    if not is_real(snr) or not (math.isfinite(snr) and snr > 0):
         raise ScheduleError(f"snr must be a positive finite number, got {snr!r}", fields="snr")
     return 2.0 * (snr * sigma_min) ** 2
 

@@ -12,7 +12,7 @@ from ..analysis.step_size import StepSize, optimal_step_size
 from ..config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
 from ..errors import NcsnTuneError
 from ..files import MAPPING_SUFFIXES, check_output
-from ..pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
+from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 from ..tuning import ScheduleChoice, derive_schedule, given_step_size, resolve, resolve_schedule, save_step_size
 from .app import main
 from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack

@@ -16,7 +16,7 @@ import click
 from ..config import AnalysisConfig, help_of
 from ..data import SPLITS, Dataset, load_dataset
 from ..errors import NcsnTuneError
-from ..pixel_range import CHOICES as PIXEL_RANGE_CHOICES, DEFAULT as DEFAULT_PIXEL_RANGE
+from ..data.pixel_range import CHOICES as PIXEL_RANGE_CHOICES, DEFAULT as DEFAULT_PIXEL_RANGE
 from ..tuning import Given
 from .render import Report
 

@@ -18,9 +18,17 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from ..checks import is_whole
 from ..errors import NcsnTuneError
 from ..files import plain
 
@@ -53,7 +61,7 @@ def fmt(value: Any, digits: int = 6) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_whole(value):
         return f"{value:,}" if abs(value) >= 10000 else str(value)
     return str(value)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..pixel_range import PixelRange
+from ..data.pixel_range import PixelRange
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ..analysis.noise_schedule import NoiseSchedule
 from ..analysis.samplers import SAMPLING_EPS, Sampler, SamplerStep
 from ..errors import NcsnTuneError
 from ..files import atomic_write_bytes, write_mapping
-from ..pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
+from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 from .conventions import CONVENTIONS, centered_for
 
 FORMATS = ("diffusers", "score-sde", "ncsnv2-yaml", "edm")

@@ -20,12 +20,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..analysis.samplers import CORRECTORS, PREDICTORS, SAMPLING_EPS, Sampler
 from ..analysis.noise_schedule import validate_num_scales, validate_range
+from ..analysis.samplers import CORRECTORS, PREDICTORS, SAMPLING_EPS, Sampler
 from ..analysis.step_size import step_size_of_snr, validate_steps_per_scale
+from ..checks import is_real
+from ..data.pixel_range import PixelRange
 from ..errors import NcsnTuneError
 from ..files import read_mapping
-from ..pixel_range import PixelRange
 from .conventions import CONVENTIONS, ncsnv2_pixel_range, score_sde_pixel_range
 
 #: diffusers' ScoreSdeVePipeline samples with this many levels unless called with num_inference_steps.
@@ -68,7 +69,7 @@ class ToolConfig:
         if self.steps_per_scale is not None:
             validate_steps_per_scale(self.steps_per_scale)
         for name, value in (("step size", self.step_size), ("snr", self.snr)):
-            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if value is not None and not (is_real(value) and math.isfinite(value)
                                           and value > 0):
                 raise NcsnTuneError(f"{self.source}: the {name} must be a positive number, got {value!r}", fields="config")
         if self.step_size is not None and self.snr is not None:
@@ -107,7 +108,7 @@ def _need(mapping: dict, path: str, where: str, kind: type | None = None):
             raise NcsnTuneError(f"{where} has no {path}; is it the configuration it looks like?", fields="config")
         value = value[key]
     if kind is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and float(value) != int(value)):
+        if not is_real(value) or (kind is int and float(value) != int(value)):
             raise NcsnTuneError(f"{where}: {path} must be {'a whole number' if kind is int else 'a number'}, got {value!r}", fields="config")
         value = kind(value)
     return value

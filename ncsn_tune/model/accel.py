@@ -80,7 +80,7 @@ def use_persistent_cache() -> Path:
 
     A TORCHINDUCTOR_CACHE_DIR equal to torch's own default (:func:`torch_default_cache_dir`) is torch's choice,
     not the user's: importing TorchDynamo, which building an Adam optimiser does, sets it when it is unset."""
-    from ..data import cache_dir
+    from ..files import cache_dir
 
     folder = cache_dir() / "torch_compile"
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..analysis.nearest_neighbours import Neighbours, nearest_neighbours
+from ..checks import is_whole
 from ..data import DataIdentity, Dataset, load_dataset
 from ..errors import CheckpointError, DataError, NcsnTuneError
 from .checkpoint import Checkpoint, load_checkpoint, load_model
@@ -168,7 +169,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     On a GPU the loss pass runs the network as sampling does (bf16, channels_last, a CUDA graph, at batches of up
     to 1,000 CIFAR-10 images: the same graph as ``sample``'s on 1,000 or more, so they share compiled artefacts), with torch.compile
     decided from the image evaluations to do unless ``compile`` says."""
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+    if not is_whole(images) or images < 1:
         raise NcsnTuneError(f"the number of evaluation images must be at least 1, got {images!r}", fields="images")
     if fid and samples is None:
         raise NcsnTuneError("FID needs samples (an .npz as the sampler writes them)", fields="samples")

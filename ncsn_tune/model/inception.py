@@ -219,7 +219,7 @@ def find_inception_weights(path: Path | None = None) -> Path:
             raise NcsnTuneError(f"Inception weights {path}: no such file. FID needs {WEIGHTS_FILE} (pytorch-fid's port of the "
                                 f"TensorFlow FID Inception network), from {WEIGHTS_URL}", fields="inception_weights")
         return path
-    from ..data import cache_dir
+    from ..files import cache_dir
 
     hub = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch")).expanduser()
     candidates = [hub / "hub" / "checkpoints" / WEIGHTS_FILE, cache_dir() / WEIGHTS_FILE]

@@ -11,10 +11,11 @@ code starts from x ~ Uniform[0, 1]^D; the caller chooses the start.
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable
 
 import torch
+
+from ..checks import is_whole
 
 
 def langevin_step_sizes(sigmas: torch.Tensor, step_size: float) -> torch.Tensor:
@@ -43,7 +44,7 @@ def sample_annealed_langevin(
     index), ``sigma``, ``alpha``, ``x``, ``score`` (the last step's) and, for the
     denoising step, ``denoised=True``.
     """
-    if isinstance(steps_per_scale, bool) or not isinstance(steps_per_scale, numbers.Integral) or steps_per_scale < 1:
+    if not is_whole(steps_per_scale) or steps_per_scale < 1:
         raise ValueError(f"steps_per_scale must be a whole number >= 1, got {steps_per_scale!r}")
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size!r}")

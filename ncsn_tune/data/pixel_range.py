@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 
-from .errors import NcsnTuneError
+from ..errors import NcsnTuneError
 
 
 class PixelRange(str, enum.Enum):

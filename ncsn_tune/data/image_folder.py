@@ -1,0 +1,271 @@
+"""Folders of PNG/JPEG images: decoded by one process per core into shared memory, or streamed when too large."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .dataset import Dataset, Progress
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """PNG/JPEG files below ``folder``, recursively, in sorted order (one directory read per folder, no stat per file)."""
+    found, pending = [], [str(folder)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    pending.append(entry.path)
+                elif entry.is_file(follow_symlinks=True) and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    found.append(Path(entry.path))
+    return sorted(found)
+
+
+#: Folders with fewer images are decoded in this process: starting workers would cost more than it saves.
+PARALLEL_FROM = 1024
+#: Images per task sent to a decoding worker.
+DECODE_CHUNK = 256
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def decode_workers() -> int:
+    """Processes that decode image folders: ``$NCSN_TUNE_DECODE_WORKERS``, else every available core."""
+    value = os.environ.get("NCSN_TUNE_DECODE_WORKERS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise DataError(f"NCSN_TUNE_DECODE_WORKERS must be a whole number, got {value!r}") from None
+    return available_cpus()
+
+
+def _decode(path: Path, mode: str) -> np.ndarray:
+    """One image as uint8 (C, H, W) in ``mode`` (L or RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return _pixels(img, mode)
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"{path} is not a readable image ({err})") from None
+
+
+def _pixels(img, mode: str) -> np.ndarray:
+    """An open Pillow image as uint8 (C, H, W) in ``mode``."""
+    arr = np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+def _decode_chunk(task) -> tuple:
+    """Decode ``paths`` into rows ``start...`` of the (shared-memory or in-process) array ``target``; the image
+    size must be ``size``. Returns ("ok", start, count, modes) or ("error", message)."""
+    from PIL import Image, UnidentifiedImageError
+
+    target, shape, start, paths, mode, size = task
+    shm = None
+    if target is None:  # a forked worker: the parent's shared anonymous mapping, inherited
+        target = _FORKED_TARGET
+    elif isinstance(target, str):  # a spawned worker: attach to the parent's shared memory
+        from multiprocessing import shared_memory
+
+        shm = shared_memory.SharedMemory(name=target)
+        target = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
+    modes: Counter = Counter()
+    try:
+        for k, path in enumerate(paths):
+            try:
+                with Image.open(path) as img:
+                    if img.size != size:
+                        return ("error", f"images differ in size: the first is {size[0]}x{size[1]}, {path} is {img.size[0]}x{img.size[1]}; "
+                                         "resize them to one size")
+                    modes[img.mode] += 1
+                    target[start + k] = _pixels(img, mode)
+            except (OSError, UnidentifiedImageError) as err:
+                return ("error", f"{path} is not a readable image ({err})")
+        return ("ok", start, len(paths), modes)
+    finally:
+        if shm is not None:
+            del target
+            shm.close()
+
+
+def decode_images(files: list[Path], mode: str, image_shape: tuple[int, int, int], *, workers: int | None = None,
+                  progress: Progress | None = None) -> tuple[np.ndarray, Counter]:
+    """The images of ``files`` as uint8 (N, C, H, W) in ``mode`` (L or RGB), with the count of each stored colour
+    mode. Decoded in parallel by worker processes writing into shared memory (one per available core) from
+    :data:`PARALLEL_FROM` images on; every image must have the size of ``image_shape``."""
+    n = len(files)
+    shape = (n, *image_shape)
+    size = (image_shape[2], image_shape[1])
+    workers = min(decode_workers() if workers is None else workers, max(1, n // DECODE_CHUNK))
+    chunks = [(start, files[start : start + DECODE_CHUNK]) for start in range(0, n, DECODE_CHUNK)]
+    modes: Counter = Counter()
+
+    def collect(result, done):
+        if result[0] == "error":
+            raise DataError(result[1])
+        modes.update(result[3])
+        if progress is not None:
+            progress(done, n, "reading images")
+
+    if n < PARALLEL_FROM or workers < 2:
+        out = np.empty(shape, dtype=np.uint8)
+        done = 0
+        for start, paths in chunks:
+            result = _decode_chunk((out, shape, start, paths, mode, size))
+            done += len(paths)
+            collect(result, done)
+        return out, modes
+    import mmap
+    import multiprocessing
+    import sys
+
+    def run(pool, target):
+        done = 0
+        for result in pool.imap_unordered(_decode_chunk, [(target, shape, start, paths, mode, size) for start, paths in chunks]):
+            done += result[2] if result[0] == "ok" else 0
+            collect(result, done)
+
+    # fork is cheap and lets the workers write straight into the result (an anonymous shared mapping they inherit),
+    # but it is not safe once torch (and CUDA) may be running in this process: then spawn and named shared memory
+    if "torch" not in sys.modules and "fork" in multiprocessing.get_all_start_methods():
+        global _FORKED_TARGET
+        out = np.frombuffer(mmap.mmap(-1, max(1, int(np.prod(shape)))), dtype=np.uint8)[: int(np.prod(shape))].reshape(shape)
+        _FORKED_TARGET = out
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                run(pool, None)
+        finally:
+            _FORKED_TARGET = None
+        return out, modes
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape))))
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            run(pool, shm.name)
+        out = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf).copy()
+    finally:
+        shm.close()
+        shm.unlink()
+    return out, modes
+
+
+#: The array forked decoding workers write into (set only while a pool runs).
+_FORKED_TARGET = None
+
+
+class ImageFolderArray:
+    """The images of a folder as a read-only uint8 array (N, C, H, W), decoded when indexed.
+
+    Indexing with an int, a slice or an array of ints decodes just those
+    images (in parallel for large batches), so a set larger than memory can be
+    streamed in batches. ``reshape(N, -1)`` gives the same rows flattened.
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    @property
+    def preferred_chunk_rows(self) -> int:
+        """Rows to read at a time: enough for every decoding worker to get a task."""
+        return max(PARALLEL_FROM, DECODE_CHUNK * decode_workers())
+
+    def __init__(self, files: list[Path], mode: str, shape: tuple[int, int, int], flat: bool = False) -> None:
+        self.files, self.mode, self.image_shape, self.flat = files, mode, shape, flat
+        self.shape = (len(files), int(np.prod(shape))) if flat else (len(files), *shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def reshape(self, *shape) -> "ImageFolderArray":
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        if len(shape) == 2 and shape[0] == len(self.files) and shape[1] in (-1, self.shape[-1] if self.flat else int(np.prod(self.image_shape))):
+            return ImageFolderArray(self.files, self.mode, self.image_shape, flat=True)
+        raise ValueError(f"an image folder reshapes only to (N, -1), not {shape}")
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            image = _decode(self.files[int(index)], self.mode)
+            return image.reshape(-1) if self.flat else image
+        ids = np.arange(len(self.files))[index]
+        out, _ = decode_images([self.files[int(i)] for i in ids], self.mode, self.image_shape)
+        return out.reshape(len(ids), -1) if self.flat else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _mode_notes(modes: Counter, folder: Path) -> list[str]:
+    grey, alpha = sum(modes[m] for m in ("L", "1", "I", "I;16", "F")), sum(modes[m] for m in ("RGBA", "LA", "PA"))
+    other = sum(n for m, n in modes.items() if m not in ("RGB", "L", "1", "I", "I;16", "F", "RGBA", "LA", "PA"))
+    notes = []
+    if grey:
+        notes.append(f"{grey:,} grayscale image(s) in {folder} were converted to RGB (the grey value in all three channels)")
+    if alpha:
+        notes.append(f"{alpha:,} image(s) in {folder} have an alpha channel, which was dropped (converted to RGB)")
+    if other:
+        notes.append(f"{other:,} image(s) in {folder} in other colour modes ({', '.join(sorted(set(modes) - {'RGB'}))}) were "
+                     "converted to RGB")
+    return notes
+
+
+def _scan_headers(files: list[Path]) -> Counter:
+    """The colour modes of all images (headers only), checking that each is readable."""
+    from PIL import Image, UnidentifiedImageError
+
+    modes: Counter = Counter()
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                modes[img.mode] += 1
+        except (OSError, UnidentifiedImageError) as err:
+            raise DataError(f"{path} is not a readable image ({err})") from None
+    return modes
+
+
+def load_image_folder(folder: Path, progress: Progress | None = None, stream: bool | None = None, memory_limit: int = 4 << 30) -> Dataset:
+    """Every PNG/JPEG below ``folder`` as uint8 (N, C, H, W); all must share one size.
+
+    The images are decoded into memory in one parallel pass (the size of each
+    checked on the way) unless they would take more than ``memory_limit`` bytes
+    (or ``stream`` is True): then ``values`` is an :class:`ImageFolderArray` that
+    decodes them batch by batch when read. A folder of grayscale images gives one
+    channel; in a folder with colour images the others are converted to RGB.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    files = image_files(folder)
+    if not files:
+        raise DataError(f"{folder} holds no PNG or JPEG images (searched recursively)")
+    try:
+        with Image.open(files[0]) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"{files[0]} is not a readable image ({err})") from None
+    rgb_shape = (3, height, width)
+    if stream is None:
+        stream = len(files) * int(np.prod(rgb_shape)) > memory_limit
+    if stream:
+        modes = _scan_headers(files)
+        mode = "L" if set(modes) <= {"L", "1"} else "RGB"
+        shape = (1, height, width) if mode == "L" else rgb_shape
+        return Dataset(folder.name, ImageFolderArray(files, mode, shape), 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)",
+                       str(folder.resolve()), notes=_mode_notes(modes, folder) if mode == "RGB" else [])
+    values, modes = decode_images(files, "RGB", rgb_shape, progress=progress)
+    if set(modes) <= {"L", "1"}:  # all grey: one channel (the three decoded ones are equal)
+        return Dataset(folder.name, np.ascontiguousarray(values[:, :1]), 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()))
+    return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=_mode_notes(modes, folder))
