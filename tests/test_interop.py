@@ -370,7 +370,7 @@ def test_the_score_sde_export_of_a_data_schedule_checks_the_base(tmp_path, real_
 def test_export_to_the_ncsnv2_yaml_merges_into_the_official_one(tmp_path, saved, real_configs):
     pytest.importorskip("torch")
     assert run("export", "--format", "ncsnv2-yaml", "--output", tmp_path / "ours.yml").exit_code == 0
-    from ncsn_tune.config import load_train_config
+    from ncsn_tune.interop.ncsnv2_yaml import load_train_config
 
     merged = yaml.safe_load(official(real_configs, "cifar10").read_text())
     for section, values in yaml.safe_load((tmp_path / "ours.yml").read_text()).items():

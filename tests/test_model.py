@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ncsn_tune.analysis import NoiseSchedule  # noqa: E402
-from ncsn_tune.config import TrainConfig, load_train_config, save_config  # noqa: E402
+from ncsn_tune.config import TrainConfig, save_config  # noqa: E402
+from ncsn_tune.interop.ncsnv2_yaml import load_train_config  # noqa: E402
 from ncsn_tune.errors import NcsnTuneError  # noqa: E402
 from ncsn_tune.model import checkpoint as ckpt  # noqa: E402
 from ncsn_tune.model.ema import EMA  # noqa: E402

@@ -164,15 +164,11 @@ def _score_sde(schedule: NoiseSchedule, step: SamplerStep, output: Path, base: s
 
 
 def _ncsnv2_yaml(schedule: NoiseSchedule, step: SamplerStep, output: Path) -> tuple[list[Path], list[str]]:
+    from .ncsnv2_yaml import yaml_sections
+
     origin = provenance(schedule, "ncsnv2-yaml", step)
-    sampling = {"n_steps_each": step.steps_per_scale, "step_lr": step.step_size}
-    section = {"model": {"sigma_dist": "geometric", "sigma_begin": schedule.sigma_max, "sigma_end": schedule.sigma_min,
-                         "num_classes": schedule.num_scales, "ema": True, "ema_rate": 0.999},
-               "sampling": {**sampling, "denoise": True},
-               "fast_fid": dict(sampling),
-               "data": {"rescaled": centered_for(schedule.pixels)}}
     text = (f"# written by {origin['written_by']}: merge these keys into an official NCSNv2 config\n"
-            f"# data: {json.dumps(origin['data'])}\n" + yaml.safe_dump(section, sort_keys=False))
+            f"# data: {json.dumps(origin['data'])}\n" + yaml.safe_dump(yaml_sections(schedule, step), sort_keys=False))
     return [atomic_write_bytes(output, text.encode())], ["fast_fid.step_lr and fast_fid.n_steps_each are set too: the official "
                                                          "FID sweep (main.py --fast_fid) samples with them"]
 

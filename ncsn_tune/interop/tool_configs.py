@@ -27,7 +27,7 @@ from ..checks import is_real
 from ..data.pixel_range import PixelRange
 from ..errors import NcsnTuneError
 from ..files import read_mapping
-from .conventions import CONVENTIONS, ncsnv2_pixel_range, score_sde_pixel_range
+from .conventions import CONVENTIONS, score_sde_pixel_range
 
 #: diffusers' ScoreSdeVePipeline samples with this many levels unless called with num_inference_steps.
 DIFFUSERS_INFERENCE_STEPS = 2000
@@ -115,31 +115,10 @@ def _need(mapping: dict, path: str, where: str, kind: type | None = None):
 
 
 def read_ncsnv2_yaml(path: Path) -> ToolConfig:
-    """An official NCSNv2 YAML (ermongroup/ncsnv2 ``configs/*.yml``)."""
-    data = read_mapping(path)
-    where = str(path)
-    model, sampling, dset = (_need(data, k, where) for k in ("model", "sampling", "data"))
-    notes = []
-    geometric = model.get("sigma_dist", "geometric") == "geometric"
-    if not geometric:
-        notes.append(f"sigma_dist is {model.get('sigma_dist')}: Techniques 2 and 4 assume a geometric schedule")
-    if dset.get("logit_transform") and not dset.get("rescaled"):
-        notes.append("logit_transform is on: distances in logit space are not the pixel distances Technique 1 measures")
-    if not sampling.get("denoise", True):
-        notes.append("the final denoising step is off (it took the paper's CIFAR-10 FID from 31.75 to 10.87)")
-    fast_fid = data.get("fast_fid") if isinstance(data.get("fast_fid"), dict) else {}
-    stale = [f"fast_fid.{k} = {fast_fid[k]} (sampling.{k} = {sampling.get(k)})" for k in ("step_lr", "n_steps_each")
-             if k in fast_fid and fast_fid[k] != sampling.get(k)]
-    if stale:
-        notes.append(f"the official FID sweep (main.py --fast_fid) samples with {', '.join(stale)}")
-    return ToolConfig(
-        tool="ncsnv2-yaml", source=where, sigma_max=_need(data, "model.sigma_begin", where, float),
-        sigma_min=_need(data, "model.sigma_end", where, float), num_scales=_need(data, "model.num_classes", where, int),
-        steps_per_scale=_need(data, "sampling.n_steps_each", where, int), step_size=_need(data, "sampling.step_lr", where, float), sampler=Sampler.named("ald"), ema=bool(model.get("ema", False)),
-        ema_rate=float(model.get("ema_rate", 0.999)) if model.get("ema") else None, pixel_range=ncsnv2_pixel_range(dset),
-        image_shape=(int(dset.get("channels", 3)), int(dset.get("image_size", 0)), int(dset.get("image_size", 0)))
-        if dset.get("image_size") else None,
-        geometric=geometric, notes=tuple(notes))
+    """An official NCSNv2 YAML (ermongroup/ncsnv2 ``configs/*.yml``), read by :mod:`.ncsnv2_yaml`."""
+    from .ncsnv2_yaml import read_ncsnv2_yaml as read
+
+    return read(path).tool_config()
 
 
 def read_diffusers(path: Path, sampling_steps: int | None = None) -> ToolConfig:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import TrainConfig, load_train_config, save_config
+from ..config import TrainConfig, save_config
+from ..interop.ncsnv2_yaml import load_train_config, read_train_config
 from ..errors import CheckpointError, NcsnTuneError, RunError
 from ..tuning import TrainingPlan, plan_training
 from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_official_weights, non_finite_tensor
@@ -132,7 +133,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     torchrun, which owns the folder) checks the folder's lock and whether it already holds a run: the other
     ranks would race with rank 0's own writes."""
     given = {k: v for k, v in settings.items() if v is not None}
-    ckpt, changed = None, {}
+    ckpt, changed, file_notes = None, {}, []
     if init_from is not None and resume:
         raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
     if overwrite and resume:
@@ -158,7 +159,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         changed = changes_on_resume(base, given, ckpt)
         given = {k: v for k, v in given.items() if k in changed or k in DATA_LOCATION}  # the run's own values stay as recorded
     elif config_file is not None:
-        base = load_train_config(config_file)
+        base, file_notes = read_train_config(config_file)
     else:
         base = TrainConfig()
     try:
@@ -178,7 +179,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
                            "deleted), or choose another run folder", fields=("resume", "overwrite", "output"))
         raise RunError(f"{run_dir} already holds a run that wrote no checkpoint yet (it stopped before its first checkpoint), so there "
                        "is nothing to continue: start it afresh (its files are deleted) or choose another run folder", fields=("overwrite", "output"))
-    notes = (ckpt.notes if ckpt is not None else []) + list(plan.notes)
+    notes = (ckpt.notes if ckpt is not None else []) + file_notes + list(plan.notes)
     if changed:
         notes.append("changed for the rest of the run: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     return RunSetup(plan.config, plan, run_dir, ckpt, notes, init, changed, overwrite and bool(existing))
