@@ -27,7 +27,7 @@ from ncsn_tune.model.accel import FastScore, SpeedSwitches
 from ncsn_tune.model.ema import EMA
 from ncsn_tune.model.loss import dsm_loss
 from ncsn_tune.model.network import NCSNv2
-from ncsn_tune.model.train import TrainStep, build_optimizer
+from ncsn_tune.model.step import TrainStep, build_optimizer
 
 
 class ByteCounter(TorchDispatchMode):

@@ -34,7 +34,7 @@ def child(variant: str, steps: int, save: str | None, load: str | None) -> dict:
     from ncsn_tune.model.accel import FastScore, SpeedSwitches
     from ncsn_tune.model.ema import EMA
     from ncsn_tune.model.network import NCSNv2
-    from ncsn_tune.model.train import TrainStep, build_optimizer
+    from ncsn_tune.model.step import TrainStep, build_optimizer
 
     t0 = time.perf_counter()
     device = torch.device("cuda")

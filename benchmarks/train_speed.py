@@ -34,7 +34,8 @@ from ncsn_tune.data import load_cifar10
 from ncsn_tune.model.accel import SpeedSwitches
 from ncsn_tune.model.ema import EMA
 from ncsn_tune.model.network import NCSNv2
-from ncsn_tune.model.train import BatchSampler, DeviceImages, TrainStep, build_optimizer
+from ncsn_tune.model.step import TrainStep, build_optimizer
+from ncsn_tune.model.train import BatchSampler, DeviceImages
 
 
 def official_step(official_dir: Path, init_state: dict, sigmas: torch.Tensor, device):

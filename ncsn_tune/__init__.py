@@ -7,7 +7,7 @@ SciPy, PIL or matplotlib)::
     data = nt.load_dataset("cifar10", data_root="...")      # or a .npy/.npz path, an image folder, an array
     schedule = nt.NoiseSchedule.from_data(data)             # Technique 1 (exact sigma_max) + Technique 2
     step = schedule.step_size(steps_per_scale=5)            # Technique 4: step.step_size, step.variance_ratio
-    pc = schedule.sampler_step(nt.Sampler.named("pc"), 1)   # the same for score_sde's PC loop: pc.snr, pc.variance_ratio
+    pc = nt.sampler_step(nt.Sampler.named("pc"), schedule.sigma_max, schedule.sigma_min, schedule.num_scales, 1)  # score_sde's loop
     schedule.save("schedule.json"); nt.NoiseSchedule.load("schedule.json")
 
 The model (NCSNv2, DSM loss, sampler, trainer) lives in :mod:`ncsn_tune.model`,
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+from .version import __version__ as __version__
 
 #: The public names and the modules that hold them. Imported when first used, so that ``import ncsn_tune`` (and the
 #: command line's start, during which Ctrl-C must give one line, not a traceback) costs almost nothing.

@@ -146,7 +146,8 @@ class TrainConfig:
     channels_last: bool = setting(True, "channels_last memory format (GPU).")
     fused_adam: bool = setting(True, "Fused Adam (GPU).")
     compile: bool | None = setting(None, "torch.compile the network (GPU) [default: when the planned steps repay the compile time].")
-    compile_mode: str = setting("default", "torch.compile mode: default (47 it/s on an H100) or max-autotune-no-cudagraphs.")
+    compile_mode: str = setting("default", "torch.compile mode: default (the fastest measured, docs/speed.md), reduce-overhead, max-autotune "
+                                                    "or max-autotune-no-cudagraphs.")
     compile_scope: str = setting("model", "What torch.compile compiles: the whole network (model) or each block on its own (blocks).")
     cuda_graphs: bool = setting(True, "Capture the whole training step in one CUDA graph (GPU, one process).")
     deterministic: bool = setting(False, "Deterministic GPU kernels for bitwise-repeatable runs (slower).")

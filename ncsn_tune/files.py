@@ -139,7 +139,7 @@ def plain(value: Any) -> Any:
 
 def write_mapping(path: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as JSON (.json) or YAML (.yml/.yaml), atomically, with ncsn_tune's mark."""
-    from . import __version__
+    from .version import __version__
 
     path = Path(path)
     suffix = path.suffix.lower()

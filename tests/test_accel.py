@@ -78,7 +78,7 @@ class Scaled(torch.nn.Module):
 def test_artefacts_that_were_loaded_are_not_written_again(compile_on_cpu, monkeypatch, tmp_path):
     model = Scaled()
     caches = []
-    monkeypatch.setattr(accel, "score_cache", lambda run_dir, model, batch_shape: caches[-1])
+    monkeypatch.setattr(accel.switching, "score_cache", lambda run_dir, model, batch_shape: caches[-1])
     caches.append(FakeCache(present=True))
     notes = []
     fast_score(model, (2, 3, 8, 8), True, tmp_path, notes)
@@ -107,11 +107,11 @@ def test_the_first_calls_run_on_the_cuda_graph_while_the_compiler_is_imported(co
     from ncsn_tune.model.accel import SwitchingScore, calls_while_importing
 
     imported, built = [], []
-    monkeypatch.setattr(accel, "compiler_imported", lambda: False)
-    monkeypatch.setattr(accel, "import_compiler", lambda: imported.append(threading.current_thread().name))
+    monkeypatch.setattr(accel.cache, "compiler_imported", lambda: False)
+    monkeypatch.setattr(accel.cache, "import_compiler", lambda: imported.append(threading.current_thread().name))
     monkeypatch.setattr(SpeedSwitches, "compiled", lambda self, module: built.append((self.compile, threading.current_thread().name)) or module)
     cache = FakeCache(present=True)
-    monkeypatch.setattr(accel, "score_cache", lambda run_dir, model, batch_shape: cache)
+    monkeypatch.setattr(accel.switching, "score_cache", lambda run_dir, model, batch_shape: cache)
     model, notes = Scaled(), []
     interval = sys.getswitchinterval()
     score = fast_score(model, (2, 3, 8, 8), True, tmp_path, notes, switch_at=3)
@@ -127,7 +127,7 @@ def test_the_first_calls_run_on_the_cuda_graph_while_the_compiler_is_imported(co
     for out in outputs:
         torch.testing.assert_close(out, model(x, sigma))
     # a failed background compile is said, and the network is compiled at the switch instead
-    monkeypatch.setattr(accel, "import_compiler", lambda: 1 / 0)
+    monkeypatch.setattr(accel.cache, "import_compiler", lambda: 1 / 0)
     notes = []
     score = fast_score(model, (2, 3, 8, 8), True, tmp_path, notes, switch_at=1)
     score(x, sigma)
@@ -135,7 +135,7 @@ def test_the_first_calls_run_on_the_cuda_graph_while_the_compiler_is_imported(co
     assert score.score.switches.compile and any(n.startswith("compiling beside the first calls failed (ZeroDivisionError") for n in notes)
     # how many calls the CUDA graph does meanwhile: about 12 s at 12,488 evaluations/s, at most half of them
     assert calls_while_importing(1000, 1101) == 149 and calls_while_importing(10, 1101) == 550
-    monkeypatch.setattr(accel, "compiler_imported", lambda: True)
+    monkeypatch.setattr(accel.cache, "compiler_imported", lambda: True)
     assert calls_while_importing(1000, 1101) == 0
     assert isinstance(fast_score(model, (2, 3, 8, 8), True, tmp_path, [], switch_at=3), FastScore)  # nothing to overlap
 
@@ -143,7 +143,7 @@ def test_the_first_calls_run_on_the_cuda_graph_while_the_compiler_is_imported(co
 def test_a_warm_compile_does_not_start_torchs_pool_of_compile_workers(monkeypatch):
     from ncsn_tune.model.accel import one_compile_thread_when_warm
 
-    monkeypatch.setattr(accel, "compiler_imported", lambda: False)
+    monkeypatch.setattr(accel.cache, "compiler_imported", lambda: False)
     for cache, threads in ((FakeCache(present=True), "1"), (FakeCache(present=False, built_here=True), "1"),
                            (FakeCache(present=False), None), (None, None)):
         monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
@@ -199,9 +199,10 @@ def test_fast_score_on_a_cpu_calls_the_model():
 
 
 def test_evaluate_reports_progress_through_the_loss_pass(tmp_path):
-    from ncsn_tune.model.evaluate import held_out_loss, held_out_loss_of_run
+    from ncsn_tune.model.evaluate import held_out_loss_of_run
+    from ncsn_tune.model.loss import held_out_loss
 
-    from test_model import make_trainer
+    from test_train import make_trainer
 
     trainer = make_trainer(tmp_path, steps=1)
     images = torch.rand(6, 3, 16, 16)
@@ -237,7 +238,7 @@ def test_fast_score_serves_smaller_batches_and_times_cudnn():
 def test_the_background_compile_leaves_what_sample_loads(tmp_path):
     """What a training run compiles beside itself (precompile.ScoreSpec) is the graph sample and evaluate build:
     same key, found in the run folder, and this machine's compile cache is used without loading it again."""
-    from ncsn_tune.model import precompile
+    from ncsn_tune.model.accel import precompile
     from ncsn_tune.model.accel import decide_score_compile, score_cache
     from ncsn_tune.model.network import NCSNv2
 

@@ -38,6 +38,7 @@ def losses(path):
     return [json.loads(l)["loss"] for l in path.read_text().splitlines() if "loss" in json.loads(l)]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_anywhere(tmp_path):
     tiny(tmp_path)
     train(tmp_path, "two", "--steps", 8, processes=2)
@@ -51,6 +52,7 @@ def test_two_processes_match_one_and_resume_anywhere(tmp_path):
     np.testing.assert_allclose(losses(tmp_path / "two" / "metrics.jsonl"), losses(tmp_path / "one" / "metrics.jsonl"), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sigint_stops_every_rank_with_a_checkpoint(tmp_path):
     tiny(tmp_path)
     proc = train(tmp_path, "run", "--steps", 100000, processes=2, background=True)

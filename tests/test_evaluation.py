@@ -52,7 +52,7 @@ def test_frechet_distance_known_answers():
 
 def test_evaluate_cli(tmp_path):
     pytest.importorskip("torch")
-    from test_model import make_trainer, tiny_images
+    from test_train import make_trainer, tiny_images
 
     make_trainer(tmp_path, "run", steps=3, checkpoint_every=3).run()
     images = tiny_images()

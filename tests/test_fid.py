@@ -96,9 +96,10 @@ def test_statistics_files(tmp_path):
         feature_statistics(rng.normal(size=(1, 2048)), "one")
 
 
+@pytest.mark.slow
 def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
     from test_evaluation import main_cli
-    from test_model import make_trainer, tiny_images
+    from test_train import make_trainer, tiny_images
 
     from ncsn_tune.model import checkpoint as ckpt
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ncsn_tune.analysis import brute_force_max_distance, max_pairwise_distance
-from ncsn_tune.analysis.initial_noise_scale import _take, float32_error_bound
+from ncsn_tune.analysis._rows import float32_error_bound, take as _take
 from ncsn_tune.errors import DataError
 
 

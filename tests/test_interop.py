@@ -169,6 +169,7 @@ def test_audit_of_numbers():
 # ------------------------------------------------------------------------------------------------ audit: score_sde
 
 
+@pytest.mark.slow
 def test_every_real_score_sde_ve_config_is_audited_for_the_sampler_it_runs(real_configs):
     root = score_sde(real_configs)
     for module in VE_CONFIGS:

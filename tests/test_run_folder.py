@@ -348,6 +348,7 @@ def test_12_cifar_batches_are_checked_against_the_official_files(fake_cifar, mon
         data_mod.load_cifar10(fake_cifar, download=False)
 
 
+@pytest.mark.slow
 def test_12_the_fault_injection_script_runs(tmp_path):
     from fault_injection import inject_faults
 
@@ -355,6 +356,7 @@ def test_12_the_fault_injection_script_runs(tmp_path):
     assert report["all_checkpoints_loadable"] and report["metrics_each_step_once"] and report["equal_to_uninterrupted"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["auto", "rlimit"])
 def test_12_a_full_disk_at_several_free_sizes_is_one_line_and_then_resumes_bit_identical(tmp_path, method):
     from fault_injection import full_disk

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from ncsn_tune.analysis.samplers import Sampler, chain_variance, optimal_snr, sampler_step, time_grid
-from ncsn_tune.analysis.simulation import simulate_sampler
+from ncsn_tune.analysis.samplers import simulate_sampler
 from ncsn_tune.analysis.step_size import optimal_step_size
 from ncsn_tune.cli import main
 from ncsn_tune.errors import ScheduleError

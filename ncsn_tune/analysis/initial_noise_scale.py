@@ -40,10 +40,17 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DataError
+from ._rows import (
+    FLOAT32_UNIT_ROUNDOFF,
+    as_float64,
+    as_point_matrix,
+    float32_error_bound,
+    is_torch,
+    power_of_two_unit,
+    sample_centre,
+    take,
+)
 from .distance_backends import make_backend
-
-#: Unit roundoff of float32 (round to nearest).
-FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
 #: progress(done, total, what)
 ProgressCallback = Callable[[int, int, str], None]
@@ -74,64 +81,6 @@ class FarthestPair:
         return data
 
 
-def as_point_matrix(points):
-    """View ``points`` as an (N, D) matrix without copying: NumPy arrays and memory maps,
-    torch tensors, or any object with ``shape``, ``dtype``, ``reshape`` and row indexing
-    (such as :class:`ncsn_tune.data.ImageFolderArray`)."""
-    x = points
-    if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
-        x = np.asarray(x)
-    shape = tuple(x.shape)
-    if len(shape) == 1:
-        x = x.reshape(-1, 1)
-    elif len(shape) > 2:
-        x = x.reshape(shape[0], -1)
-    shape = tuple(x.shape)
-    if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
-        raise DataError(f"the point set is empty (shape {tuple(points.shape) if hasattr(points, 'shape') else shape}); it needs at least one point")
-    kind = str(x.dtype).replace("torch.", "")
-    if kind.startswith("complex") or not any(kind.startswith(k) for k in ("float", "int", "uint", "bool", "bfloat")):
-        raise DataError(f"points must be real numbers, got values of type {x.dtype}")
-    return x
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def _take(x, ids: np.ndarray):
-    """Rows ``ids`` of ``x`` in that order, reading them in sorted order (kind to memory maps)."""
-    if _is_torch(x):
-        import torch
-
-        return x[torch.as_tensor(ids, device=x.device)]
-    if len(ids) > 1 and np.any(np.diff(ids) < 0):
-        perm = np.argsort(ids, kind="stable")
-        rows = np.asarray(x[ids[perm]])
-        return rows[np.argsort(perm, kind="stable")]
-    if len(ids) and ids[-1] - ids[0] + 1 == len(ids) and not np.any(np.diff(ids) == 0):  # consecutive: one slice
-        return np.asarray(x[int(ids[0]) : int(ids[-1]) + 1])
-    return np.asarray(x[ids])
-
-
-def float32_error_bound(dim: int, radius_squared: float) -> float:
-    """A bound on |est - d2| for squared distances estimated in float32.
-
-    With centred points c_i of norm <= R rounded to float32 (relative error u =
-    2**-24 per coordinate), the float32 dot product has error at most
-    gamma_D ||c_i|| ||c_j|| (gamma_D = D u / (1 - D u), any summation order,
-    Higham, Accuracy and Stability, 2nd ed., eq. 3.5), hence 2 gamma_D R**2 on
-    the squared distance; rounding the coordinates moves a squared distance by
-    at most 8 u R**2, and the float32 sum n_i + n_j - 2 g by a few u * 4 R**2.
-    The bound returned is (2 gamma_D + 24 u) R**2, widened by 5%.
-    """
-    u = FLOAT32_UNIT_ROUNDOFF
-    if dim * u >= 0.5:
-        raise DataError(f"dimension {dim} is too large for float32 error bounds; split the data")
-    gamma_d = dim * u / (1.0 - dim * u)
-    return 1.05 * (2.0 * gamma_d + 24.0 * u) * radius_squared + 1e-300
-
-
 def _lower_float32(value: float) -> np.float32:
     """The largest float32 that is <= value (so a float32 comparison never loses a candidate)."""
     v = np.float32(value)
@@ -160,27 +109,6 @@ class _Best:
             self.d2, self.pair = float(top), pair
 
 
-def _as_float64(rows) -> np.ndarray:
-    """Rows read from a NumPy or torch source, as a float64 NumPy array."""
-    return rows.detach().cpu().double().numpy() if _is_torch(rows) else np.asarray(rows, dtype=np.float64)
-
-
-def power_of_two_unit(largest: float) -> float:
-    """The smallest power of two >= ``largest`` (1 for 0): dividing by it is exact and keeps values in [-1, 1]."""
-    return 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
-
-
-def _sample_centre(x, max_rows: int = 1024) -> np.ndarray:
-    """The float64 mean of up to ``max_rows`` evenly spaced rows."""
-    n = x.shape[0]
-    ids = np.unique(np.linspace(0, n - 1, min(n, max_rows)).astype(np.int64))
-    rows = _as_float64(_take(x, ids))
-    if not np.isfinite(rows).all():
-        bad = int(ids[np.flatnonzero(~np.isfinite(rows).all(axis=1))[0]])
-        raise DataError(f"point {bad} has a NaN or infinite value; clean the data before computing distances")
-    return rows.mean(axis=0)
-
-
 def _radii(x, centre: np.ndarray, backend, chunk_rows: int, progress) -> np.ndarray:
     """Upper bounds on ||x_p - centre|| for every point, in float64, read ``chunk_rows`` rows at a time.
 
@@ -194,16 +122,16 @@ def _radii(x, centre: np.ndarray, backend, chunk_rows: int, progress) -> np.ndar
     gamma_d = dim * u / (1.0 - dim * u)
     rel = 1.01 * (gamma_d + 3.0 * u)
     radii = np.empty(n, dtype=np.float64)
-    probe = _as_float64(_take(x, np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64))))
+    probe = as_float64(take(x, np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64))))
     sample_spread = float(np.abs(probe - centre).max())
     unit = power_of_two_unit(sample_spread)
     for start in range(0, n, chunk_rows):
         raw = x[start : start + chunk_rows]
         values = backend.scaled_difference(raw, centre, unit)
         sq = backend.squared_norms(values)
-        sq = _as_float64(sq)
+        sq = as_float64(sq)
         if not np.isfinite(sq).all():
-            raw64 = _as_float64(raw).reshape(len(raw), -1)
+            raw64 = as_float64(raw).reshape(len(raw), -1)
             finite = np.isfinite(raw64).all(axis=1)
             if not finite.all():
                 bad = start + int(np.flatnonzero(~finite)[0])
@@ -231,10 +159,10 @@ class _Blocks:
     def get(self, b: int):
         if b in self.cache:
             return self.cache[b]
-        raw = self.backend.asarray(_take(self.x, self.ids[b]))
+        raw = self.backend.asarray(take(self.x, self.ids[b]))
         values = self.backend.scaled_difference(raw, self.centre, self.unit)
         entry = (raw, values, self.backend.squared_norms(values))
-        if _is_torch(raw):
+        if is_torch(raw):
             size = values.numel() * 4 + raw.numel() * raw.element_size()
         else:
             size = values.nbytes + raw.nbytes
@@ -302,7 +230,7 @@ def max_pairwise_distance(
         raise DataError(f"scale must be a positive finite number, got {scale!r}")
     x = as_point_matrix(points)
     n, dim = (int(s) for s in x.shape)
-    if device == "auto" and _is_torch(x):
+    if device == "auto" and is_torch(x):
         device = str(x.device)
     backend = make_backend(device, num_points=n)
     total = n * (n - 1) // 2
@@ -315,7 +243,7 @@ def max_pairwise_distance(
     if block_size < 1 or chunk_rows < 1:
         raise DataError(f"block_size and chunk_rows must be at least 1, got {block_size} and {chunk_rows}")
     with backend.exact_float32():
-        centre = _sample_centre(x)
+        centre = sample_centre(x)
         radii = _radii(x, centre, backend, chunk_rows, progress)
         if n == 1:
             return FarthestPair(0.0, (0, 0), 1, dim, 0, 0, 0, label, time.perf_counter() - t0)

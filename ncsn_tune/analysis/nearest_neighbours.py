@@ -13,8 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from ._rows import (
+    as_point_matrix,
+    float32_error_bound,
+    power_of_two_unit,
+    sample_centre,
+    take,
+)
 from .distance_backends import NumpyBackend
-from .initial_noise_scale import _sample_centre, _take, as_point_matrix, float32_error_bound, power_of_two_unit
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ def nearest_neighbours(queries, points, *, scale: float = 1.0, block_size: int =
         raise DataError("a query holds a NaN or infinite value")
     backend = NumpyBackend()
     n, dim = x.shape
-    centre = _sample_centre(x)
+    centre = sample_centre(x)
     blocks = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
     largest = float(np.abs(np.asarray(q, dtype=np.float64) - centre).max())
     for s, e in blocks:  # one pass for the scale of the coordinates
@@ -71,7 +77,7 @@ def nearest_neighbours(queries, points, *, scale: float = 1.0, block_size: int =
     rows, cols = rows[order], cols[order]
     for start in range(0, len(rows), 512):
         r, c = rows[start : start + 512], cols[start : start + 512]
-        diff = (np.asarray(q[r], dtype=np.float64) - np.asarray(_take(x, c), dtype=np.float64)) / unit
+        diff = (np.asarray(q[r], dtype=np.float64) - np.asarray(take(x, c), dtype=np.float64)) / unit
         exact = np.einsum("ij,ij->i", diff, diff)
         for k in range(len(r)):
             if exact[k] < d2[r[k]]:

@@ -330,13 +330,6 @@ class NoiseSchedule:
         """Technique 4: the optimal eps for M = ``steps_per_scale`` Langevin steps per scale."""
         return optimal_step_size(self.ratio, steps_per_scale, self.sigma_min)
 
-    def sampler_step(self, sampler, steps_per_scale: int = 1, snr: float | None = None):
-        """Technique 4 for another sampler's loop over these scales (:func:`ncsn_tune.analysis.samplers.sampler_step`):
-        the optimal snr (or the given one's s^2/sigma^2) for ``sampler``, e.g. ``Sampler.named("pc")``."""
-        from .samplers import sampler_step
-
-        return sampler_step(sampler, self.sigma_max, self.sigma_min, self.num_scales, steps_per_scale, snr)
-
     def with_num_scales(self, num_scales: int) -> "NoiseSchedule":
         """The same ends and data with another number of scales (the overlap equation no longer applies)."""
         return NoiseSchedule(self.sigma_max, self.sigma_min, num_scales, self.dim, None, None, self.data,

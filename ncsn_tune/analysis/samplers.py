@@ -317,3 +317,89 @@ def optimal_snr(sampler: Sampler, sigma_max: float, sigma_min: float, num_scales
         k = int(np.argmin(miss))
         grid = np.logspace(math.log10(grid[max(k - 1, 0)]), math.log10(grid[min(k + 1, grid.size - 1)]), 41)
     return float(grid[20])
+
+
+# --------------------------------------------------------------------------- the same loops with particles
+
+
+@dataclass(frozen=True)
+class SamplerCheck:
+    """One predictor-corrector loop run with particles against :func:`~.samplers.chain_variance`'s prediction:
+    s^2/sigma_net^2 after the corrector steps at the last level."""
+
+    sampler: dict
+    num_scales: int
+    steps_per_scale: int
+    snr: float | None
+    dim: int
+    num_chains: int
+    predicted_ratio: float
+    measured_ratio: float
+    standard_error: float
+
+    @property
+    def z(self) -> float:
+        return (self.measured_ratio - self.predicted_ratio) / self.standard_error
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "z": self.z}
+
+
+def simulate_sampler(sampler, sigma_max: float, sigma_min: float, num_scales: int, steps_per_scale: int, snr: float | None,
+                     dim: int = 3072, num_chains: int = 16, seed: int = 0, progress=None) -> SamplerCheck:
+    """score_sde's PC loop (or diffusers', or NCSNv2's) with particles: x (chains, D) from N(0, sigma_max**2 I), the exact
+    score -x / sigma_net**2, the corrector's step as its source computes it (``langevin``: 2 (snr ||z|| / ||s||)**2
+    with the norms averaged over the batch; ``ald``: 2 (snr sigma(t))**2), the predictor's as its source does
+    (``reverse_diffusion``: the discrete sigmas at floor(t (N - 1)); ``euler_maruyama``: dt = 1 / N). The measured
+    ratio is the mean of x**2 / sigma_net**2 after the corrector steps at the last level; its standard error
+    ratio * sqrt(2 / (chains D)) is that of independent coordinates (the batch-shared langevin step adds a common
+    term of the same order, so agreement is judged within a few standard errors)."""
+    from .simulation import check_simulation_size
+
+    for name, value in (("dim", dim), ("num_chains", num_chains)):
+        if not is_whole(value) or value < 1:
+            raise ScheduleError(f"{name} must be a whole number >= 1, got {value!r}", fields=name)
+    n, m = int(num_scales), validate_steps_per_scale(steps_per_scale)
+    check_simulation_size(int(num_chains) * int(dim) * n * (m + 1), "normal numbers", ("num_chains", "dim", "steps_per_scale"))
+    rng = np.random.default_rng(seed)
+    ascending = np.exp(np.linspace(math.log(sigma_min), math.log(sigma_max), n))
+    if sampler.name == "ald":
+        t = np.linspace(1.0, 0.0, n)
+        sigma_t = geometric_sigmas(sigma_max, sigma_min, n)
+    else:
+        t = time_grid(n, sampler.sampling_eps)
+        sigma_t = sigma_min * (sigma_max / sigma_min) ** t.astype(np.float64)
+    if sampler.continuous or sampler.name == "ald":
+        net = sigma_t
+    else:
+        net = ascending[::-1][np.round((np.float32(1.0) - t) * np.float32(n - 1)).astype(np.int64)]
+    x = rng.standard_normal((num_chains, dim)) * sigma_max
+    measured = math.nan
+    for i in range(n):
+        score = lambda y: -y / net[i] ** 2  # noqa: E731 -- the exact score of N(0, sigma_net^2 I)
+        for _ in range(m if sampler.corrector != "none" else 0):
+            z = rng.standard_normal(x.shape)
+            if sampler.corrector == "langevin":
+                grad = score(x)
+                step = 2.0 * (snr * np.linalg.norm(z, axis=1).mean() / np.linalg.norm(grad, axis=1).mean()) ** 2
+            elif sampler.name == "ald":
+                step = (2.0 * (snr * sigma_min) ** 2) * sigma_t[i] ** 2 / sigma_min**2
+            else:
+                step = 2.0 * (snr * sigma_t[i]) ** 2
+            x = x + step * score(x) + math.sqrt(2.0 * step) * z
+        if i == n - 1:
+            measured = float(np.mean(x * x) / net[i] ** 2)
+        if sampler.predictor in ("reverse_diffusion", "ancestral_sampling"):
+            k = int(np.floor(t[i] * np.float32(n - 1)))
+            sigma, adjacent = ascending[k], (ascending[k - 1] if k > 0 else 0.0)
+            g2 = sigma**2 - adjacent**2
+            std = math.sqrt(g2) if sampler.predictor == "reverse_diffusion" else math.sqrt(adjacent**2 * g2 / sigma**2)
+            x = x + g2 * score(x) + std * rng.standard_normal(x.shape)
+        elif sampler.predictor == "euler_maruyama":
+            g2 = sigma_t[i] ** 2 * 2.0 * math.log(sigma_max / sigma_min) / n
+            x = x + g2 * score(x) + math.sqrt(g2) * rng.standard_normal(x.shape)
+        if progress is not None:
+            progress(i + 1, n, "levels")
+    predicted = float(chain_variance(sampler, sigma_max, sigma_min, n, m, snr or 0.0).final[0])
+    se = float(measured * math.sqrt(2.0 / (num_chains * dim)))
+    return SamplerCheck(sampler.to_dict(), n, m, snr, int(dim), int(num_chains), predicted, measured, se)

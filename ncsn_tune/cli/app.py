@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import Interrupted, NcsnTuneError
 
 #: Library names whose command-line option is not named after them.

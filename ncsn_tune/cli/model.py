@@ -21,9 +21,9 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 ema_option = click.option("--no-ema", is_flag=True, help="Use the raw weights instead of their EMA (Technique 5).")
 compile_option = click.option(
     "--compile/--no-compile", "use_compile", default=None,
-    help="torch.compile the network, or not (GPU only; on an H100 about 38 s cold, a few seconds when the compiled code is at "
-         "hand, then 1.65x the images/s at batch 1000) [default: decided from the work and whether the compiled code is at hand: "
-         "in the run folder, which training fills, or in this machine's compile cache].")
+    help="torch.compile the network, or not (GPU only; compiling costs tens of seconds cold and a few when the compiled code is "
+         "at hand, then runs the network about 1.6 times as fast; docs/speed.md) [default: decided from the work and whether the "
+         "compiled code is at hand: in the run folder, which training fills, or in this machine's compile cache].")
 
 
 # ------------------------------------------------------------------------------------------------ train

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..analysis.noise_schedule import NoiseSchedule
 from ..analysis.samplers import SAMPLING_EPS, Sampler, SamplerStep
 from ..errors import NcsnTuneError

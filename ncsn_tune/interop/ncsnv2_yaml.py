@@ -23,7 +23,9 @@ from ..config import TrainConfig, config_from_dict
 from ..data.pixel_range import PixelRange
 from ..errors import NcsnTuneError
 from ..files import read_mapping
+from ..analysis.samplers import Sampler
 from .conventions import centered_for, ncsnv2_pixel_range
+from .tool_config import ToolConfig
 
 SECTIONS = ("training", "sampling", "data", "model", "optim")
 #: The official configs' data sets: our data name (None: give the data) and the architecture for their image size.
@@ -66,9 +68,6 @@ class Ncsnv2Yaml:
 
     def tool_config(self):
         """What the audit reads: the schedule, NCSNv2's sampler and its step, EMA, the pixel range."""
-        from ..analysis.samplers import Sampler
-        from .tool_configs import ToolConfig
-
         ema = bool(self.get("model.ema", False))
         return ToolConfig(
             tool="ncsnv2-yaml", source=self.source, sigma_max=self.number("model.sigma_begin"), sigma_min=self.number("model.sigma_end"),

@@ -23,23 +23,7 @@ from ..checks import is_whole
 from ..data import DataIdentity, Dataset, load_dataset
 from ..errors import CheckpointError, DataError, NcsnTuneError
 from .checkpoint import Checkpoint, load_checkpoint, load_model
-from .loss import dsm_loss_by_scale
-
-
-@torch.no_grad()
-def held_out_loss(model, images: torch.Tensor, sigmas: torch.Tensor, *, batch_size: int = 256, generator: torch.Generator | None = None,
-                  bf16: bool | None = None, callback=None) -> np.ndarray:
-    """The DSM loss per noise scale (L values) of ``model`` on ``images`` (N, C, H, W in [0, 1]) noised at every scale.
-
-    bf16 autocast on a GPU by default (as training runs); the loss is accumulated in float64.
-    ``callback(scale_index)`` is called after each scale of each batch.
-    """
-    device = images.device
-    if bf16 is None:
-        bf16 = device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        by_scale = dsm_loss_by_scale(model, images, sigmas.to(device), batch_size=batch_size, generator=generator, callback=callback)
-    return by_scale.cpu().numpy()
+from .loss import held_out_loss
 
 
 def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_dir: Path | None, *, seed: int = 0,
@@ -48,7 +32,7 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
     :func:`~ncsn_tune.model.accel.score_batch_size` picks, 1,000 CIFAR-10 images; torch.compile decided from the work;
     ``run_dir``'s compiled artefacts are used and kept), 250 at a time on a CPU. Returns the loss per scale and notes
     on how it was computed."""
-    from .accel import decide_score_compile, fast_score, score_batch_size
+    from .accel import SpeedSwitches, score_batch_size, score_network
 
     dev = images.device
     n = images.shape[0]
@@ -65,10 +49,9 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
     if dev.type != "cuda":
         return held_out_loss(model, images, sigmas, batch_size=batch_size, generator=generator, callback=callback), []
     batch = (batch_size, *images.shape[1:])
-    use_compile, why = decide_score_compile(model, run_dir, batch, n * len(sigmas), compile)
-    notes = [why] if why else []
-    score = fast_score(model, batch, use_compile, run_dir, notes)
-    return held_out_loss(score, images, sigmas, batch_size=batch_size, generator=generator, bf16=False, callback=callback), notes
+    score, notes = score_network(model, batch, n * len(sigmas), compile, run_dir)
+    no_autocast = SpeedSwitches(bf16=False)  # the fast score autocasts inside itself
+    return held_out_loss(score, images, sigmas, batch_size=batch_size, generator=generator, switches=no_autocast, callback=callback), notes
 
 
 def read_samples(path: Path) -> np.ndarray:

@@ -8,7 +8,6 @@ geometric schedule, M and eps can be used at sampling time without retraining.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from ..analysis.noise_schedule import NoiseSchedule
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
-from .accel import calls_while_importing, decide_score_compile, fast_score, score_batch_size
+from .accel import fast_score, score_batch_size, score_network
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
 from .sampling import sample_annealed_langevin
@@ -66,18 +65,15 @@ class Diagnostics:
 
 
 def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float, num: int, batch_size: int | None = None,
-             seed: int = 0, denoise: bool = True, fast: bool = True, compile: bool = False, progress=None,
-             diagnostics: Diagnostics | None = None, trace_chain: bool = False, cache_dir: Path | None = None,
-             notes: list | None = None) -> torch.Tensor:
+             seed: int = 0, denoise: bool = True, score=None, progress=None, diagnostics: Diagnostics | None = None,
+             trace_chain: bool = False) -> torch.Tensor:
     """``num`` samples (float, [0, 1]-ish, on the CPU) by annealed Langevin dynamics from a uniform start, in batches.
 
     ``batch_size`` None: :func:`~ncsn_tune.model.accel.score_batch_size` (1,000 CIFAR-10 images on a GPU, 100 on a
-    CPU). The same ``seed`` and batch size give the same samples. ``fast``: bf16, channels_last and a CUDA graph on a GPU
-    (:func:`~ncsn_tune.model.accel.fast_score`), plus torch.compile with ``compile``. ``progress(done, total,
-    unit)`` is called after every scale; ``diagnostics`` collects per-scale norms and, with ``trace_chain``,
-    about 16 frames of the first chain. With ``compile`` and ``cache_dir`` (a run folder) the compiled artefacts
-    are loaded from and saved to it; what happened goes to ``notes``. With ``compile`` the first calls run on the
-    CUDA graph alone while torch's compiler is imported (:class:`~ncsn_tune.model.accel.SwitchingScore`).
+    CPU). The same ``seed`` and batch size give the same samples. ``score``: the network to call at that batch size
+    (:func:`~ncsn_tune.model.accel.score_network`, compiled or not; default: ``model`` with bf16, channels_last and a
+    CUDA graph on a GPU). ``progress(done, total, unit)`` is called after every scale; ``diagnostics`` collects
+    per-scale norms and, with ``trace_chain``, about 16 frames of the first chain.
     """
     if num < 1 or (batch_size is not None and batch_size < 1):
         raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
@@ -86,9 +82,8 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = score_batch_size(shape, device, num, requested=batch_size)
     sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=device)
-    calls = schedule.num_scales * steps_per_scale + int(denoise)  # network calls per batch
-    switch_at = calls_while_importing(batch_size, calls) if compile else 0
-    score = fast_score(model, (batch_size, *shape), compile, cache_dir, notes, switch_at=switch_at) if fast else model
+    if score is None:
+        score = fast_score(model, (batch_size, *shape))
     generator = torch.Generator(device).manual_seed(seed)
     outputs = []
     batches = math.ceil(num / batch_size)
@@ -164,19 +159,17 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
     diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)))
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = score_batch_size(shape, model.sigmas.device, num, requested=batch_size)
-    batch = (batch_size, *shape)
-    evaluations = num * (tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise))
-    if evaluations > MAX_IMAGE_EVALUATIONS:
-        raise NcsnTuneError(f"{num:,} samples with L = {tuning.schedule.num_scales} and M = {tuning.steps_per_scale} are {evaluations:.3g} image "
-                            f"evaluations of the network: at about 20,000 per second on an H100 that is {evaluations / 2e4 / 86400:,.1f} days "
-                            f"(ncsn_tune samples up to {MAX_IMAGE_EVALUATIONS:.0e}); use fewer samples or a smaller M",
+    calls = tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise)  # network calls per batch
+    if num * calls > MAX_IMAGE_EVALUATIONS:
+        raise NcsnTuneError(f"{num:,} samples with L = {tuning.schedule.num_scales} and M = {tuning.steps_per_scale} are {num * calls:.3g} "
+                            f"image evaluations of the network: at about 20,000 per second on an H100 that is {num * calls / 2e4 / 86400:,.1f} "
+                            f"days (ncsn_tune samples up to {MAX_IMAGE_EVALUATIONS:.0e}); use fewer samples or a smaller M",
                             fields=("num", "steps_per_scale"))
-    use_compile, why = decide_score_compile(model, ckpt.run_dir, batch, evaluations, compile)
-    notes = [why] if why else []
+    score, notes = score_network(model, (batch_size, *shape), num * calls, compile, ckpt.run_dir, calls_per_batch=calls)
     samples = generate(model, tuning.schedule, steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size, num=num,
-                       batch_size=batch_size, seed=seed, denoise=denoise, compile=use_compile, progress=progress,
-                       diagnostics=diagnostics, trace_chain=trace_chain, cache_dir=ckpt.run_dir, notes=notes)
-    tuning = dataclasses.replace(tuning, notes=tuning.notes + tuple(notes))
+                       batch_size=batch_size, seed=seed, denoise=denoise, score=score, progress=progress, diagnostics=diagnostics,
+                       trace_chain=trace_chain)
+    tuning = tuning.with_notes(notes)
     if not torch.isfinite(samples).all():
         raise NcsnTuneError(f"sampling from {ckpt.path} gave NaN or infinite values: eps = {tuning.step_size:g} is unstable for this "
                             "model, or the model diverged", fields="step_size")

@@ -62,3 +62,21 @@ def dsm_loss_by_scale(model, x: torch.Tensor, sigmas: torch.Tensor, samples_per_
                 callback(idx)
         count += batch.shape[0] * samples_per_scale
     return total / count
+
+
+@torch.no_grad()
+def held_out_loss(model, images: torch.Tensor, sigmas: torch.Tensor, *, batch_size: int = 256, generator: torch.Generator | None = None,
+                  switches=None, callback=None):
+    """The DSM loss per noise scale (L values, a NumPy array) of ``model`` on ``images`` (N, C, H, W in [0, 1]) noised at
+    every scale: the validation loss of training and of ``ncsn-tune evaluate``.
+
+    Autocast as ``switches`` (:class:`~ncsn_tune.model.accel.SpeedSwitches`, default: those of the images' device: bf16 on
+    a GPU, as training runs) say; the loss is accumulated in float64. ``callback(scale_index)`` after each scale of each batch.
+    """
+    from .accel.fast import SpeedSwitches
+
+    device = images.device
+    switches = switches or SpeedSwitches.for_device(device)
+    with switches.autocast(device):
+        by_scale = dsm_loss_by_scale(model, images, sigmas.to(device), batch_size=batch_size, generator=generator, callback=callback)
+    return by_scale.cpu().numpy()

@@ -23,117 +23,18 @@ from ..analysis.noise_schedule import NoiseSchedule
 from ..config import TrainConfig
 from ..data import Dataset, as_dataset
 from ..devices import torch_device
-from ..errors import CheckpointError, Interrupted, NcsnTuneError, RunError
+from ..errors import CheckpointError, Interrupted, RunError
 from ..images import image_grid, save_image
-from .accel import TRAIN_COSTS, CompileCache, SpeedSwitches, capture_cuda_graph, decide_compile, static_input
+from .accel.policy import TRAIN_COSTS
+from .accel.precompile import BackgroundCompiles, plan_compiles
 from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
 from .distributed import Distributed
 from .ema import EMA
-from .evaluate import held_out_loss
-from .loss import dsm_loss
-from .network import NCSNv2, count_parameters
+from .loss import held_out_loss
+from .network import count_parameters
 from .run_log import RunLog
 from .sampling import sample_annealed_langevin
-
-#: Seconds a background process takes to compile the sampling network at batch 1000 on an H100, with empty compile
-#: caches and with this machine's cache holding it (benchmarks/score_warm_start.py: ready after 43 s and 14-18 s,
-#: plus the process's start and the artefacts' save; beside a training run it has fewer cores).
-SCORE_COMPILE_COLD_S = 60.0
-SCORE_COMPILE_WARM_S = 25.0
-
-
-def speed_switches(config: TrainConfig, device: torch.device, distributed: bool = False, compile: bool | None = None) -> SpeedSwitches:
-    """The configuration's speed switches that apply on ``device`` (``compile`` decides when the configuration leaves it open)."""
-    return SpeedSwitches.for_device(device, bf16=config.bf16, channels_last=config.channels_last, fused_adam=config.fused_adam,
-                                    compile=bool(config.compile if config.compile is not None else compile),
-                                    cuda_graphs=config.cuda_graphs, compile_mode=config.compile_mode,
-                                    compile_scope=config.compile_scope, distributed=distributed)
-
-
-def build_model(config: TrainConfig, image_shape: tuple[int, int, int], sigmas: np.ndarray) -> NCSNv2:
-    if len(image_shape) != 3:
-        raise NcsnTuneError(f"NCSNv2 trains on images (C, H, W); this data holds vectors of shape {tuple(image_shape)}", fields="data")
-    channels, height, width = image_shape
-    if height != width:
-        raise NcsnTuneError(f"NCSNv2 needs square images, got {height}x{width}", fields="data")
-    return NCSNv2(channels, height, config.ngf, config.architecture, sigmas=np.asarray(sigmas, dtype=np.float32))
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig, switches: SpeedSwitches) -> torch.optim.Adam:
-    extra = {"fused": True, "capturable": switches.cuda_graphs} if switches.fused_adam else {"foreach": True, "capturable": switches.cuda_graphs}
-    return torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps, weight_decay=config.weight_decay, **extra
-    )
-
-
-class TrainStep:
-    """One optimisation step on a batch: DSM loss, backward, Adam, EMA; optionally one CUDA graph.
-
-    ``__call__(x)`` returns the (device) loss of that step. With CUDA graphs the
-    batch is copied into a static input buffer and the captured step replayed.
-    """
-
-    def __init__(self, model, optimizer, ema: EMA, sigmas: torch.Tensor, switches: SpeedSwitches, batch_shape, device, warmup: int = 3,
-                 dist: Distributed | None = None):
-        self.model, self.optimizer, self.ema, self.sigmas, self.switches = model, optimizer, ema, sigmas, switches
-        self.dist = dist or Distributed()
-        self.global_batch = batch_shape[0] * self.dist.world
-        self.shard = self.dist.shard(self.global_batch) if self.dist.active else None
-        network = model
-        if self.dist.active:  # PyTorch's own engine: gradients averaged by DistributedDataParallel
-            from torch.nn.parallel import DistributedDataParallel
-
-            network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.forward = switches.compiled(network)
-        self.graph = None
-        self.device = device
-        if switches.cuda_graphs:
-            self.static_x = static_input(batch_shape, device, switches.memory_format)
-            restore = self._snapshot()
-            self.graph, self.static_loss = capture_cuda_graph(lambda: self._eager(self.static_x), device, warmup, after_warmup=restore)
-
-    def _loss(self, x):
-        with self.switches.autocast(self.device):
-            return dsm_loss(self.forward, x, self.sigmas, shard=self.shard, global_batch=self.global_batch)
-
-    def _eager(self, x):
-        loss = self._loss(x)
-        self.optimizer.zero_grad(set_to_none=True)  # only drops references: inside a capture the gradients come from its pool
-        loss.backward()
-        self.optimizer.step()
-        self.ema.update(self.model)
-        return loss.detach()
-
-    def _snapshot(self):
-        """A function that puts weights, EMA, Adam state and the CUDA random state back as they are now: the
-        warm-up before a capture trains on a dummy batch, which must leave no trace."""
-        saved_params = [p.detach().clone() for p in self.model.parameters()]
-        saved_shadow = [s.clone() for s in self.ema.shadow]
-        saved_adam = {p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in self.optimizer.state.items()}
-        rng = torch.cuda.get_rng_state(self.device)
-
-        def restore() -> None:
-            with torch.no_grad():
-                for p, s in zip(self.model.parameters(), saved_params):
-                    p.copy_(s)
-                for e, s in zip(self.ema.shadow, saved_shadow):
-                    e.copy_(s)
-                for param, state in self.optimizer.state.items():  # a fresh run's state is all zeros
-                    for key, value in state.items():
-                        if torch.is_tensor(value):
-                            value.copy_(saved_adam[param][key]) if param in saved_adam else value.zero_()
-            torch.cuda.set_rng_state(rng, self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-
-        return restore
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.graph is None:
-            return self._eager(x)
-        self.static_x.copy_(x)
-        self.graph.replay()
-        return self.static_loss.detach().clone()
-
+from .step import TrainStep, build_model, build_optimizer, speed_switches
 
 class BatchSampler:
     """Batches in epochs (each image once per epoch, in a random order), flips chosen by the same generator.
@@ -211,10 +112,10 @@ class Trainer:
         """``train``/``test``: :class:`~ncsn_tune.data.Dataset` or arrays of images (pixels scaled to [0, 1] as the
         loader does). ``step_size`` and ``config.steps_per_scale`` are only used for the sample grids;
         ``resume`` continues a run from its checkpoint exactly."""
-        from ..config import AnalysisConfig
+        from ..tuning import DEFAULTS  # the one place the defaults of the tuning live
 
         self.config, self.schedule, self.step_size, self.run_dir = config.validate(), schedule, float(step_size), Path(run_dir)
-        self.steps_per_scale = config.steps_per_scale or AnalysisConfig().steps_per_scale
+        self.steps_per_scale = config.steps_per_scale or DEFAULTS.steps_per_scale
         self.callback = callback or (lambda event: None)
         requested = torch_device(config.device)
         self.dist = Distributed.from_env(requested.type)
@@ -261,108 +162,54 @@ class Trainer:
             self._apply_settings()
         self.num_parameters = count_parameters(self.model)
         self.stop_requested, self.stop_signal = None, None
-        self.compile_cache, self.compile_note, self.background = None, None, None
-        self.score_spec, self.score_compile_s = None, 0.0
+        self.compile_cache, self.compile_note, self.compiles = None, None, None
         if self.device.type == "cuda":
-            self._decide_compile()
-            self._plan_score_compile()
+            plan = plan_compiles(config, self.model, self.run_dir, self.device, config.batch_size // self.dist.world,
+                                 config.steps - self.step, self.dist.active, self.dist.main)
+            self.switches, self.compile_cache, self.compile_note = plan.switches, plan.cache, plan.note
+            self.compiles = BackgroundCompiles.from_plan(plan, self.run_dir, seconds_left=self._seconds_left, say=self._say)
 
-    def _decide_compile(self) -> None:
-        """torch.compile now, in the background, or not, when the configuration leaves it open: from the steps to
-        go and whether the compiled step is at hand, in this run folder or in this machine's compile cache
-        (:func:`ncsn_tune.model.accel.decide_compile`)."""
-        wanted = speed_switches(self.config, self.device, self.dist.active, compile=True)
-        batch = (self.config.batch_size // self.dist.world, *self.image_shape)
-        cache = CompileCache(self.run_dir, "train", self.model, batch, wanted)
-        if self.config.compile is None:
-            background = wanted.cuda_graphs and not self.dist.active
-            verdict, self.compile_note = decide_compile(self.config.steps - self.step, cache.at_hand, TRAIN_COSTS, "steps", background)
-            self.switches = wanted if verdict == "compile" else dataclasses.replace(wanted, compile=False)
-            if verdict == "background":
-                from .precompile import StepSpec
+    def _say(self, text: str) -> None:
+        self.callback({"event": "note", "text": text})
 
-                self.background = StepSpec(self.image_shape[0], self.image_shape[1], self.config.ngf, self.model.architecture,
-                                           len(self.schedule.sigmas), batch[0], dataclasses.asdict(wanted), str(cache.path))
-                self.compiled_switches = wanted
-        if self.switches.compile:
-            self.compile_cache = cache
+    def _seconds_left(self) -> float:
+        """What the steps left take, at the measured speed of the step the run trains with."""
+        return (self.config.steps - self.step) * (TRAIN_COSTS.compiled_s if self.switches.compile else TRAIN_COSTS.graph_s)
 
-    def _plan_score_compile(self) -> None:
-        """Whether to compile the sampling network beside the training (:mod:`ncsn_tune.model.precompile`), so that
-        ``sample`` and ``evaluate`` on this run start warm: not when compiling is switched off, nor on other ranks
-        than the first, nor when the run folder holds that graph's artefacts already."""
-        from .accel import score_batch_size, score_cache
-        from .precompile import ScoreSpec
+    def _step_fn(self, switches=None) -> TrainStep:
+        """The training step with ``switches`` (default: the run's), which become the run's."""
+        self.switches = switches or self.switches
+        return TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.switches,
+                         (self.config.batch_size // self.dist.world, *self.image_shape), self.device, dist=self.dist)
 
-        if self.config.compile is False or not self.dist.main:
-            return
-        batch = score_batch_size(self.image_shape, self.device)
-        cache = score_cache(self.run_dir, self.model, (batch, *self.image_shape))
-        if cache.exists:
-            return
-        self.score_spec = ScoreSpec(self.image_shape[0], self.image_shape[1], self.config.ngf, self.model.architecture,
-                                    len(self.schedule.sigmas), batch, str(self.run_dir))
-        self.score_compile_s = SCORE_COMPILE_WARM_S if cache.built_here else SCORE_COMPILE_COLD_S
+    def _first_step_fn(self) -> TrainStep:
+        """The step to start with: the compile decision said, the run folder's compiled artefacts loaded, the background
+        compiles started."""
+        for note in (self.compile_note, self.compile_cache.load() if self.compile_cache is not None else None):
+            if note:
+                self._say(note)
+        step_fn = self._step_fn()
+        if self.compiles is not None:
+            self.compiles.begin()
+        return step_fn
 
-    def _start_score_compile(self):
-        """Start compiling the sampling network in the background when the steps left take longer than that (else
-        say why not); the process, or None."""
-        spec, self.score_spec = self.score_spec, None
-        if spec is None:
-            return None
-        step_s = TRAIN_COSTS.compiled_s if self.switches.compile else TRAIN_COSTS.graph_s
-        left_s = (self.config.steps - self.step) * step_s
-        if left_s < self.score_compile_s:
-            self.callback({"event": "note", "text": f"the sampling network is not compiled beside this run: the steps left take about "
-                                                    f"{left_s:.0f} s, compiling it about {self.score_compile_s:.0f} s; the first sample "
-                                                    "on a GPU compiles it, or runs on the CUDA graph alone"})
-            return None
-        from .precompile import log_path, start
+    def _next_step_fn(self, step_fn: TrainStep, log) -> TrainStep:
+        """After a step: the compiled step once its background compile is done; after the first step, which compiled
+        every graph, what it compiled kept."""
+        if self.compiles is not None:
+            step_fn = self.compiles.poll(self.step, step_fn, lambda: self._step_fn(self.compiles.compiled_switches))
+        if self.compile_cache is not None and log is not None:
+            self._keep_compiled()
+        return step_fn
 
-        self.callback({"event": "note", "text": f"compiling the sampling network (batch {spec.batch}) in the background, so that sample "
-                                                f"and evaluate on this run start without compiling ({log_path(self.run_dir, 'score')})"})
-        return start(spec, self.run_dir, threads=max(1, (os.cpu_count() or 2) - 2))  # leave the training loop a core or two
-
-    def _score_compile_done(self, process, started: float, final: bool = False):
-        """None once the background compile of the sampling network has ended (said how), else ``process``; with
-        ``final`` (the run is over) a compile still running is stopped."""
-        from .precompile import log_path
-
-        if process is None:
-            return None
-        if process.poll() is None:
-            if not final:
-                return process
-            process.kill()
-            process.wait()
-            self.callback({"event": "note", "text": "training ended before the sampling network was compiled: the first sample on a GPU "
-                                                    "compiles it, or runs on the CUDA graph alone"})
-        elif process.returncode != 0:
-            self.callback({"event": "note", "text": f"compiling the sampling network in the background failed (exit {process.returncode}; "
-                                                    f"see {log_path(self.run_dir, 'score')}); sample and evaluate will compile it"})
-        else:
-            self.callback({"event": "note", "text": f"compiled the sampling network in the background in {time.perf_counter() - started:.0f} "
-                                                    "s: sample and evaluate on this run load it from compile_cache/"})
-        return None
-
-    def _switch_when_compiled(self, process, step_fn, started: float):
-        """The compiled step once the background compile has finished (else ``step_fn``); a failed one is said."""
-        if process is None or process.poll() is None:
-            return step_fn, process
-        if process.returncode != 0:
-            from .precompile import log_path
-
-            self.callback({"event": "note", "text": f"the background compile failed (exit {process.returncode}; see "
-                                                    f"{log_path(self.run_dir, 'train')}): training goes on with the CUDA graph"})
-            return step_fn, None
-        t0 = time.perf_counter()
-        del step_fn  # frees the first graph's memory pool before the second is captured
-        compiled = TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.compiled_switches,
-                             (self.config.batch_size, *self.image_shape), self.device, dist=self.dist)
-        self.switches = self.compiled_switches
-        self.callback({"event": "note", "text": f"switched to the compiled step at step {self.step}: compiled in the background in "
-                                                f"{t0 - started:.0f} s, loaded in {time.perf_counter() - t0:.1f} s"})
-        return compiled, None
+    def _keep_compiled(self) -> None:
+        """After the first step, which compiled every graph: its artefacts into the run folder (unless they came from
+        it), and the graph recorded as built on this machine."""
+        cache, self.compile_cache = self.compile_cache, None
+        note = None if cache.loaded else cache.save()
+        cache.mark_built()
+        if note:
+            self._say(note)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -430,7 +277,7 @@ class Trainer:
         model = self.ema.averaged_model(self.model).eval()
         x = self.test_images.batch(torch.arange(min(self.config.eval_images, len(self.test_images))))
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 1)
-        by_scale = held_out_loss(model, x, self.sigmas, batch_size=256, generator=generator, bf16=self.switches.bf16,
+        by_scale = held_out_loss(model, x, self.sigmas, batch_size=256, generator=generator, switches=self.switches,
                                  callback=self._check_stop)
         return {"eval_loss": float(by_scale.mean()), "eval_loss_by_scale": by_scale.tolist()}
 
@@ -499,94 +346,72 @@ class Trainer:
         good one. A first SIGINT/SIGTERM stops at the next step with a checkpoint (evaluation
         and sampling break off); a second raises :class:`Interrupted` at once.
         """
-        config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = RunLog(self.run_dir, self.step) if self.dist.main else None
-        if log is not None:
-            for note in log.notes:
-                self.callback({"event": "note", "text": note})
-            if log.writer is None:
-                self.callback({"event": "note", "text": "TensorBoard logs are off: the tensorboard package is not installed "
-                                                        "(pip install tensorboard); metrics.jsonl has every value"})
-        t_start = time.perf_counter()
-        per_process = config.batch_size // self.dist.world
+        config, t_start = self.config, time.perf_counter()
+        log = self._open_log()
         shard = self.dist.shard(config.batch_size) if self.dist.active else slice(None)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        compiling = None  # the background compile's process, while it runs
-        score_compiling, score_started = None, 0.0  # the same for the sampling network
         try:
-            for note in (self.compile_note, self.compile_cache.load() if self.compile_cache is not None else None):
-                if note:
-                    self.callback({"event": "note", "text": note})
-            step_fn = TrainStep(self.model, self.optimizer, self.ema, self.sigmas, self.switches, (per_process, *self.image_shape),
-                                self.device, dist=self.dist)
-            compile_started = time.perf_counter()
-            if self.background is not None and log is not None:
-                from .precompile import start
-
-                compiling = start(self.background, self.run_dir)
-            elif log is not None:  # one compile at a time: the sampling network's waits for the training step's
-                score_compiling, score_started = self._start_score_compile(), time.perf_counter()
+            step_fn = self._first_step_fn()
             self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": time.perf_counter() - t_start,
                            "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches),
                            "device": str(self.device), "processes": self.dist.world})
-            window = torch.zeros(config.log_every, device=self.device)
-            filled, t_window = 0, time.perf_counter()
-            last_saved = self.step if self.step > 0 else None
-            stop = False
+            window, filled, t_window = torch.zeros(config.log_every, device=self.device), 0, time.perf_counter()
+            last_saved, stop = (self.step if self.step > 0 else None), False
             while self.step < config.steps and not stop:
                 indices, flips = self.sampler.next()
-                x = self.images.batch(indices[shard], flips[shard])
-                if self.switches.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                window[filled] = step_fn(x)
-                filled += 1
-                self.step += 1
-                if compiling is not None and self.step % 25 == 0:
-                    step_fn, compiling = self._switch_when_compiled(compiling, step_fn, compile_started)
-                    if compiling is None and log is not None:
-                        score_compiling, score_started = self._start_score_compile(), time.perf_counter()
-                if score_compiling is not None and self.step % 25 == 0:
-                    score_compiling = self._score_compile_done(score_compiling, score_started)
-                if self.compile_cache is not None and log is not None:  # after the first step every graph is compiled
-                    cache, self.compile_cache = self.compile_cache, None
-                    note = None if cache.loaded else cache.save()  # what was loaded from the run folder is there already
-                    cache.mark_built()
-                    if note:
-                        self.callback({"event": "note", "text": note})
+                x = self.images.batch(indices[shard], flips[shard]).contiguous(memory_format=self.switches.memory_format)
+                window[filled], filled, self.step = step_fn(x), filled + 1, self.step + 1
+                step_fn = self._next_step_fn(step_fn, log)
                 due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
                 at_log = filled == config.log_every or self.step >= config.steps or any(due.values())
-                if self.dist.active:  # ranks stop only on a flag they agree on at the same step, else their all-reduces would hang
-                    stop = self.dist.any(self.stop_requested is not None, self.device) if at_log else False
-                else:
-                    stop = self.stop_requested is not None
+                stop = self._agree_on_stop(at_log)
                 if at_log or stop:
                     self._log(log, window, filled, t_window, t_start, last_saved)
                     filled, t_window = 0, time.perf_counter()
                 if not stop and (due["eval"] or due["sample"]):
                     self._side_work(log, due)
                     t_window = time.perf_counter()
-                if not self.dist.active:  # a request that came while logging, evaluating or sampling
-                    stop = self.stop_requested is not None
+                stop = stop or (not self.dist.active and self.stop_requested is not None)  # a request during the side work
                 if due["checkpoint"] or stop or self.step >= config.steps:
                     self.save()
                     last_saved, t_window = self.step, time.perf_counter()
             if stop:
                 self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested or "SIGTERM (another rank)"})
         finally:
-            if compiling is not None and compiling.poll() is None:
-                compiling.kill()  # the run ended first: the compile is not needed
-                compiling.wait()
-            self._score_compile_done(score_compiling, score_started, final=True)
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            if log is not None:
-                log.close()
-            self.dist.close()
+            self._close(log, handlers)
         summary = {"step": self.step, "seconds": time.perf_counter() - t_start, "stopped_by": self.stop_requested,
                    "signal_number": self.stop_signal}
         self.callback({"event": "done", **summary})
         return summary
+
+    def _open_log(self):
+        """The metrics log (rank 0), its notes said."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.dist.main:
+            return None
+        log = RunLog(self.run_dir, self.step)
+        for note in log.notes:
+            self._say(note)
+        if log.writer is None:
+            self._say("TensorBoard logs are off: the tensorboard package is not installed (pip install tensorboard); metrics.jsonl has "
+                      "every value")
+        return log
+
+    def _agree_on_stop(self, at_log: bool) -> bool:
+        """Whether to stop now: under torchrun only on a flag the ranks agree on at the same step (else their all-reduces
+        would hang), so only at a log point; alone, as soon as a stop was requested."""
+        if self.dist.active:
+            return self.dist.any(self.stop_requested is not None, self.device) if at_log else False
+        return self.stop_requested is not None
+
+    def _close(self, log, handlers) -> None:
+        if self.compiles is not None:
+            self.compiles.close()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if log is not None:
+            log.close()
+        self.dist.close()
 
 
 class _StopWork(Exception):

@@ -1,0 +1,152 @@
+"""``ncsn-tune simulate`` (no torch): Proposition 3 by Monte Carlo, another sampler's loop against its model, and the
+paper's Figure 2 experiment."""
+
+from __future__ import annotations
+
+import click
+
+from ..analysis.noise_schedule import NoiseSchedule
+from ..analysis.samplers import Sampler
+from ..config import AnalysisConfig, workdir
+from ..errors import NcsnTuneError
+from ..tuning import resolve, resolve_schedule
+from .analysis import check_figure, chosen_sampler, require_schedule, sampler_options, save_figure
+from .app import main
+from .options import force_option, given_from, json_option, path_option, read_data, schedule_options
+from .render import Report, fmt
+
+A = AnalysisConfig
+
+
+# ------------------------------------------------------------------------------------------------ simulate
+
+
+@main.command()
+@schedule_options
+@click.option("--M", "steps_per_scale", type=click.IntRange(min=1), help="Langevin steps per scale [default: as step-size resolves].")
+@click.option("--step-size", type=float, help="eps [default: the saved one if it fits, else Technique 4's optimum for M].")
+@click.option("--chains", type=click.IntRange(min=1), default=64, show_default=True, help="Chains (each of --sim-dim coordinates).")
+@click.option("--sim-dim", type=click.IntRange(min=1), help="Dimensions simulated per chain [default: the schedule's D].")
+@click.option("--mode", type=click.Choice(["per-scale", "annealed"]), default="per-scale", show_default=True,
+              help="per-scale: each scale starts where Proposition 3 assumes; annealed: chains run through all scales.")
+@click.option("--sweep", is_flag=True, help="Also measure the last scale at eps = 1/4, 1/2, 1, 2, 4 times the optimum for M = 1, 3, 5, 10 "
+              "(a factor-of-2 grid).")
+@click.option("--toy", type=click.Choice(["gmm"]), help="The paper's Figure 2 experiment instead: a mixture sampled with a small and with "
+              "Technique 1's sigma_max.")
+@click.option("--toy-dim", type=click.IntRange(min=1), default=2, show_default=True, help="Dimension of the mixture (--toy gmm).")
+@click.option("--weights", default="0.8,0.2", show_default=True, help="Mode weights of the mixture (--toy gmm).")
+@click.option("--separation", type=float, default=10.0, show_default=True, help="Distance between the modes (--toy gmm).")
+@click.option("--small-sigma-max", type=float, default=1.0, show_default=True, help="The too-small sigma_max (--toy gmm).")
+@click.option("--tau", type=float, default=0.5, show_default=True, help="Standard deviation of each mixture component (--toy gmm).")
+@click.option("--samples", "num_samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples (--toy gmm).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@sampler_options
+@click.option("--snr", type=float, help="pc, diffusers: the corrector's snr [default: the loop's optimum].")
+@path_option("--output", help="Figure of the result (.png or .pdf).")
+@force_option
+@json_option
+def simulate(steps_per_scale, step_size, chains, sim_dim, mode, sweep, toy, toy_dim, weights, separation, small_sigma_max, tau, num_samples,
+             seed, sampler, predictor, corrector, sampling_eps, snr, output, force, as_json, **opts):
+    """Monte Carlo check of Proposition 3 (or of another sampler's model, --sampler pc|diffusers) with an exact Gaussian score,
+    or the paper's Figure 2 experiment (--toy gmm)."""
+    report = Report(as_json)
+    check_figure(output, force)
+    if toy == "gmm":
+        return simulate_mixture(report, weights, separation, toy_dim, tau, small_sigma_max, opts, num_samples, steps_per_scale, seed,
+                                output)
+    loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
+    if loop.name != "ald" or snr is not None:
+        if output is not None or sweep or step_size is not None or mode != "per-scale":
+            raise NcsnTuneError("a sampler's Monte Carlo check takes the schedule, M, --snr, --chains and --sim-dim only",
+                                fields=("output", "sweep", "step_size", "mode"))
+        return simulate_loop(report, loop, opts, steps_per_scale, snr, chains, sim_dim, seed)
+    from ..analysis.simulation import simulate_proposition3, sweep_step_sizes
+
+    data = read_data(report, opts)
+    tuning = resolve(given_from(opts, data, steps_per_scale=steps_per_scale, step_size=step_size), workdir=workdir())
+    schedule = require_schedule(tuning)
+    dim = sim_dim or schedule.dim
+    if dim is None:
+        raise NcsnTuneError("the simulation needs a dimension: give the schedule's D or the dimensions per chain",
+                            fields=("dim", "sim_dim"))
+    m, eps = tuning.steps_per_scale, tuning.step_size
+    with report.progress() as progress:
+        check = simulate_proposition3(schedule.sigmas, m, eps, dim, chains, mode, seed, device=opts["device"], progress=progress)
+        sweeps = sweep_step_sizes(schedule.ratio, schedule.sigma_min, dim=dim, num_chains=chains, seed=seed,
+                                  device=opts["device"]) if sweep else []
+    if output is not None:
+        from ..plots import plot_proposition3
+
+        save_figure(report, plot_proposition3(check, sweeps or None), output)
+    report.result({**check.to_dict(), "notes": list(tuning.notes), **({"sweep": [s.to_dict() for s in sweeps]} if sweeps else {})})
+    if not as_json:
+        render_proposition3(report, check, sweeps, tuning, schedule, mode)
+
+
+def simulate_loop(report: Report, loop: Sampler, opts, steps_per_scale, snr, chains, sim_dim, seed) -> None:
+    """``simulate --sampler pc|diffusers``: the loop run with particles against its single-Gaussian model."""
+    from ..analysis.samplers import simulate_sampler
+    from ..tuning import resolve_sampler_step
+
+    data = read_data(report, opts)
+    given = given_from(opts, data, steps_per_scale=steps_per_scale, snr=snr)
+    choice = resolve_schedule(given, workdir=workdir())
+    step, notes = resolve_sampler_step(given, loop, choice, workdir=workdir())
+    schedule = require_schedule(choice)
+    dim = sim_dim or schedule.dim
+    if dim is None:
+        raise NcsnTuneError("the simulation needs a dimension: give the schedule's D or the dimensions per chain", fields=("dim", "sim_dim"))
+    with report.progress() as progress:
+        check = simulate_sampler(loop, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, step.steps_per_scale, step.snr,
+                                 dim, chains, seed, progress=progress)
+    report.result({**check.to_dict(), "notes": [*choice.notes, *notes]})
+    report.notes([*choice.notes, *notes])
+    report.line(f"{loop.describe()}, N = {schedule.num_scales}, M = {step.steps_per_scale}, snr {fmt(step.snr, 5)}, {chains} chains x {dim} "
+                f"dimensions: s^2/sigma^2 after the corrector at the last level measured {check.measured_ratio:.5f} against the model's "
+                f"{check.predicted_ratio:.5f} ({check.z:+.1f} standard errors of {check.standard_error:.5f}).")
+
+
+def render_proposition3(report: Report, check, sweeps, tuning, schedule: NoiseSchedule, mode: str) -> None:
+    from ..analysis.simulation import compounded_ratios
+
+    report.notes(tuning.notes)
+    m, eps = check.steps_per_scale, check.step_size
+    report.line(f"M = {m}, eps = {eps:.6e}, {check.num_chains} chains x {check.dim} dimensions, mode {mode}.")
+    n = len(check.sigmas)
+    rows = [[str(i), f"{check.sigmas[i]:.4g}", f"{check.predicted[i]:.5f}", f"{check.measured[i]:.5f}", f"{check.standard_errors[i]:.5f}"]
+            for i in sorted({0, 1, n // 2, n - 1})]
+    report.table("Proposition 3 by Monte Carlo (exact score of an isotropic Gaussian)",
+                 ["scale i", "sigma", "predicted s^2/sigma^2", "measured", "standard error"], rows, (0, 1, 2, 3, 4))
+    z = abs(check.measured_ratio - check.predicted_ratio) / check.standard_error
+    report.line(f"Last scale: measured {check.measured_ratio:.5f} against {check.predicted_ratio:.5f} ({z:.1f} standard errors); "
+                f"largest relative gap over all {n} scales {check.max_relative_error:.2%}.")
+    if mode == "per-scale":
+        report.line(f"Chains that run through all scales without reset compound the excess and settle near "
+                    f"{compounded_ratios(schedule.sigmas, m, eps)[-1]:.4f} (--mode annealed measures that).")
+    for s in sweeps:
+        report.line(f"M = {s.steps_per_scale}: lowest measured ratio at eps = {s.lowest_measured_at:.3g} on the factor-of-2 grid "
+                    f"(Technique 4's optimum {s.optimum.step_size:.3g}).")
+
+
+def simulate_mixture(report: Report, weights, separation, dim, tau, small_sigma_max, opts, num_samples, steps_per_scale, seed, output):
+    """``simulate --toy gmm``: the mixture sampled with a small sigma_max and with Technique 1's."""
+    from ..analysis.simulation import gmm_experiment, mixture_on_circle
+
+    try:
+        w = [float(v) for v in weights.split(",")]
+    except ValueError:
+        raise NcsnTuneError(f"--weights takes numbers separated by commas, got {weights!r}") from None
+    mixture = mixture_on_circle(w, separation, dim, tau)
+    m = steps_per_scale or A.steps_per_scale
+    results = gmm_experiment(mixture, small_sigma_max, opts["sigma_min"] or A.sigma_min, num_samples, m,
+                             opts["target_overlap"] or A.target_overlap, seed)
+    if output is not None:
+        from ..plots import plot_gmm
+
+        save_figure(report, plot_gmm(results, mixture), output)
+    report.result({"dim": dim, "weights": mixture.weights.tolist(), "results": [r.to_dict() for r in results]})
+    rows = [[f"{r.sigma_max:.3g} ({r.label})", str(r.num_scales), ", ".join(f"{f:.3f}" for f in r.fractions),
+             ", ".join(f"{v:.3f}" for v in r.weights), f"{r.total_variation:.3f}"] for r in results]
+    report.table(f"Figure 2 experiment: {len(w)} modes in {dim} dimensions, {num_samples} samples, M = {m}",
+                 ["sigma_max", "L", "mode shares", "weights", "total variation"], rows, (1, 4))
+    report.line("Too small a sigma_max leaves each chain in the basin it started in, so the shares follow the basins, not the weights.")

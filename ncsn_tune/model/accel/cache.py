@@ -1,0 +1,164 @@
+"""Keeping what compiling made: torch's compile caches in ncsn_tune's user cache folder (not /tmp, which a reboot or a
+new container empties), a marker for each graph compiled on this machine, and a run's compiled artefacts in its folder
+(``compile_cache/``) so that continuing it on another machine, or sampling from it, loads them instead of compiling."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ...files import cache_dir
+
+
+def use_persistent_cache() -> Path:
+    """Point torch's compile caches at ncsn_tune's user cache folder, unless the user chose one.
+
+    A TORCHINDUCTOR_CACHE_DIR equal to torch's own default (:func:`torch_default_cache_dir`) is torch's choice,
+    not the user's: importing TorchDynamo, which building an Adam optimiser does, sets it when it is unset."""
+    folder = cache_dir() / "torch_compile"
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == torch_default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor")
+    os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def torch_default_cache_dir() -> str:
+    """/tmp/torchinductor_<user>: where torch's compiler caches when TORCHINDUCTOR_CACHE_DIR is unset (as
+    ``torch._inductor.runtime.cache_dir_utils.default_cache_dir`` says; importing that module would import the
+    whole compiler, seconds on a GPU machine)."""
+    import getpass
+    import re
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    return os.path.abspath(os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)))
+
+
+def built_marker(name: str) -> Path:
+    """The file that says the graph ``name`` (a :class:`CompileCache` artefact's stem) is in this machine's compile
+    cache; it lives inside that cache, so emptying the cache forgets it too."""
+    return use_persistent_cache() / "ncsn_tune_built" / name
+
+
+def mark_built(name: str) -> None:
+    marker = built_marker(name)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+class CompileCache:
+    """The compiled artefacts of one graph (training step or sampling score) of one run, kept in the run folder.
+
+    ``key`` names what was compiled (torch version, GPU, network, batch shape, switches): artefacts of
+    another key are never loaded. :meth:`load` before compiling makes it a warm start; :meth:`save` after
+    it keeps what this process compiled (torch's portable cache artefacts) for the next one.
+    """
+
+    def __init__(self, run_dir: Path, kind: str, model: torch.nn.Module, batch_shape, switches) -> None:
+        device = next(model.parameters()).device
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        what = (kind, torch.__version__, gpu, type(model).__name__, getattr(model, "architecture", ""), getattr(model, "ngf", ""),
+                getattr(model, "channels", ""), getattr(model, "image_size", ""), tuple(batch_shape), switches.bf16,
+                switches.channels_last, switches.compile_mode, switches.compile_scope)
+        self.key = hashlib.sha256(repr(what).encode()).hexdigest()[:16]
+        self.path = Path(run_dir) / "compile_cache" / f"{kind}_{self.key}.bin"
+        self.loaded = False  # whether load() put this graph's artefacts in torch's caches (nothing new to save then)
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    @property
+    def built_here(self) -> bool:
+        """Whether this machine's compile cache holds this graph (:meth:`mark_built` was called since it was last emptied)."""
+        return built_marker(self.path.stem).is_file()
+
+    @property
+    def at_hand(self) -> bool:
+        """Whether this graph's compiled code is at hand: in the run folder's artefacts or in this machine's compile cache."""
+        return self.exists or self.built_here
+
+    def mark_built(self) -> None:
+        """Record that this graph has been compiled into this machine's compile cache (loading the run's artefacts
+        again would only cost time)."""
+        mark_built(self.path.stem)
+
+    def load(self) -> str | None:
+        """Load the saved artefacts into torch's caches; a note, or None when there are none.
+
+        When this machine's compile cache already holds the graph (:attr:`built_here`), nothing is loaded: it would
+        repeat what the cache holds and cost about 1.5 s more before the first call on an H100
+        (``benchmarks/score_warm_start.py``)."""
+        if not self.exists:
+            return None
+        use_persistent_cache()
+        if self.built_here:
+            self.loaded = True
+            return f"this machine's compile cache holds this graph already: a warm start without loading {self.path.name}"
+        try:
+            torch.compiler.load_cache_artifacts(self.path.read_bytes())
+        except Exception as err:  # noqa: BLE001  (a stale or foreign cache only costs a full compile)
+            return f"could not load the compiled artefacts {self.path.name} ({type(err).__name__}); compiling afresh"
+        self.loaded = True
+        return f"loaded the compiled artefacts {self.path} (no full compile)"
+
+    def save(self) -> str | None:
+        return save_artefacts(self.path)
+
+
+def save_artefacts(path: Path) -> str | None:
+    """What this process compiled (torch's portable cache artefacts) into ``path``, atomically; a note, or None when
+    there was nothing to save."""
+    from ...files import atomic_write_bytes
+
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return None
+    atomic_write_bytes(Path(path), saved[0])
+    return f"saved the compiled artefacts to {path} ({len(saved[0]) / 1e6:.1f} MB)"
+
+
+def one_compile_thread_when_warm(cache: CompileCache | None) -> None:
+    """With this graph's compiled code at hand (in this machine's compile cache, or in the run folder), let torch
+    compile in one thread: its pool of compile workers, which it starts when its compiler is imported, has nothing
+    to do then and cost 3-4 s of the process on the H100 machine (``benchmarks/score_warm_start.py``: the whole
+    process took 4-6 s more than being ready and running, against 1.3-1.7 s with one thread). A choice the user made
+    (TORCHINDUCTOR_COMPILE_THREADS) stands, and nothing changes once the compiler is imported."""
+    if cache is not None and cache.at_hand and not compiler_imported():
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+
+def load_artefacts(cache: CompileCache | None, notes: list) -> None:
+    """Before compiling: the run folder's artefacts of the graph into torch's caches, unless this machine's cache
+    holds the graph already; what happened goes to ``notes``."""
+    if cache is not None:
+        notes.append(cache.load() or ("no compiled artefacts in the run folder yet, but this machine's compile cache holds this graph: "
+                                      "a warm compile" if cache.built_here else "no compiled artefacts in the run folder yet: compiling"))
+
+
+def keep_artefacts(cache: CompileCache | None, notes: list) -> None:
+    """After compiling: the artefacts into the run folder (unless they came from it) and the graph recorded as built here."""
+    if cache is not None:
+        if not cache.loaded:
+            saved = cache.save()
+            if saved:
+                notes.append(saved)
+        cache.mark_built()
+
+
+def compiler_imported() -> bool:
+
+    return "torch._inductor.compile_fx" in sys.modules
+
+
+def import_compiler() -> None:
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.compile_fx  # noqa: F401

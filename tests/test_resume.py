@@ -1,0 +1,223 @@
+"""Continuing a run with the command that started it, and a run folder where only the trainer's own files are written."""
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from ncsn_tune.cli import main  # noqa: E402
+from ncsn_tune.model.checkpoint import load_checkpoint  # noqa: E402
+
+TINY = ["--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--log-every", 1, "--checkpoint-every", 2, "--sample-every", 1000,
+        "--eval-every", 1000, "--device", "cpu"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(r, *phrases):
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in r.output, r.output
+    for phrase in phrases:
+        assert phrase in lines[-1], (phrase, lines[-1])
+
+
+def make_data(kind: str, tmp_path, fake_cifar):
+    """The data a user has: CIFAR-10 in the official layout, a folder of PNGs, or a .npy array."""
+    if kind == "cifar10":
+        return fake_cifar
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    if kind == "npy":
+        np.save(tmp_path / "d.npy", images)
+        return tmp_path / "d.npy"
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return folder
+
+
+def spell(path, spelling: str, tmp_path) -> str:
+    if spelling == "absolute":
+        return str(path)
+    if spelling == "trailing slash":
+        return str(path) + "/"
+    if spelling == "relative":
+        return os.path.relpath(path, tmp_path)
+    link = tmp_path / "link"
+    if not link.exists():
+        link.symlink_to(path)
+    return str(link)
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "folder", "npy"])
+@pytest.mark.parametrize("spelling", ["absolute", "trailing slash", "relative", "symlink"])
+def test_the_first_command_again_with_resume_continues_the_run(kind, spelling, tmp_path, fake_cifar, monkeypatch):
+    if kind == "npy" and spelling == "trailing slash":
+        pytest.skip("a file has no trailing slash")
+    monkeypatch.chdir(tmp_path)
+    target = spell(make_data(kind, tmp_path, fake_cifar), spelling, tmp_path)
+    data = ["--data", "cifar10", "--data-root", target] if kind == "cifar10" else ["--data", target]
+    first = ["train", *data, "--output", "run", *TINY]
+    r = run(*first, "--steps", 2)
+    assert r.exit_code == 0, r.output
+    r = run(*first, "--steps", 4, "--resume")
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "run").step == 4
+    other = ["--data", "cifar10", "--data-root", str(fake_cifar / "cifar-10-batches-py")] if kind == "cifar10" else \
+        ["--data", os.path.abspath(target)]
+    r = run("train", *other, "--output", "run", *TINY, "--steps", 6, "--resume")  # another spelling of the same data
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "run").step == 6
+
+
+def test_resume_on_other_data_is_refused_by_what_the_data_is(tmp_path, fake_cifar, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = make_data("folder", tmp_path, fake_cifar)
+    assert run("train", "--data", folder, "--output", "run", *TINY, "--steps", 2).exit_code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    from PIL import Image
+
+    for i in range(12):
+        Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(other / f"{i}.png")
+    one_line_error(run("train", "--data", other, "--output", "run", *TINY, "--steps", 4, "--resume"), "a run continues on its own data")
+
+
+# ------------------------------------------------------------------------------------------------ the run folder's own files
+
+
+@pytest.fixture
+def npy(tmp_path):
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
+    return tmp_path / "d.npy"
+
+
+def first_run(npy, tmp_path, steps=2):
+    r = run("train", "--data", npy, "--output", tmp_path / "run", *TINY, "--steps", steps)
+    assert r.exit_code == 0, r.output
+    return tmp_path / "run"
+
+
+def test_a_lock_link_to_an_outside_file_leaves_that_file_unchanged(npy, tmp_path):
+    run_dir = first_run(npy, tmp_path)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("mine\n")
+    (run_dir / ".lock").unlink()
+    (run_dir / ".lock").symlink_to(outside)
+    one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--resume"), ".lock is a symbolic link")
+    assert outside.read_text() == "mine\n"
+
+
+def test_a_metrics_link_is_refused_and_nothing_is_written(npy, tmp_path):
+    run_dir = first_run(npy, tmp_path)
+    outside = tmp_path / "log.txt"
+    outside.write_text("mine\n")
+    (run_dir / "metrics.jsonl").rename(tmp_path / "kept.jsonl")
+    (run_dir / "metrics.jsonl").symlink_to(outside)
+    config = (run_dir / "config.yaml").read_text()
+    one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--resume"), "metrics.jsonl is a symbolic link")
+    assert outside.read_text() == "mine\n" and (run_dir / "metrics.jsonl").is_symlink() and (run_dir / "config.yaml").read_text() == config
+
+
+def test_a_metrics_folder_is_refused_before_config_yaml_is_rewritten(npy, tmp_path):
+    run_dir = first_run(npy, tmp_path)
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "metrics.jsonl").mkdir()
+    config = (run_dir / "config.yaml").read_text()
+    one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--lr", 3e-4, "--resume"),
+                   "metrics.jsonl is not a file")
+    assert (run_dir / "config.yaml").read_text() == config
+
+
+def test_an_unreadable_newest_checkpoint_stops_instead_of_being_overwritten(npy, tmp_path, monkeypatch):
+    from ncsn_tune.model import checkpoint as ckpt
+
+    run_dir = first_run(npy, tmp_path, steps=4)
+    newest = ckpt.list_checkpoints(run_dir)[-1]
+    before = newest.read_bytes()
+    if os.geteuid() == 0:  # root reads any file: take the permission away as the operating system would for a user
+        real = ckpt.os.access
+        monkeypatch.setattr(ckpt.os, "access", lambda p, mode: False if os.fspath(p) == os.fspath(newest) else real(p, mode))
+    else:
+        newest.chmod(0)
+    try:
+        one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 6, "--resume"), "permission denied",
+                       "not damaged", newest.name)
+    finally:
+        newest.chmod(0o644)
+        monkeypatch.undo()
+    assert newest.read_bytes() == before and ckpt.load_checkpoint(run_dir).step == 4
+
+
+def test_resume_refuses_a_checkpoint_with_nan_weights(npy, tmp_path):
+    from ncsn_tune.model import checkpoint as ckpt
+
+    run_dir = first_run(npy, tmp_path)
+    path = ckpt.list_checkpoints(run_dir)[-1]
+    state = torch.load(path, weights_only=True)
+    next(iter(state["model"].values())).fill_(float("nan"))
+    torch.save(state, path)
+    config = (run_dir / "config.yaml").read_text()
+    one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--lr", 3e-4, "--resume"), "NaN",
+                   "cannot continue")
+    assert (run_dir / "config.yaml").read_text() == config
+
+
+def test_a_failed_prune_does_not_stop_a_run_that_saved(npy, tmp_path, monkeypatch):
+    from ncsn_tune.model import checkpoint as ckpt
+
+    real = ckpt.Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if ckpt.PATTERN.match(self.name):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(ckpt.Path, "unlink", refuse)
+    r = run("train", "--data", npy, "--output", tmp_path / "run", *TINY, "--steps", 10, "--keep-checkpoints", 1)
+    assert r.exit_code == 0, r.output
+    assert "could not delete the old checkpoint" in r.stderr and ckpt.load_checkpoint(tmp_path / "run").step == 10
+
+
+def test_resume_takes_the_runs_own_values_given_again(npy, tmp_path):
+    run_dir = first_run(npy, tmp_path)
+    r = run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--resume", "--architecture", "ncsnv2",
+            "--schedule", run_dir / "schedule.json")
+    assert r.exit_code == 0, r.output
+    one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 6, "--resume", "--architecture", "ncsnv2_deeper"),
+                   "cannot change architecture")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_resume(npy, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    r = run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 2)
+    one_line_error(r, "stopped before its first checkpoint", "--overwrite")
+    assert "--resume" not in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_checkpoint_write_that_fails_on_a_full_disk_is_one_line(npy, tmp_path, monkeypatch):
+    """torch's zip writer reports ENOSPC as 'unexpected pos 64 vs 0', a message without 'write' in it."""
+    from ncsn_tune.model import checkpoint as ckpt
+
+    run_dir = first_run(npy, tmp_path, steps=2)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: type("U", (), {"free": 40_000})())
+
+    def full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--resume"), "the disk is full")
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(run_dir).step == 2 and not list(run_dir.glob(".*.tmp"))
