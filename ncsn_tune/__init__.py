@@ -28,7 +28,7 @@ _EXPORTS = {
     "CheckpointError": "errors", "DataError": "errors", "NcsnTuneError": "errors", "RunError": "errors", "ScheduleError": "errors",
     "PixelRange": "data",
     "Given": "tuning", "Tuning": "tuning", "resolve": "tuning",
-    **{name: "analysis" for name in ("FarthestPair", "NoiseSchedule", "Sampler", "SamplerStep", "StepSize", "brute_force_max_distance",
+    **{name: "analysis" for name in ("FarthestPair", "NoiseSchedule", "Sampler", "SamplerStep", "StepSize", "brute_force_max_distance", "chain_verdict",
                                      "geometric_sigmas", "max_pairwise_distance", "num_scales_for_ratio", "optimal_step_size", "overlap",
                                      "ratio_for_num_scales", "sampler_step", "solve_gamma", "variance_ratio")},
 }

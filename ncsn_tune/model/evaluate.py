@@ -126,6 +126,8 @@ class Evaluation:
     nearest_images: np.ndarray | None = None
     fid: dict | None = None
     notes: list[str] = field(default_factory=list)
+    chain: dict | None = None  # a short sampling chain's diagnostics and verdict
+    chain_images: int = 0
 
     @property
     def loss(self) -> float:
@@ -140,33 +142,38 @@ class Evaluation:
                               "median_distance": float(np.median(d)), "min_distance": float(d.min())}
         if self.fid is not None:
             out["fid"] = self.fid
+        if self.chain is not None:
+            out["chain"] = self.chain
         return out
 
 
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str | None = None, split: str | None = None,
                         images: int = 1000, samples: Path | None = None, fid: bool = False, inception_weights: Path | None = None,
-                        fid_reference: Path | None = None, fid_images: int | None = None, ema: bool = True, device: str = "auto",
-                        seed: int = 0, compile: bool | None = None, progress=None) -> Evaluation:
-    """Held-out DSM loss per scale of a checkpoint; with ``samples`` their exact nearest training images, and FID.
+                        fid_reference: Path | None = None, fid_images: int | None = None, fid_num: int = 1000, fid_split: str = "train",
+                        chain_check: int = 16, ema: bool = True, device: str = "auto", seed: int = 0, compile: bool | None = None,
+                        progress=None) -> Evaluation:
+    """Held-out DSM loss per scale of a checkpoint, and a short sampling chain's verdict (``chain_check`` images; 0: none);
+    with ``samples`` their exact nearest training images; with ``fid`` the FID of those samples (or of ``fid_num`` drawn
+    here with the run's settings and ``seed``) against the ``fid_split`` split of the run's data (or ``fid_reference``:
+    a statistics .npz, or any data set, its statistics computed once and cached).
 
     On a GPU the loss pass runs the network as sampling does (bf16, channels_last, a CUDA graph, at batches of up
     to 1,000 CIFAR-10 images: the same graph as ``sample``'s on 1,000 or more, so they share compiled artefacts), with torch.compile
     decided from the image evaluations to do unless ``compile`` says."""
     if not is_whole(images) or images < 1:
         raise NcsnTuneError(f"the number of evaluation images must be at least 1, got {images!r}", fields="images")
-    if fid and samples is None:
-        raise NcsnTuneError("FID needs samples (an .npz as the sampler writes them)", fields="samples")
     if fid_images is not None and fid_images < 2:
         raise NcsnTuneError(f"FID needs at least 2 reference images, got {fid_images}", fields="fid_images")
+    if fid and samples is None and (not is_whole(fid_num) or fid_num < 2):
+        raise NcsnTuneError(f"FID needs at least 2 samples, got {fid_num!r}", fields="fid_num")
     sample_array = read_samples(samples) if samples is not None else None
-    inception = reference = None
+    inception = given = None
     if fid:  # every FID input is read and checked here, before the long work
-        from .fid import FeatureStatistics
         from .inception import find_inception_weights, load_fid_inception
 
         weights_path = find_inception_weights(inception_weights)
         inception = (weights_path, *load_fid_inception(weights_path, torch.device("cpu")))
-        reference = FeatureStatistics.load(fid_reference) if fid_reference is not None else None
+        given = read_fid_reference(fid_reference, progress) if fid_reference is not None else None
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     if sample_array is not None and tuple(sample_array.shape[1:]) != ckpt.image_shape:
         raise NcsnTuneError(f"the samples have shape {sample_array.shape[1:]} but the model's images {ckpt.image_shape}", fields="samples")
@@ -185,6 +192,17 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     result = Evaluation(str(ckpt.path), ckpt.step, described, held_out, n, ckpt.schedule.sigmas.tolist(), by_scale, notes=notes)
     if not held_out:
         result.notes.append("the loss is on training images: this data has no held-out split (give one as data to measure generalisation)")
+    if chain_check:
+        from .generate import sample_checkpoint
+
+        check = sample_checkpoint(ckpt, num=chain_check, seed=seed, device=device, compile=False, ema=ema, model=model)
+        result.chain, result.chain_images = check.diagnostics.summary(), chain_check
+    if fid and sample_array is None:
+        from .generate import sample_checkpoint
+
+        drawn = sample_checkpoint(ckpt, num=fid_num, seed=seed, device=device, compile=compile, ema=ema, model=model, progress=progress)
+        sample_array = np.clip(drawn.samples.numpy(), 0.0, 1.0)
+        result.notes.append(f"FID of {fid_num:,} samples drawn here (seed {seed}, the run's schedule, M and eps)")
     if sample_array is not None:
         recorded = DataIdentity.from_dict(ckpt.data)
         same = recorded is not None and recorded.same_data(dataset.identity())  # evaluated on the training images: read once
@@ -194,45 +212,70 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
         result.nearest = nearest_neighbours(queries, train.points(), scale=train.scale, progress=progress)
         result.nearest_images = train.unit_float32(result.nearest.indices)
         if fid:
-            result.fid = fid_of_samples(sample_array, train, inception, (fid_reference, reference), fid_images, ckpt.run_dir, dev, progress)
+            if given is None:
+                reference_data = train if fid_split == "train" else run_data(ckpt, fid_split)
+                given = (reference_data, Path(ckpt.run_dir) / f"fid_reference_{reference_data.split or 'data'}")
+            result.fid = fid_of_samples(sample_array, inception, given, fid_images, dev, progress)
     return result
 
 
-def fid_of_samples(samples: np.ndarray, train: Dataset, inception: tuple, given_reference: tuple, reference_images: int | None,
-                   cache_dir: Path, device, progress=None) -> dict:
-    """FID of the samples against the given reference statistics (``given_reference``: its file and the statistics
-    read from it, or (None, None)), or against the training images' (computed once and kept in ``cache_dir``).
+def read_fid_reference(reference: Path, progress=None):
+    """What FID compares against: a statistics .npz (mu and sigma, pytorch-fid's format), or a data set (any that
+    ``load_dataset`` reads), whose statistics are kept in ncsn_tune's cache under the data's fingerprint."""
+    from ..data import load_dataset
+    from ..files import cache_dir
+    from .fid import FeatureStatistics
+
+    reference = Path(str(reference))
+    if reference.suffix.lower() == ".npz" and reference.is_file():
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(reference) as archive:
+                if "mu.npy" in archive.namelist():
+                    return FeatureStatistics.load(reference)
+        except zipfile.BadZipFile:
+            pass
+    data = load_dataset(str(reference), split="test" if str(reference).lower() in ("cifar10", "cifar-10") else "train",
+                        download=False, progress=progress)
+    return data, cache_dir() / "fid_statistics" / f"{data.name}_{data.identity().fingerprint[:16]}"
+
+
+def fid_of_samples(samples: np.ndarray, inception: tuple, reference, reference_images: int | None, device, progress=None) -> dict:
+    """FID of the samples against ``reference``: statistics (:class:`~.fid.FeatureStatistics`), or (a data set, the stem of
+    its cached statistics file: computed once from its first ``reference_images`` images, or all, and kept).
     ``inception``: the weights file, the network loaded from it, its SHA-256 and notes."""
-    from .fid import cached_reference, feature_statistics, fid
+    from .fid import FeatureStatistics, cached_reference, feature_statistics, fid
     from .inception import inception_features
 
     weights_path, network, sha, notes = inception
     network = network.to(device)
-    reference_file, reference = given_reference
-    if reference_file is not None:
-        where, stats_file = str(reference_file), reference_file
+    if isinstance(reference, FeatureStatistics):
+        where, stats_file = reference.source, None
     else:
-        n = train.num_points if reference_images is None else min(reference_images, train.num_points)
-        source = f"{train.name} {train.split or ''} images from {train.source}".replace("  ", " ")
-        cache = Path(cache_dir) / f"fid_reference_{train.split or 'data'}_{n}.npz"
+        data, stem = reference
+        n = data.num_points if reference_images is None else min(reference_images, data.num_points)
+        source = f"{data.name} {data.split or ''} images from {data.source}".replace("  ", " ")
+        cache = Path(f"{stem}_{n}.npz")
         reference = cached_reference(cache, source, n, sha)
         if reference is None:
-            features = inception_features(network, lambda a, b: train.unit_float32(slice(a, b)), count=n, progress=progress)
+            features = inception_features(network, lambda a, b: data.unit_float32(slice(a, b)), count=n, progress=progress)
             reference = feature_statistics(features, source, sha)
+            cache.parent.mkdir(parents=True, exist_ok=True)
             reference.save(cache)
-            notes.append(f"reference statistics computed from {n} training images and saved to {cache}")
+            notes.append(f"reference statistics computed from {n:,} images and saved to {cache}")
         else:
             notes.append(f"reference statistics reused from {cache}")
         where, stats_file = source, cache
     stats = feature_statistics(inception_features(network, samples, progress=progress), "samples", sha)
     if stats.num_images < 50000:
-        notes.append(f"FID from {stats.num_images} samples is biased upwards against the usual 50,000; compare only FIDs of equal "
-                     "sample counts")
+        notes.append(f"FID from {stats.num_images:,} samples is biased upwards against the usual 50,000; compare only FIDs of equal "
+                     "sample counts and references")
     value = fid(stats, reference)
     if not math.isfinite(value):
         raise NcsnTuneError("FID came out non-finite; the samples' features hold NaN or infinite values")
     return {"fid": value, "num_samples": stats.num_images, "reference": where, "reference_images": reference.num_images,
-            "reference_statistics": str(stats_file), "weights": str(weights_path), "notes": notes}
+            "reference_statistics": None if stats_file is None else str(stats_file), "weights": str(weights_path), "notes": notes}
 
 
 EVALUATION_FILES = ("evaluation.json", "evaluation.png", "nearest_neighbours.png")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.noise_level import chain_verdict
 from ..analysis.noise_schedule import NoiseSchedule
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
@@ -27,13 +28,15 @@ from .sampling import sample_annealed_langevin
 class Diagnostics:
     """Per scale: the mean image norm ||x|| and mean sigma * ||s(x, sigma)|| after that scale's M steps.
 
-    For noise of scale sigma the true score has norm ~ sqrt(D) / sigma, so
-    sigma ||s|| / sqrt(D) near 1 says the sampler sees the noise level the
-    model expects; far from 1 says the chain has drifted from it.
+    For noise of scale sigma the true score has norm ~ sqrt(D) / sigma, so sigma ||s|| / sqrt(D) estimates s / sigma,
+    the noise the chain holds against the noise the model expects;
+    :func:`~ncsn_tune.analysis.noise_level.chain_verdict` says what it shows (with the loop's ``steps_per_scale`` and
+    ``step_size``, what an exact score's chain would read is set apart).
     """
 
-    def __init__(self, num_scales: int, dim: int) -> None:
+    def __init__(self, num_scales: int, dim: int, steps_per_scale: int | None = None, step_size: float | None = None) -> None:
         self.dim = dim
+        self.steps_per_scale, self.step_size = steps_per_scale, step_size
         self.image_norm = np.zeros(num_scales)
         self.score_norm_sigma = np.zeros(num_scales)
         self.sigmas = np.zeros(num_scales)
@@ -55,12 +58,15 @@ class Diagnostics:
     def summary(self) -> dict:
         c = np.maximum(self.count, 1)
         snorm = self.score_norm_sigma / c
+        ratio = snorm / math.sqrt(self.dim)
         return {
             "sigmas": self.sigmas.tolist(),
             "image_norm": (self.image_norm / c).tolist(),
             "score_norm_times_sigma": snorm.tolist(),
-            "score_norm_times_sigma_over_sqrt_dim": (snorm / math.sqrt(self.dim)).tolist(),
+            "score_norm_times_sigma_over_sqrt_dim": ratio.tolist(),
             "denoised_image_norm": float(np.mean(self.denoised_image_norm)) if self.denoised_image_norm else None,
+            "verdict": chain_verdict(self.sigmas, ratio, self.image_norm / c, self.dim, steps_per_scale=self.steps_per_scale,
+                                     step_size=self.step_size),
         }
 
 
@@ -143,10 +149,11 @@ MAX_IMAGE_EVALUATIONS = 10**10
 def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = None, seed: int = 0, schedule_file: Path | None = None,
                       num_scales: int | None = None, steps_per_scale: int | None = None, step_size: float | None = None,
                       denoise: bool = True, ema: bool = True, device: str = "auto", compile: bool | None = None,
-                      trace_chain: bool = False, progress=None) -> SampleRun:
+                      trace_chain: bool = False, progress=None, model: NCSNv2 | None = None) -> SampleRun:
     """Samples from a checkpoint with the run's schedule, M and eps, or overrides (a changed schedule or M gets
     Technique 4's eps; :func:`ncsn_tune.tuning.resolve` decides and says why). ``batch_size`` None: 1,000 CIFAR-10
-    images at a time on a GPU (:func:`~ncsn_tune.model.accel.score_batch_size`), 100 on a CPU."""
+    images at a time on a GPU (:func:`~ncsn_tune.model.accel.score_batch_size`), 100 on a CPU. ``model``: the checkpoint's
+    network loaded already (:func:`~ncsn_tune.model.checkpoint.load_model`)."""
     from ..tuning import Given, resolve
 
     if num < 1 or (batch_size is not None and batch_size < 1):
@@ -155,8 +162,8 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     tuning = resolve(Given(schedule_file=schedule_file, num_scales=num_scales, steps_per_scale=steps_per_scale, step_size=step_size,
                            dim=int(np.prod(ckpt.image_shape)), run=ckpt))
-    model = load_model(ckpt, device=device, ema=ema)
-    diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)))
+    model = model if model is not None else load_model(ckpt, device=device, ema=ema)
+    diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)), tuning.steps_per_scale, tuning.step_size)
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = score_batch_size(shape, model.sigmas.device, num, requested=batch_size)
     calls = tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise)  # network calls per batch

