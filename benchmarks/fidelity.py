@@ -156,9 +156,9 @@ def run_official(args) -> None:
         torch.manual_seed(0)
         t0 = time.perf_counter()
         init = torch.rand(args.samples, config.data.channels, config.data.image_size, config.data.image_size, device=device)
-        x = anneal(init, model, sigmas, config.fast_fid.n_steps_each, config.fast_fid.step_lr,
+        x = anneal(init, model, sigmas.cpu().numpy(), config.fast_fid.n_steps_each, config.fast_fid.step_lr,
                    final_only=True, verbose=False, denoise=config.sampling.denoise)[-1]
-        x = torch.clamp(x, 0.0, 1.0)  # its inverse_data_transform for pixels in [0, 1]
+        x = torch.clamp(x, 0.0, 1.0)  # its fast_fid passes sigmas as NumPy; its inverse_data_transform for pixels in [0, 1]
         log["sample_seconds"] = time.perf_counter() - t0
         np.savez_compressed(work / "official_samples_seed0.npz", uint8=to_uint8(x.numpy()))
         print(f"official: {args.samples} samples in {log['sample_seconds']:.0f} s", flush=True)
@@ -180,17 +180,17 @@ def run_ours(args) -> None:
     log = {"machine": machine(), "steps": args.steps, "commands": []}
     t0 = time.perf_counter()
     train = [*cli, "train", "--config", str(args.config), "--data-root", str(args.subset), "--steps", str(args.steps), "--output", str(run),
-             "--device", args.device]
+             "--device", args.device, "--seed", str(args.seed)]
     if (run / "config.yaml").exists():
         train.append("--resume")
-    log["commands"].append(" ".join(train[2:]))
+    log["commands"].append(" ".join(train[3:]))
     subprocess.run(train, check=True)
     log["train_seconds"] = time.perf_counter() - t0
     for seed in range(args.sample_sets):
         npz = work / f"ours_samples_seed{seed}.npz"
         command = [*cli, "sample", "--checkpoint", str(run), "--num", str(args.samples), "--seed", str(seed), "--npz", str(npz),
                    "--output", str(work / f"ours_seed{seed}.png"), "--device", args.device, "--force"]
-        log["commands"].append(" ".join(command[2:]))
+        log["commands"].append(" ".join(command[3:]))
         t0 = time.perf_counter()
         subprocess.run(command, check=True)
         log[f"sample_seconds_seed{seed}"] = time.perf_counter() - t0
@@ -260,7 +260,7 @@ def score(args) -> None:
             times = {k: round(v, 1) for k, v in log.items() if k.endswith("seconds") or k.startswith("sample_seconds")}
             print(f"{name}: {log.get('steps')} steps on {log.get('machine')}; seconds {times}")
             for command in log.get("commands", []):
-                print(f"  ncsn-tune {command}")
+                print(f"  ncsn-tune {command.removeprefix('ncsn_tune ')}")
 
 
 def main() -> None:
@@ -273,12 +273,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--sample-sets", type=int, default=2, help="ours: sample sets of different seeds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the training run's seed (initial weights, batches, noise)")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--device", default="cuda", help="ours and official: where the official code runs [default: cuda]")
     args = p.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     {"ours": run_ours, "official": run_official, "score": score}[args.phase](args)
 
 

@@ -37,6 +37,33 @@ def plot_sampling_diagnostics(summary: dict, dim: int):
     return fig
 
 
+def plot_measured_step(result):
+    """Technique 4 on a trained model (:class:`~ncsn_tune.model.empirical_step.EmpiricalStep`): s^2/sigma^2 measured at
+    every scale for each eps tried (solid), what an exact score's chain reads with the same eps (dotted), the band
+    around 1 and the scales judged."""
+    from .analysis.noise_level import NOISE_LEVEL_BAND
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), constrained_layout=True)
+    sigmas = result.sigmas
+    lo, hi = NOISE_LEVEL_BAND
+    ax.axhspan(lo**2, hi**2, color="C2", alpha=0.12, lw=0, label="the noise level the model expects")
+    ax.axhline(1.0, color="0.5", ls="--", lw=0.8)
+    best = result.best_step_size
+    for k, (eps, measured, exact) in enumerate(zip(result.step_sizes, result.ratios, result.exact_score)):
+        label = f"eps = {eps:.3g} ({eps / result.theoretical.step_size:g} x Prop. 3)" + (", closest" if eps == best else "")
+        ax.loglog(sigmas, measured, color=f"C{k}", lw=2.0 if eps == best else 1.0, label=label)
+        ax.loglog(sigmas, exact, color=f"C{k}", lw=0.8, ls=":")
+    ax.axvline(sigmas[result.judged_from], color="0.6", lw=0.6)
+    ax.invert_xaxis()
+    ax.set_xlabel(r"noise scale $\sigma_i$ (judged from the grey line on; dotted: an exact score's chain)")
+    ax.set_ylabel(r"$s^2/\sigma_i^2$ measured, $(\sigma_i\|s\|/\sqrt{D})^2$")
+    ax.set_title(f"Technique 4 on the trained model: M = {result.steps_per_scale}, {result.num_chains} chains, seed {result.seed} "
+                 f"(an empirical check, {result.seconds:.0f} s)", fontsize=8)
+    ax.legend(frameon=False, fontsize=7)
+    _style(ax)
+    return fig
+
+
 def _style(ax):
     ax.spines["top"].set_visible(False)
     ax.spines["right"].set_visible(False)

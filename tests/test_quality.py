@@ -171,6 +171,9 @@ def test_evaluate_runs_a_short_chain_and_gives_its_verdict(trained_run, tmp_path
     assert "A short sampling chain (16 images" in r.stdout and "Off: the chain is off" in r.stdout
     r = CliRunner().invoke(main, args + ["--force", "--json", "--chain-check", "0"])
     assert "chain" not in json.loads(r.stdout)
+    if inception.shipped_torchscript() is not None:  # an array has no test split: said before any sampling
+        r = CliRunner().invoke(main, args + ["--force", "--fid", "--fid-split", "test"])
+        assert r.exit_code == 2 and "has no test split" in r.stderr and "(option --fid-split)" in r.stderr
 
 
 # ------------------------------------------------------------------------------------------------ T4 on the model
@@ -261,3 +264,15 @@ def test_measured_step_of_an_exact_score_is_the_theorys(trained_run, monkeypatch
     for measured, exact in zip(result.ratios, result.exact_score):
         np.testing.assert_allclose(measured[1:], exact[1:], rtol=0.05)  # scale 0 also holds the uniform start's own spread
     assert result.best_step_size == result.step_sizes[int(np.argmin(result.misses))]
+
+
+def test_plot_step_size_draws_the_measured_step(trained_run, tmp_path):
+    r = CliRunner().invoke(main, ["plot", "step-size", "--checkpoint", str(trained_run), "--chains", 2, "--output", str(tmp_path / "m.png"),
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["figure"] == str(tmp_path / "m.png") and (tmp_path / "m.png").stat().st_size > 10_000
+    assert out["at_edge"] == (out["best_step_size"] in (out["step_sizes"][0], out["step_sizes"][-1]))
+    text = CliRunner().invoke(main, ["plot", "step-size", "--checkpoint", str(trained_run), "--chains", 2, "--output",
+                                     str(tmp_path / "m.png")])
+    assert text.exit_code == 0 and ("at the edge of the range tried" in text.stdout) == out["at_edge"]

@@ -119,11 +119,12 @@ def chain_verdict(sigmas, ratio, image_norm, dim: int, *, steps_per_scale: int |
                       f"scale {k} where the network is called last (before the scale's last update), as this one does "
                       f"({ratio[k]:.2f}) at {int(by_step.sum())} scales; the step (or M) keeps the chain off the noise level "
                       "(ncsn-tune step-size --checkpoint measures eps on this model)")
-    if (model_low & small).sum() > 0.5 * small.sum():
+    mostly_small = lambda scales: (scales & small).sum() > 0.5 * small.sum() or (scales & small).sum() > 0.5 * scales.sum()  # noqa: E731
+    if mostly_small(model_low):
         causes.append("the model is undertrained at the small scales: its score is weaker than the noise the chain holds, so it "
                       "cannot pull the chain back and the noise of the larger scales stays; train longer (ncsn-tune step-size "
                       "--checkpoint tells whether a smaller eps helps meanwhile)")
-    if (model_high & small).sum() > 0.5 * small.sum():
+    if mostly_small(model_high):
         causes.append("at the small scales the model's score is stronger than the noise the chain holds would give, or the chain "
                       "lags behind the annealing: try more steps per scale (M), or a larger eps")
     if not np.isfinite(image_norm[-1]) or image_norm[-1] > 3 * math.sqrt(dim):

@@ -147,12 +147,17 @@ def chosen_sampler(name: str, predictor: str | None, corrector: str | None, samp
     return Sampler.named(name, predictor, corrector, sampling_eps=sampling_eps)
 
 
+measured_options = stack(
+    click.option("--checkpoint", type=click.Path(path_type=Path), help="A trained run (its folder or a checkpoint): measure the step "
+                 "with the model's own score, beside Proposition 3's (needs torch; an empirical check)."),
+    click.option("--chains", type=click.IntRange(min=1), default=16, show_default=True, help="With --checkpoint: chains per step size tried."),
+)
+
+
 @main.command("step-size")
 @step_size_options(str(A.steps_per_scale))
 @sampler_options
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="A trained run (its folder or a checkpoint): measure the step with "
-              "the model's own score, beside Proposition 3's (needs torch; an empirical check).")
-@click.option("--chains", type=click.IntRange(min=1), default=16, show_default=True, help="With --checkpoint: chains per step size tried.")
+@measured_options
 @path_option("--output", help=f"Step-size file to write (one M), .json or .yaml [default: WORKDIR/{STEP_SIZE_FILE}].")
 @force_option
 @json_option
@@ -167,7 +172,7 @@ def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sa
     """
     report = Report(as_json)
     if checkpoint is not None:
-        return measured_step_size(report, checkpoint, steps_per_scale, chains, opts)
+        return render_measured_step(report, measure_step_on(report, checkpoint, steps_per_scale, chains, opts), checkpoint)
     loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
     steps = parse_steps(steps_per_scale)
     target = check_output(output or workdir() / STEP_SIZE_FILE, MAPPING_SUFFIXES, force=force) if len(steps) == 1 else None
@@ -194,27 +199,32 @@ def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sa
                 f"Several values of M ({', '.join(map(str, steps))}): no step size saved; give one M to save it.")
 
 
-def measured_step_size(report: Report, checkpoint: Path, steps_per_scale: str, chains: int, opts: dict) -> None:
-    """``step-size --checkpoint RUN``: the step measured with the trained model (:mod:`ncsn_tune.model.empirical_step`),
-    over the run's own schedule and, unless --M is given, its M. Options that would change the schedule or the loop are
-    refused rather than ignored."""
+def measure_step_on(report: Report, checkpoint: Path, steps_per_scale: str, chains: int, opts: dict, allowed=()):
+    """``--checkpoint RUN``: the step measured with the trained model (:mod:`ncsn_tune.model.empirical_step`), over the
+    run's own schedule and, unless --M is given, its M. Options that would change the schedule or the loop are refused
+    rather than ignored (``allowed``: the command's own, e.g. a figure's --output)."""
     from ..model.empirical_step import empirical_step_size
 
     ctx = click.get_current_context()
-    typed = [p for p in ctx.command.params if p.name not in ("checkpoint", "chains", "steps_per_scale", "device", "as_json")
+    own = {"checkpoint", "chains", "steps_per_scale", "device", "as_json", *allowed}
+    typed = [p for p in ctx.command.params if p.name not in own
              and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
     if typed:
         names = ", ".join(p.opts[0] for p in typed)
         raise NcsnTuneError(f"--checkpoint measures the step with the run's own schedule, data and annealed Langevin loop, and saves "
-                            f"nothing; {names} cannot be used with it (leave --checkpoint out for Proposition 3 on other settings)",
-                            fields="checkpoint")
+                            f"no step-size file; {names} cannot be used with it (leave --checkpoint out for Proposition 3 on other "
+                            "settings)", fields="checkpoint")
     given_m = ctx.get_parameter_source("steps_per_scale") != click.core.ParameterSource.DEFAULT
     steps = parse_steps(steps_per_scale) if given_m else [None]
     if len(steps) != 1:
         raise NcsnTuneError("--checkpoint measures the step for one M, got several", fields="steps_per_scale")
     with report.progress() as progress:
-        result = empirical_step_size(checkpoint, steps_per_scale=steps[0], num=chains, device=opts["device"], progress=progress)
-    report.result(result.to_dict())
+        return empirical_step_size(checkpoint, steps_per_scale=steps[0], num=chains, device=opts["device"], progress=progress)
+
+
+def render_measured_step(report: Report, result, checkpoint: Path, **extra) -> None:
+    """The measured step's table (or JSON, with ``extra``) and the command that samples with it."""
+    report.result({**result.to_dict(), **extra})
     if report.as_json:
         return
     n, best = len(result.sigmas), result.theoretical
@@ -230,6 +240,10 @@ def measured_step_size(report: Report, checkpoint: Path, steps_per_scale: str, c
                 f"{best.step_size:.4g} (s^2/sigma^2 = {best.variance_ratio:.4f} for a single Gaussian and an exact score). This is "
                 f"an empirical check with {result.num_chains} chains of one seed, not a derivation: it carries their noise and the "
                 f"model's errors. It took {result.seconds:.1f} s.")
+    if result.at_edge:
+        report.line(f"The closest eps is at the edge of the range tried ({result.step_sizes[0]:.3g} to {result.step_sizes[-1]:.3g}): the "
+                    "best may lie beyond it, and a chain this far from 1 at every eps says more about the model than the step "
+                    "(ncsn-tune sample's verdict says what).")
     report.command(f"ncsn-tune sample --checkpoint {checkpoint} --step-size {result.best_step_size:.4g}", before="to sample with it: ")
 
 
@@ -286,15 +300,22 @@ def save_figure(report: Report, fig, output: Path) -> Path:
 @plot.command("step-size")
 @step_size_options("1,3,5,10")
 @sampler_options
+@measured_options
 @figure_output
 @json_option
-def plot_step_size_cmd(steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, output, force, as_json, **opts):
+def plot_step_size_cmd(steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, checkpoint, chains, output, force,
+                       as_json, **opts):
     """s^2/sigma^2 against eps (or snr, for another tool's loop) for several M, each optimum marked (Technique 4); takes what
-    step-size takes."""
-    from ..plots import plot_sampler_step, plot_step_size
+    step-size takes. With --checkpoint: s^2/sigma^2 measured on the trained model at every scale, for each eps tried."""
+    from ..plots import plot_measured_step, plot_sampler_step, plot_step_size
 
     report = Report(as_json)
     check_figure(output, force)
+    if checkpoint is not None:
+        result = measure_step_on(report, checkpoint, steps_per_scale, chains, opts, allowed=("output", "force"))
+        save_figure(report, plot_measured_step(result), output)
+        render_measured_step(report, result, checkpoint, figure=str(output))
+        return
     loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
     steps = parse_steps(steps_per_scale)
     choice = choose_schedule(report, opts)

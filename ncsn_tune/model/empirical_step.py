@@ -60,9 +60,14 @@ class EmpiricalStep:
     def best_step_size(self) -> float:
         return self.step_sizes[int(np.argmin(self.misses))]
 
+    @property
+    def at_edge(self) -> bool:
+        """The closest eps is the smallest or largest tried: the best may lie beyond the range."""
+        return len(self.step_sizes) > 1 and self.best_step_size in (self.step_sizes[0], self.step_sizes[-1])
+
     def to_dict(self) -> dict:
         data = asdict(self)
-        data.update(theoretical=self.theoretical.to_dict(), misses=self.misses, best_step_size=self.best_step_size,
+        data.update(theoretical=self.theoretical.to_dict(), misses=self.misses, best_step_size=self.best_step_size, at_edge=self.at_edge,
                     empirical=True)
         return data
 

@@ -173,8 +173,14 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
 
         weights_path = find_inception_weights(inception_weights)
         inception = (weights_path, *load_fid_inception(weights_path, torch.device("cpu")))
-        given = read_fid_reference(fid_reference, progress) if fid_reference is not None else None
+        given = read_fid_reference(fid_reference, data_root, progress) if fid_reference is not None else None
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if fid and given is None and fid_split != "train":
+        reference_data = run_data(ckpt, fid_split)
+        if reference_data.split != fid_split:
+            raise NcsnTuneError(f"the run's data ({reference_data.identity().describe()}) has no {fid_split} split: use --fid-split train, "
+                                "or give the reference data or statistics with --fid-reference", fields="fid_split")
+        given = (reference_data, Path(ckpt.run_dir) / f"fid_reference_{fid_split}")
     if sample_array is not None and tuple(sample_array.shape[1:]) != ckpt.image_shape:
         raise NcsnTuneError(f"the samples have shape {sample_array.shape[1:]} but the model's images {ckpt.image_shape}", fields="samples")
     model = load_model(ckpt, device=device, ema=ema)
@@ -212,14 +218,13 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
         result.nearest = nearest_neighbours(queries, train.points(), scale=train.scale, progress=progress)
         result.nearest_images = train.unit_float32(result.nearest.indices)
         if fid:
-            if given is None:
-                reference_data = train if fid_split == "train" else run_data(ckpt, fid_split)
-                given = (reference_data, Path(ckpt.run_dir) / f"fid_reference_{reference_data.split or 'data'}")
+            if given is None:  # the training images themselves
+                given = (train, Path(ckpt.run_dir) / f"fid_reference_{train.split or 'data'}")
             result.fid = fid_of_samples(sample_array, inception, given, fid_images, dev, progress)
     return result
 
 
-def read_fid_reference(reference: Path, progress=None):
+def read_fid_reference(reference: Path, data_root=None, progress=None):
     """What FID compares against: a statistics .npz (mu and sigma, pytorch-fid's format), or a data set (any that
     ``load_dataset`` reads), whose statistics are kept in ncsn_tune's cache under the data's fingerprint."""
     from ..data import load_dataset
@@ -236,7 +241,7 @@ def read_fid_reference(reference: Path, progress=None):
                     return FeatureStatistics.load(reference)
         except zipfile.BadZipFile:
             pass
-    data = load_dataset(str(reference), split="test" if str(reference).lower() in ("cifar10", "cifar-10") else "train",
+    data = load_dataset(str(reference), data_root, split="test" if str(reference).lower() in ("cifar10", "cifar-10") else "train",
                         download=False, progress=progress)
     return data, cache_dir() / "fid_statistics" / f"{data.name}_{data.identity().fingerprint[:16]}"
 
