@@ -200,12 +200,15 @@ def full_disk(steps: int = 12, free_sizes=(1_000, 40_000, 400_000), method: str 
     assert reference.wait() == 0, reference.stderr.read()
     clean, a = _losses(root / "reference"), load_checkpoint(root / "reference")
     first = int(RUN["checkpoint_every"])
+    # Room, once freed, for the run to finish: the checkpoints it keeps (3, the default), the one being written, slack.
+    checkpoint_bytes = max(p.stat().st_size for p in list_checkpoints(root / "reference"))
+    tmpfs_mib = max(64, (4 * checkpoint_bytes + 16 * 2**20) // 2**20 + 1)
     cases = []
     for free in free_sizes:
         disk = root / f"disk_{free}"
         disk.mkdir()
         if method == "tmpfs":
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mib}m", "tmpfs", str(disk)], check=True)
         try:
             run_dir = disk / "run"
             started = _train(run_dir, data, first, [], env)
@@ -227,11 +230,13 @@ def full_disk(steps: int = 12, free_sizes=(1_000, 40_000, 400_000), method: str 
             if filler is not None:
                 filler.unlink()
             again = _train(run_dir, data, steps, ["--resume"], env)
-            finished = again.wait() == 0
+            again_stderr = again.communicate()[1]
+            finished = again.returncode == 0
             b = load_checkpoint(run_dir) if finished else None
             equal = finished and _losses(run_dir) == clean and all(torch.equal(a.model[k], b.model[k]) for k in a.model)
             cases.append({"free_bytes": free, "message": lines[-1] if lines else "", "one_line": one_line, "checkpoint_kept": kept,
-                          "no_temporary_files": no_tmp, "then_bit_identical": equal})
+                          "no_temporary_files": no_tmp, "then_bit_identical": equal,
+                          "then": "finished" if finished else (again_stderr.strip().splitlines() or ["exit %d" % again.returncode])[-1]})
         finally:
             if method == "tmpfs":
                 subprocess.run(["umount", str(disk)], check=False)
@@ -265,7 +270,8 @@ def main() -> int:
         print(f"full disk ({disk['method']}):")
         for case in disk["cases"]:
             print(f"  {case['free_bytes']:>9,} bytes free: one line {case['one_line']}, checkpoint kept {case['checkpoint_kept']}, "
-                  f"no temporary files {case['no_temporary_files']}, then bit-identical {case['then_bit_identical']}: {case['message']}")
+                  f"no temporary files {case['no_temporary_files']}, then bit-identical {case['then_bit_identical']}: {case['message']}"
+                  + ("" if case["then"] == "finished" else f"; freed, the same command: {case['then']}"))
         ok &= disk["all_passed"]
     return 0 if ok else 1
 
