@@ -24,7 +24,14 @@ Phases, so that the GPU work and the FID can run on different machines::
     PYTHONPATH=. python benchmarks/fidelity.py score    --subset ../shared/data/cifar10-subset --work runs/fidelity
 
 ``ours`` and ``official`` write ``{name}_samples_seed{K}.npz`` (uint8, N x 32 x 32 x 3, rounded as image files are)
-and ``{name}_loss.json`` into --work; ``score`` prints the table.
+and ``{name}_loss.json`` into --work; ``score`` prints the table (of one or several --work folders, e.g. one per
+training seed).
+
+Where a gap comes from: ``official --samplers official,ours,ours-fp32`` also samples the official EMA weights with our
+sampler (``ncsn_tune.model.generate``: bf16 autocast and a CUDA graph, as ``ncsn-tune sample`` runs it) and with our
+sampler in fp32 (``official_by_ours_samples_seed0.npz``, ``official_by_ours-fp32_samples_seed0.npz``): the same
+weights through both samplers set the sampler's share apart from the training's; ``--seed`` gives a second training
+run of either code (the training-seed noise).
 """
 
 from __future__ import annotations
@@ -93,6 +100,15 @@ def to_uint8(x) -> np.ndarray:
     return np.clip(np.floor(np.asarray(x, dtype=np.float32) * 255.0 + 0.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def one_work(args) -> Path:
+    """The one --work folder of a GPU phase, created."""
+    if args.work and len(args.work) > 1:
+        raise SystemExit("ours and official write into one --work folder; score reads several")
+    work = Path(args.work[0] if args.work else "runs/fidelity")
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def load_official_module(official_dir: Path, config):
     from official import import_official
 
@@ -110,13 +126,12 @@ def run_official(args) -> None:
     from ncsn_tune.model.train import BatchSampler, DeviceImages
 
     device = torch.device(args.device)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = one_work(args)
     config = official_config(yaml.safe_load(Path(args.config).read_text()), device)
     get_sigmas = import_official(args.official, "models").get_sigmas
     sigmas = get_sigmas(config)
     weights = work / "official_ema.pt"
-    log = {"machine": machine(), "steps": args.steps}
+    log = {"machine": machine(), "steps": args.steps, "training_seed": args.seed}
     if not weights.is_file():
         EMAHelper = import_official(args.official, "models.ema").EMAHelper
         dsm = import_official(args.official, "losses.dsm").anneal_dsm_score_estimation
@@ -151,18 +166,48 @@ def run_official(args) -> None:
     test = torch.from_numpy(load_cifar10(args.subset, split="test", download=False).unit_float32(slice(None)))
     log.update(official_held_out(args.official, model, test, sigmas, device))
     print(f"official held-out loss {log['held_out_loss']:.2f}", flush=True)
-    if args.samples:
-        anneal = import_official(args.official, "models").anneal_Langevin_dynamics
-        torch.manual_seed(0)
-        t0 = time.perf_counter()
-        init = torch.rand(args.samples, config.data.channels, config.data.image_size, config.data.image_size, device=device)
-        x = anneal(init, model, sigmas.cpu().numpy(), config.fast_fid.n_steps_each, config.fast_fid.step_lr,
-                   final_only=True, verbose=False, denoise=config.sampling.denoise)[-1]
-        x = torch.clamp(x, 0.0, 1.0)  # its fast_fid passes sigmas as NumPy; its inverse_data_transform for pixels in [0, 1]
-        log["sample_seconds"] = time.perf_counter() - t0
-        np.savez_compressed(work / "official_samples_seed0.npz", uint8=to_uint8(x.numpy()))
-        print(f"official: {args.samples} samples in {log['sample_seconds']:.0f} s", flush=True)
     (work / "official_loss.json").write_text(json.dumps(log, indent=1))
+    for sampler in (args.samplers.split(",") if args.samples else []):
+        t0 = time.perf_counter()
+        if sampler == "official":
+            anneal = import_official(args.official, "models").anneal_Langevin_dynamics
+            torch.manual_seed(0)
+            init = torch.rand(args.samples, config.data.channels, config.data.image_size, config.data.image_size, device=device)
+            x = anneal(init, model, sigmas.cpu().numpy(), config.fast_fid.n_steps_each, config.fast_fid.step_lr,
+                       final_only=True, verbose=False, denoise=config.sampling.denoise)[-1]
+            x = torch.clamp(x, 0.0, 1.0).cpu()  # its fast_fid passes sigmas as NumPy; its inverse_data_transform for pixels in [0, 1]
+            name = "official_samples_seed0"
+        else:
+            x = sample_with_ours(weights, config, sigmas, args.samples, device, bf16=sampler == "ours").clamp(0.0, 1.0)
+            name = f"official_by_{sampler}_samples_seed0"
+        log[f"sample_seconds_{sampler}"] = time.perf_counter() - t0
+        np.savez_compressed(work / f"{name}.npz", uint8=to_uint8(x.numpy()))
+        print(f"official weights, {sampler} sampler: {args.samples} samples in {log[f'sample_seconds_{sampler}']:.0f} s", flush=True)
+        (work / "official_loss.json").write_text(json.dumps(log, indent=1))
+
+
+def sample_with_ours(weights: Path, config, sigmas, num: int, device, bf16: bool):
+    """The official EMA weights in our network, sampled by our sampler (seed 0, the config's M and eps, denoised);
+    ``bf16`` False runs the network in fp32 (still channels_last and one CUDA graph)."""
+    import torch
+
+    from ncsn_tune.analysis import NoiseSchedule
+    from ncsn_tune.model.accel import FastScore, SpeedSwitches, score_batch_size
+    from ncsn_tune.model.generate import generate
+    from ncsn_tune.model.network import NCSNv2
+
+    sigmas = np.asarray(sigmas.cpu(), dtype=np.float64)
+    model = NCSNv2(config.data.channels, config.data.image_size, config.model.ngf, "ncsnv2", sigmas=sigmas).to(device)
+    missing, unexpected = model.load_state_dict(torch.load(weights, map_location=device, weights_only=True), strict=False)
+    if unexpected or set(missing) - {"sigmas"}:
+        raise SystemExit(f"the official EMA weights do not load into our network: missing {missing}, unexpected {unexpected}")
+    model.eval()
+    schedule = NoiseSchedule.from_num_scales(float(sigmas[0]), None, len(sigmas), sigma_min=float(sigmas[-1]))
+    shape = (config.data.channels, config.data.image_size, config.data.image_size)
+    batch = score_batch_size(shape, torch.device(device), num)
+    score = FastScore(model, (batch, *shape), SpeedSwitches.for_device(device, bf16=bf16))
+    return generate(model, schedule, steps_per_scale=config.fast_fid.n_steps_each, step_size=config.fast_fid.step_lr, num=num,
+                    batch_size=batch, seed=0, denoise=config.sampling.denoise, score=score)
 
 
 def run_ours(args) -> None:
@@ -173,11 +218,10 @@ def run_ours(args) -> None:
     from ncsn_tune.data import load_cifar10
     from ncsn_tune.model.checkpoint import load_model
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = one_work(args)
     run = work / "ours"
     cli = [sys.executable, "-m", "ncsn_tune"]
-    log = {"machine": machine(), "steps": args.steps, "commands": []}
+    log = {"machine": machine(), "steps": args.steps, "training_seed": args.seed, "commands": []}
     t0 = time.perf_counter()
     train = [*cli, "train", "--config", str(args.config), "--data-root", str(args.subset), "--steps", str(args.steps), "--output", str(run),
              "--device", args.device, "--seed", str(args.seed)]
@@ -219,48 +263,67 @@ def score(args) -> None:
     from ncsn_tune.model.fid import feature_statistics, fid
     from ncsn_tune.model.inception import find_inception_weights, inception_features, load_fid_inception
 
-    work = Path(args.work)
+    works = [Path(w) for w in (args.work or ["runs/fidelity"])]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     weights = find_inception_weights(args.inception_weights)
     network, sha, _ = load_fid_inception(weights, device)
     reference_data = load_cifar10(args.subset, split="test", download=False)
-    cache = work / "features_test.npy"
+    cache = works[0] / "features_test.npy"
     if not cache.is_file():
         np.save(cache, inception_features(network, reference_data.unit_float32(slice(None))))
     reference = feature_statistics(np.load(cache), "subset test split", sha)
-    rows, features = [], {}
-    for npz in sorted(work.glob("*_samples_seed*.npz")):
-        cached = work / f"features_{npz.stem}.npy"
-        if not cached.is_file():
-            with np.load(npz) as data:
-                images = data["uint8"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-            np.save(cached, inception_features(network, images))
-        features[npz.stem] = np.load(cached)
+    rows, features, losses = [], {}, {}
+    labels = {work: "" if len(works) == 1 else f"{work.name if [w.name for w in works].count(work.name) == 1 else work}/" for work in works}
+    for work in works:
+        for npz in sorted(work.glob("*_samples_seed*.npz")):
+            cached = work / f"features_{npz.stem}.npy"
+            if not cached.is_file():
+                with np.load(npz) as data:
+                    images = data["uint8"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+                np.save(cached, inception_features(network, images))
+            name = labels[work] + npz.stem
+            features[name] = np.load(cached)
+            who = npz.stem.split("_samples")[0].split("_by_")[0]  # the training run: official_by_ours_... is official's
+            path = work / f"{who}_loss.json"
+            losses[name] = json.loads(path.read_text()) if path.is_file() else {}
     rng = np.random.default_rng(0)
     for name, f in features.items():
         value = fid(feature_statistics(f, name, sha), reference)
         boot = [fid(feature_statistics(f[rng.integers(0, len(f), len(f))], name, sha), reference) for _ in range(args.bootstrap)]
-        who = name.split("_samples")[0]
-        loss = json.loads((work / f"{who}_loss.json").read_text()) if (work / f"{who}_loss.json").is_file() else {}
+        loss = losses[name]
         rows.append((name, len(f), value, float(np.std(boot)), loss.get("held_out_loss", float("nan")), loss.get("by_quarter")))
     print(f"Fidelity on the CIFAR-10 subset; FID against its test split ({reference.num_images:,} images), TensorFlow FID Inception "
           f"from {weights.name} (SHA-256 {sha[:12]}), computed on {device}; machine of the FID: {machine()}")
-    print(f"{'sample set':<26} {'samples':>7} {'FID':>8} {'bootstrap sd':>12} {'held-out DSM':>12}  by quarter of the scales")
+    width = max(26, *(len(name) for name in features))
+    print(f"{'sample set':<{width}} {'samples':>7} {'FID':>8} {'bootstrap sd':>12} {'held-out DSM':>12}  by quarter of the scales")
     for name, n, value, sd, loss, quarters in rows:
         q = " / ".join(f"{v:.1f}" for v in quarters) if quarters else ""
-        print(f"{name:<26} {n:>7} {value:8.2f} {sd:12.2f} {loss:12.2f}  {q}")
-    ours = sorted(k for k in features if k.startswith("ours_"))
-    if len(ours) >= 2:
-        a, b = (feature_statistics(features[k], k, sha) for k in ours[:2])
-        print(f"FID between ours' two sample sets ({ours[0]} vs {ours[1]}): {fid(a, b):.2f}")
-    for name in ("ours", "official"):
-        path = work / f"{name}_loss.json"
-        if path.is_file():
-            log = json.loads(path.read_text())
-            times = {k: round(v, 1) for k, v in log.items() if k.endswith("seconds") or k.startswith("sample_seconds")}
-            print(f"{name}: {log.get('steps')} steps on {log.get('machine')}; seconds {times}")
-            for command in log.get("commands", []):
-                print(f"  ncsn-tune {command.removeprefix('ncsn_tune ')}")
+        print(f"{name:<{width}} {n:>7} {value:8.2f} {sd:12.2f} {loss:12.2f}  {q}")
+    for work in works:
+        ours = sorted(k for k in features if k.startswith(f"{labels[work]}ours_"))
+        if len(ours) >= 2:
+            a, b = (feature_statistics(features[k], k, sha) for k in ours[:2])
+            print(f"FID between ours' two sample sets ({ours[0]} vs {ours[1]}): {fid(a, b):.2f}")
+    stats = {k: feature_statistics(f, k, sha) for k, f in features.items()}
+    for work in works:  # one model's weights through the official sampler and ours
+        for k in sorted(features):
+            if k.startswith(f"{labels[work]}official_by_") and f"{labels[work]}official_samples_seed0" in stats:
+                print(f"FID between one model's samples by two samplers ({labels[work]}official_samples_seed0 vs {k}): "
+                      f"{fid(stats[f'{labels[work]}official_samples_seed0'], stats[k]):.2f}")
+    for a_work, b_work in zip(works, works[1:]):  # one code trained twice
+        for stem in ("ours_samples_seed0", "official_samples_seed0"):
+            a, b = labels[a_work] + stem, labels[b_work] + stem
+            if a in stats and b in stats:
+                print(f"FID between two training runs of one code ({a} vs {b}): {fid(stats[a], stats[b]):.2f}")
+    for work in works:
+        for name in ("ours", "official"):
+            path = work / f"{name}_loss.json"
+            if path.is_file():
+                log = json.loads(path.read_text())
+                times = {k: round(v, 1) for k, v in log.items() if k.endswith("seconds") or k.startswith("sample_seconds")}
+                print(f"{labels[work]}{name}: {log.get('steps')} steps (training seed {log.get('training_seed', 0)}) on {log.get('machine')}; seconds {times}")
+                for command in log.get("commands", []):
+                    print(f"  ncsn-tune {command.removeprefix('ncsn_tune ')}")
 
 
 def main() -> None:
@@ -269,15 +332,21 @@ def main() -> None:
     p.add_argument("--subset", required=True, help="folder holding cifar-10-batches-py (the real subset)")
     p.add_argument("--config", help="the official cifar10.yml")
     p.add_argument("--official", type=Path, help="folder with the official models/ and losses/")
-    p.add_argument("--work", default="runs/fidelity")
+    p.add_argument("--work", action="append", help="the folder of one training run of each code [default: runs/fidelity]; "
+                   "score takes several (e.g. one per training seed)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--sample-sets", type=int, default=2, help="ours: sample sets of different seeds")
+    p.add_argument("--samplers", default="official", help="official: comma-separated, of official (its own sampler), ours (our "
+                   "sampler, bf16 as ncsn-tune sample runs it) and ours-fp32 [default: official]")
     p.add_argument("--seed", type=int, default=0, help="the training run's seed (initial weights, batches, noise)")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--device", default="cuda", help="ours and official: where the official code runs [default: cuda]")
     args = p.parse_args()
+    unknown = set(args.samplers.split(",")) - {"official", "ours", "ours-fp32"}
+    if unknown:
+        p.error(f"--samplers: unknown {sorted(unknown)}; choose from official, ours, ours-fp32")
     {"ours": run_ours, "official": run_official, "score": score}[args.phase](args)
 
 
