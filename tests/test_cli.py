@@ -6,14 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from ncsn_tune.cli import main
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
+from cli_run import run
 
 
 def test_sigmas_from_numbers_json():

@@ -5,26 +5,16 @@ import os
 import stat
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from ncsn_tune.cli import main
+from cli_run import one_line_error as _one_line_error
+from cli_run import run
 
-
-def run(*args, **kwargs):
-    return CliRunner().invoke(main, [str(a) for a in args], **kwargs)
-
-
-def one_line_error(r, *phrases):
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
-    assert "Traceback" not in r.output
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
+one_line_error = partial(_one_line_error, alone=True)  # here: the Error line is all of stderr
 
 
 def npy(path, n=12, size=8, seed=0):

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from ncsn_tune import NoiseSchedule, load_dataset
 from ncsn_tune.analysis.samplers import Sampler, chain_variance, sampler_step
-from ncsn_tune.cli import main
 from ncsn_tune.interop import audit_config, read_tool_config
+from cli_run import run
 
 #: score_sde's VE configs: (module, image size). Every one is a base the export must load over.
 VE_CONFIGS = {
@@ -31,10 +30,6 @@ VE_CONFIGS = {
 OFFICIAL = {"cifar10": (32, 50, 232, 6.2e-6, 5), "celeba": (64, 90, 500, 3.3e-6, 5), "church": (64, 140, 788, 4.9e-6, 4),
             "bedroom": (128, 190, 1086, 1.8e-6, 3), "tower": (128, 190, 1086, 1.8e-6, 3), "ffhq": (256, 348, 2311, 9e-7, 3),
             "ncsn_original": (32, 1, 10, 2e-5, 100)}
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def findings(out: dict) -> dict:

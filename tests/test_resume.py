@@ -4,27 +4,14 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from ncsn_tune.cli import main  # noqa: E402
 from ncsn_tune.model.checkpoint import load_checkpoint  # noqa: E402
+from cli_run import run, one_line_error  # noqa: E402
 
 TINY = ["--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--log-every", 1, "--checkpoint-every", 2, "--sample-every", 1000,
         "--eval-every", 1000, "--device", "cpu"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(r, *phrases):
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in r.output, r.output
-    for phrase in phrases:
-        assert phrase in lines[-1], (phrase, lines[-1])
 
 
 def make_data(kind: str, tmp_path, fake_cifar):

@@ -4,22 +4,17 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from ncsn_tune.analysis.samplers import Sampler, chain_variance, optimal_snr, sampler_step, time_grid
 from ncsn_tune.analysis.samplers import simulate_sampler
 from ncsn_tune.analysis.step_size import optimal_step_size
-from ncsn_tune.cli import main
 from ncsn_tune.errors import ScheduleError
+from cli_run import run
 
 LOOPS = [Sampler.named("pc"), Sampler.named("pc", "euler_maruyama", "langevin"), Sampler.named("pc", "ancestral_sampling", "langevin"),
          Sampler.named("pc", "reverse_diffusion", "ald"), Sampler.named("pc", "none", "langevin"), Sampler.named("pc", "none", "ald"),
          Sampler.named("pc", "reverse_diffusion", "none"), Sampler.named("pc", continuous=False), Sampler.named("diffusers"),
          Sampler.named("ald")]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("loop", LOOPS, ids=lambda s: f"{s.name}-{s.predictor}-{s.corrector}-{'c' if s.continuous else 'd'}")

@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from ncsn_tune.analysis import NoiseSchedule, geometric_sigmas, optimal_step_size
 from ncsn_tune.analysis.simulation import Mixture, compounded_ratios, default_mixture, gmm_experiment, simulate_proposition3
-from ncsn_tune.cli import main
 from ncsn_tune.plots import plot_overlap, plot_schedule, plot_step_size
+from cli_run import run
 
 
 def small_schedule():
@@ -97,10 +96,6 @@ def test_schedule_and_overlap_plots(tmp_path):
     assert (tmp_path / "sched.pdf").read_bytes()[:4] == b"%PDF"
     plot_overlap(3072, 1.0398, 0.5).savefig(tmp_path / "o.png")
     assert_image(tmp_path / "o.png")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_cli_plots(tmp_path):

@@ -5,14 +5,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from ncsn_tune import NoiseSchedule, load_dataset
 from ncsn_tune.analysis import optimal_step_size
-from ncsn_tune.cli import main
 from ncsn_tune.config import SCHEDULE_FILE, STEP_SIZE_FILE
 from ncsn_tune.errors import ScheduleError
 from ncsn_tune.tuning import Given, derive_schedule, resolve, resolve_data, resolve_schedule, save_step_size
+from cli_run import run
 
 
 def array_file(path, n=20, size=8, seed=0):
@@ -249,10 +248,6 @@ def test_data_a_saved_cifar10_schedule_names_its_folder(fake_cifar, work):
 
 
 # ---------------------------------------------------------------------------------------------- the commands ask it
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_train_derives_for_its_data_after_sigmas_on_other_data(tmp_path, fake_cifar):
