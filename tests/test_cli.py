@@ -173,8 +173,14 @@ def test_train_runs_and_resumes(tmp_path):
     r2 = run("train", "--output", tmp_path / "run", "--resume", "--steps", 6)
     assert r2.exit_code == 0, r2.output
     assert "Resuming from" in r2.stdout and (tmp_path / "run" / "checkpoint_00000006.pt").exists()
-    done = run("train", "--output", tmp_path / "run", "--resume", "--steps", 6)
-    assert done.exit_code == 2 and "already at step 6" in done.stderr
+    before = (tmp_path / "run" / "checkpoint_00000006.pt").read_bytes()
+    done = run("train", "--output", tmp_path / "run", "--resume", "--steps", 6)  # the same line again, once finished
+    assert done.exit_code == 0 and "trained to step 6 already" in done.stdout and "nothing to do" in done.stdout, done.output
+    assert (tmp_path / "run" / "checkpoint_00000006.pt").read_bytes() == before
+    fewer = run("train", "--output", tmp_path / "run", "--resume", "--steps", 4)
+    assert fewer.exit_code == 2 and "already at step 6 (--steps 4)" in fewer.stderr
+    changed = run("train", "--output", tmp_path / "run", "--resume", "--steps", 6, "--lr", 1e-3)
+    assert changed.exit_code == 2 and "already at step 6 and a change applies only to the steps still to train (lr)" in changed.stderr
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,11 @@ def train(output, config_file, resume, overwrite, init_from, dry_run, gpus, as_j
     if dry_run:
         report.result(summary)
         return None
+    if setup.complete:  # the same command again after the run finished: done, as a requeued job expects
+        report.line(f"{setup.run_dir} is trained to step {setup.resume.step} already, the --steps asked for: nothing to do "
+                    "(a larger --steps trains further).")
+        report.result({**summary, "result": {"step": setup.resume.step, "nothing_to_do": True}})
+        return None
     if setup.resume is not None:
         report.line(f"Resuming from {setup.resume.path} (step {setup.resume.step}).")
     with report.progress() as progress:

@@ -63,6 +63,11 @@ class RunSetup:
     changed: dict = field(default_factory=dict)
     overwrite: bool = False
 
+    @property
+    def complete(self) -> bool:
+        """A continued run already at its total number of steps: the same command again has nothing left to train."""
+        return self.resume is not None and self.resume.step >= self.config.steps
+
     def summary(self) -> dict:
         s, config = self.plan.schedule, self.config
         return {"num_scales": s.num_scales, "sigma_max": s.sigma_max, "sigma_min": s.sigma_min, "ratio": s.ratio,
@@ -168,8 +173,10 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         raise NcsnTuneError(str(exc)) from None
     plan = plan_training(config, run=ckpt, changed=set(changed), workdir=workdir, progress=progress)
     run_dir = Path(output) if output is not None else check_run_folder(Path("runs") / plan.train.name)
-    if ckpt is not None and ckpt.step >= plan.config.steps:
-        raise RunError(f"the run is already at step {ckpt.step}; give a total number of steps above that to train further",
+    if ckpt is not None and (ckpt.step > plan.config.steps or (ckpt.step == plan.config.steps and changed)):
+        what = f" (--steps {plan.config.steps})" if ckpt.step > plan.config.steps else \
+            " and a change applies only to the steps still to train (" + ", ".join(changed) + ")"
+        raise RunError(f"the run is already at step {ckpt.step}{what}; give a total number of steps above that to train further",
                        fields="steps")
     existing = run_files(run_dir) if main_process else []
     if ckpt is None and existing and not overwrite:
