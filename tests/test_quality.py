@@ -134,6 +134,28 @@ def trained_run(tmp_path_factory):
     return tmp / "run"
 
 
+def test_evaluate_with_fid_samples_once_and_judges_the_chains_it_drew(tmp_path, monkeypatch):
+    """evaluate --fid without --samples draws its samples; their chains give the verdict, so no second, shorter chain
+    is sampled beside them (the chain check is only for an evaluation that draws nothing)."""
+    from ncsn_tune.model import evaluate, generate
+
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
+    trained = CliRunner().invoke(main, [str(a) for a in ("train", "--data", tmp_path / "d.npy", "--output", tmp_path / "run", "--steps", 2,
+                                                         "--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--device", "cpu")])
+    assert trained.exit_code == 0, trained.output
+    trained_run = tmp_path / "run"
+    drawn = []
+    real = generate.sample_checkpoint
+    monkeypatch.setattr(generate, "sample_checkpoint", lambda *a, **k: drawn.append(k["num"]) or real(*a, **k))
+    monkeypatch.setattr(evaluate, "fid_of_samples", lambda samples, *a, **k: {"fid": 1.0, "num_samples": len(samples)})
+    result = evaluate.evaluate_checkpoint(trained_run, fid=True, fid_num=6, chain_check=4, images=8, device="cpu")
+    assert drawn == [6] and result.chain_images == 6 and isinstance(result.chain["verdict"]["within"], bool)
+    assert result.to_dict()["chain"]["of"] == "FID samples" and result.to_dict()["chain"]["images"] == 6
+    drawn.clear()
+    result = evaluate.evaluate_checkpoint(trained_run, chain_check=4, images=8, device="cpu")  # no FID: the chain check
+    assert drawn == [4] and result.chain_images == 4 and result.to_dict()["chain"]["of"] == "chain check"
+
+
 def test_sample_prints_the_verdict_it_measured(trained_run, tmp_path):
     from ncsn_tune.plots import plot_sampling_diagnostics
 

@@ -201,7 +201,7 @@ def render_verdict(report: Report, verdict: dict) -> None:
 @click.option("--fid-images", type=int, help="Reference images for the statistics [default: all].")
 @click.option("--chain-check", type=click.IntRange(min=0), default=16, show_default=True,
               help="Images in a short sampling chain whose per-scale diagnostics say whether it stays at the noise level the model "
-              "expects (0: none).")
+              "expects (0: none); with --fid and no --samples the chains of the FID samples are judged instead.")
 @ema_option
 @device_option
 @seed_option
@@ -240,7 +240,8 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_
         report.line(f"Nearest training images: median distance {fmt(d['median_distance'], 4)}, smallest {fmt(d['min_distance'], 4)} "
                     f"(exact); pairs in {output_dir / 'nearest_neighbours.png'}")
     if result.chain is not None:
-        report.line(f"A short sampling chain ({result.chain_images} images, the run's schedule, M and eps):")
+        which = "The FID samples' chains" if result.chain_of == "FID samples" else "A short sampling chain"
+        report.line(f"{which} ({result.chain_images} images, the run's schedule, M and eps):")
         render_verdict(report, result.chain["verdict"])
     if result.fid is not None:
         f = result.fid

@@ -126,8 +126,9 @@ class Evaluation:
     nearest_images: np.ndarray | None = None
     fid: dict | None = None
     notes: list[str] = field(default_factory=list)
-    chain: dict | None = None  # a short sampling chain's diagnostics and verdict
+    chain: dict | None = None  # a sampling chain's diagnostics and verdict
     chain_images: int = 0
+    chain_of: str = "chain check"  # which chains: the chain check's, or "FID samples" (those drawn for FID)
 
     @property
     def loss(self) -> float:
@@ -143,7 +144,7 @@ class Evaluation:
         if self.fid is not None:
             out["fid"] = self.fid
         if self.chain is not None:
-            out["chain"] = self.chain
+            out["chain"] = {**self.chain, "images": self.chain_images, "of": self.chain_of}
         return out
 
 
@@ -152,7 +153,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
                         fid_reference: Path | None = None, fid_images: int | None = None, fid_num: int = 1000, fid_split: str = "train",
                         chain_check: int = 16, ema: bool = True, device: str = "auto", seed: int = 0, compile: bool | None = None,
                         progress=None) -> Evaluation:
-    """Held-out DSM loss per scale of a checkpoint, and a short sampling chain's verdict (``chain_check`` images; 0: none);
+    """Held-out DSM loss per scale of a checkpoint, and a sampling chain's verdict (``chain_check`` images, 0: none; or the
+    chains of the ``fid_num`` samples drawn for FID);
     with ``samples`` their exact nearest training images; with ``fid`` the FID of those samples (or of ``fid_num`` drawn
     here with the run's settings and ``seed``) against the ``fid_split`` split of the run's data (or ``fid_reference``:
     a statistics .npz, or any data set, its statistics computed once and cached).
@@ -198,17 +200,18 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     result = Evaluation(str(ckpt.path), ckpt.step, described, held_out, n, ckpt.schedule.sigmas.tolist(), by_scale, notes=notes)
     if not held_out:
         result.notes.append("the loss is on training images: this data has no held-out split (give one as data to measure generalisation)")
-    if chain_check:
-        from .generate import sample_checkpoint
-
-        check = sample_checkpoint(ckpt, num=chain_check, seed=seed, device=device, compile=False, ema=ema, model=model)
-        result.chain, result.chain_images = check.diagnostics.summary(), chain_check
-    if fid and sample_array is None:
+    if fid and sample_array is None:  # their chains give the verdict too: no chain check beside them
         from .generate import sample_checkpoint
 
         drawn = sample_checkpoint(ckpt, num=fid_num, seed=seed, device=device, compile=compile, ema=ema, model=model, progress=progress)
         sample_array = np.clip(drawn.samples.numpy(), 0.0, 1.0)
         result.notes.append(f"FID of {fid_num:,} samples drawn here (seed {seed}, the run's schedule, M and eps)")
+        result.chain, result.chain_images, result.chain_of = drawn.diagnostics.summary(), fid_num, "FID samples"
+    elif chain_check:
+        from .generate import sample_checkpoint
+
+        check = sample_checkpoint(ckpt, num=chain_check, seed=seed, device=device, compile=False, ema=ema, model=model)
+        result.chain, result.chain_images = check.diagnostics.summary(), chain_check
     if sample_array is not None:
         recorded = DataIdentity.from_dict(ckpt.data)
         same = recorded is not None and recorded.same_data(dataset.identity())  # evaluated on the training images: read once
