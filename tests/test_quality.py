@@ -262,7 +262,7 @@ def test_evaluate_fid_from_an_empty_folder(tmp_path, shipped, real_subset):
     out = json.loads(cli(*fid, "--force", "--json").stdout)["fid"]
     assert out["weights"] == str(shipped) and out["num_samples"] == 10 and out["reference_images"] == 40
     assert any("reused" in n for n in out["notes"])  # the reference statistics were computed once
-    value = float(first.stdout.split("FID ", 1)[1].split(":")[0])
+    value = float(next(line for line in first.stdout.splitlines() if line.startswith("FID ")).split("FID ", 1)[1].split(":")[0])
     assert out["fid"] == pytest.approx(value, abs=0.01) and out["fid"] > 0  # the same seed draws the same samples
 
 
