@@ -287,8 +287,9 @@ def score(args) -> None:
             path = work / f"{who}_loss.json"
             losses[name] = json.loads(path.read_text()) if path.is_file() else {}
     rng = np.random.default_rng(0)
+    stats = {k: feature_statistics(f, k, sha) for k, f in features.items()}
     for name, f in features.items():
-        value = fid(feature_statistics(f, name, sha), reference)
+        value = fid(stats[name], reference)
         boot = [fid(feature_statistics(f[rng.integers(0, len(f), len(f))], name, sha), reference) for _ in range(args.bootstrap)]
         loss = losses[name]
         rows.append((name, len(f), value, float(np.std(boot)), loss.get("held_out_loss", float("nan")), loss.get("by_quarter")))
@@ -302,9 +303,7 @@ def score(args) -> None:
     for work in works:
         ours = sorted(k for k in features if k.startswith(f"{labels[work]}ours_"))
         if len(ours) >= 2:
-            a, b = (feature_statistics(features[k], k, sha) for k in ours[:2])
-            print(f"FID between ours' two sample sets ({ours[0]} vs {ours[1]}): {fid(a, b):.2f}")
-    stats = {k: feature_statistics(f, k, sha) for k, f in features.items()}
+            print(f"FID between ours' two sample sets ({ours[0]} vs {ours[1]}): {fid(stats[ours[0]], stats[ours[1]]):.2f}")
     for work in works:  # one model's weights through the official sampler and ours
         for k in sorted(features):
             if k.startswith(f"{labels[work]}official_by_") and f"{labels[work]}official_samples_seed0" in stats:
