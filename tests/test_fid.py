@@ -145,3 +145,21 @@ def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
     r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(random_weights), "--fid-reference", str(cache))
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["fid"]["fid"] == pytest.approx(second["fid"], rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [40, 300])
+def test_bootstrap_fid_equals_the_frechet_distance_of_each_resample(n):
+    """The N x N Gram form of the trace term gives the standard formula's value, fewer or more samples than dimensions."""
+    from ncsn_tune.model.fid import FeatureStatistics, bootstrap_fid, feature_statistics, fid
+
+    rng = np.random.default_rng(0)
+    dim = 64
+    reference = feature_statistics(rng.normal(size=(500, dim)) @ rng.normal(size=(dim, dim)) * 0.3 + 0.2, "reference")
+    features = rng.normal(size=(n, dim))
+    pick = torch.randint(0, n, (n,), generator=torch.Generator("cpu").manual_seed(5)).numpy()
+    reference = FeatureStatistics(reference.mu, reference.sigma, 500, "reference")
+    expected = fid(feature_statistics(features[pick], "resample"), reference)
+    got = bootstrap_fid(features, reference, num=1, seed=5, device="cpu")
+    assert got[0] == pytest.approx(expected, rel=1e-9)
+    spread = bootstrap_fid(features, reference, num=20, seed=0, device="cpu")
+    assert spread.std() > 0 and np.all(np.isfinite(spread))

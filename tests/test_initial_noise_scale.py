@@ -218,3 +218,35 @@ def test_unknown_device_and_method():
         max_pairwise_distance(np.zeros((3, 2)), device="tpu")
     with pytest.raises(NcsnTuneError, match="unknown method"):
         max_pairwise_distance(np.zeros((3, 2)), method="fast")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 40), st.integers(1, 33), st.integers(0, 2**32 - 1))
+def test_integer_path_matches_brute_force_on_uint8(n, dim, block_size, seed):
+    """int8 products and integer sums (the GPU's exact path, here on torch's CPU) give the float64 brute force's value
+    and pair, whatever the row count (padded to more than 16) and length (padded to a multiple of 8)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, dim), dtype=np.uint8)
+    if n > 3:
+        x[rng.integers(0, n, 3)] = x[0]  # exact ties
+    ref = brute_force_max_distance(x, scale=1 / 255)
+    for method in ("pruned", "blocked"):
+        got = max_pairwise_distance(torch.from_numpy(x), scale=1 / 255, device="torch:cpu", method=method, block_size=block_size)
+        assert "int8" in got.method
+        assert got.distance == ref.distance and got.pair == ref.pair
+
+
+def test_integer_path_sums_long_rows_in_int64():
+    """More than 2**16 coordinates: the int32 products are taken over slices and summed in int64 (no overflow at 255)."""
+    torch = pytest.importorskip("torch")
+    x = np.zeros((20, 70_001), dtype=np.uint8)
+    x[3] = 255  # the farthest pair: 0 against 255 everywhere, squared distance 70,001 * 255^2 > 2^31
+    x[5, :100] = 255
+    got = max_pairwise_distance(torch.from_numpy(x), scale=1 / 255, device="torch:cpu", block_size=8)
+    assert got.pair == (0, 3) and got.distance == np.sqrt(70_001.0 * 255**2) * (1 / 255)
+    with pytest.raises(DataError, match="uint8"):
+        max_pairwise_distance(torch.from_numpy(x.astype(np.float32)), device="torch:cpu", integer=True)
+    with pytest.raises(DataError, match="torch device"):
+        max_pairwise_distance(x, device="cpu", integer=True)
+    assert "int8" not in max_pairwise_distance(torch.from_numpy(x), device="torch:cpu", integer=False, block_size=8).method

@@ -166,3 +166,93 @@ def test_sample_cli_bad_checkpoint(tmp_path, kind):
         path = tmp_path
     r = CliRunner().invoke(main, ["sample", "--checkpoint", str(path)])
     assert r.exit_code == 2 and r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ score_sde's PC loop
+
+
+def test_pc_loop_against_hand_computation():
+    """Two levels of the reverse-diffusion predictor and the Langevin corrector (M = 1), as score_sde's sampling.py writes
+    them: the corrector's step 2 (snr mean||z|| / mean||s||)^2, then x_mean = x + (sigma_i^2 - sigma_{i+1}^2) s."""
+    from ncsn_tune.model.sampling import sample_predictor_corrector
+
+    sigmas = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    x0 = torch.randn((3, 1, 2, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2.0
+    snr = 0.16
+    out = sample_predictor_corrector(gaussian_score, x0.clone(), sigmas, snr=snr, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    x = x0.clone()
+    levels = [2.0, 0.5, 0.0]
+    for i in range(2):
+        s = -x / levels[i] ** 2
+        z = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+        h = 2 * (snr * z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean()) ** 2
+        x = x + h * s + torch.sqrt(2 * h) * z
+        s = -x / levels[i] ** 2
+        g2 = levels[i] ** 2 - levels[i + 1] ** 2
+        z = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+        mean = x + g2 * s
+        x = mean + math.sqrt(g2) * z
+    torch.testing.assert_close(out, mean, rtol=1e-12, atol=1e-12)  # the last x_mean: score_sde's noise_removal
+    # for a point mass at 0 the last predictor's mean is Tweedie's denoiser: exactly 0
+    assert out.abs().max() < 1e-12
+    raw = sample_predictor_corrector(gaussian_score, x0.clone(), sigmas, snr=snr, denoise=False, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(raw, x, rtol=1e-12, atol=1e-12)
+
+
+def test_pc_chain_follows_the_single_gaussian_model():
+    """Many chains with the exact score reach the noise level ncsn_tune.analysis.samplers predicts for the loop."""
+    from ncsn_tune.analysis.samplers import Sampler, chain_variance
+    from ncsn_tune.model.sampling import sample_predictor_corrector
+
+    sigma_max, sigma_min, n = 20.0, 0.05, 30
+    sigmas = torch.tensor(geometric_sigmas(sigma_max, sigma_min, n), dtype=torch.float64)
+    x0 = torch.randn((400, 1, 16, 16), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * sigma_max
+    for snr in (0.08, 0.3):
+        seen = []
+        sample_predictor_corrector(gaussian_score, x0.clone(), sigmas, snr=snr, generator=torch.Generator().manual_seed(1),
+                                   callback=lambda info: seen.append(float(info["x"].pow(2).mean()) / info["sigma"] ** 2))
+        predicted = chain_variance(Sampler.named("pc"), sigma_max, sigma_min, n, 1, snr).ratios[:, 0]
+        # the model uses score_sde's t grid (within 1e-4 of these sigmas) and the many-dimensions limit of the norm ratio
+        np.testing.assert_allclose(seen[:n], predicted, rtol=0.03)
+
+
+def test_pc_corrector_only_returns_the_last_x_as_score_sde_does():
+    from ncsn_tune.model.sampling import sample_predictor_corrector
+
+    sigmas = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    x0 = torch.rand((2, 1, 2, 2), dtype=torch.float64)
+    kwargs = dict(snr=0.2, predictor="none", corrector="ald", corrector_steps=2)
+    a = sample_predictor_corrector(gaussian_score, x0, sigmas, denoise=True, generator=torch.Generator().manual_seed(3), **kwargs)
+    b = sample_predictor_corrector(gaussian_score, x0, sigmas, denoise=False, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert torch.equal(a, b) and a.abs().min() > 0  # NonePredictor returns (x, x): nothing denoises
+    # the ald corrector at snr is NCSNv2's loop at eps = 2 (snr sigma_min)^2
+    c = sample_annealed_langevin(gaussian_score, x0, sigmas, steps_per_scale=2, step_size=2 * (0.2 * 0.1) ** 2, denoise=False,
+                                 generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="neither a predictor nor a corrector"):
+        sample_predictor_corrector(gaussian_score, x0, sigmas, snr=0.1, predictor="none", corrector="none")
+
+
+def test_sample_cli_pc(trained_run, tmp_path):
+    r = CliRunner().invoke(main, ["sample", "--checkpoint", str(trained_run), "--num", 3, "--batch-size", 2, "--sampler", "pc",
+                                  "--num-scales", 6, "--snr", 0.16, "--output", str(tmp_path / "g.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["sampler"]["name"] == "pc" and out["sampler"]["predictor"] == "reverse_diffusion" and out["snr"] == 0.16
+    assert out["steps_per_scale"] == 1 and out["network_calls_per_image"] == 6 * 2 and out["step_size"] is None
+    assert len(out["diagnostics"]["image_norm"]) == 6
+    r = CliRunner().invoke(main, ["sample", "--checkpoint", str(trained_run), "--num", 2, "--sampler", "pc", "--num-scales", 4,
+                                  "--predictor", "none", "--corrector", "ald", "--M", 2, "--output", str(tmp_path / "h.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["network_calls_per_image"] == 8
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--sampler", "pc", "--step-size", "1e-5"], "takes its step as snr"),
+    (["--predictor", "none"], "--sampler pc"),
+    (["--step-size", "1e-5", "--snr", "0.1"], "eps or as snr, not both"),
+])
+def test_sample_cli_step_refusals(trained_run, tmp_path, args, phrase):
+    r = CliRunner().invoke(main, ["sample", "--checkpoint", str(trained_run), "--num", 1, "--output", str(tmp_path / "g.png"), *args])
+    assert r.exit_code == 2 and phrase in r.stderr and "Traceback" not in r.output, r.output

@@ -1,13 +1,21 @@
 """The array operations the exact farthest-pair search needs, on NumPy (CPU) or torch (GPU).
 
 The algorithm lives in :mod:`.initial_noise_scale` and is written once; a backend
-only moves rows to its device and does the arithmetic. The torch backend
-imports torch when it is created, never at module import. Float32 matrix
+only moves rows to its device and does the arithmetic. The torch backends
+import torch when they are created, never at module import. Float32 matrix
 products run in IEEE float32 (TF32 is switched off while the search runs), so
-the rounding-error bound of :func:`.initial_noise_scale.float32_error_bound` holds.
+the rounding-error bound of :func:`._rows.float32_error_bound` holds.
+
+:class:`IntegerBackend` is exact with no bound at all, for uint8 data (8-bit pixels) on torch: each value v becomes
+v - 128 in int8, the dot products of two blocks are int8 matrix products accumulated in int32 over at most
+:data:`INT32_SAFE_DEPTH` coordinates at a time (|sum| < 2**31) and summed in int64, and the squared distances
+||a||**2 + ||b||**2 - 2 a.b are then exact integers (a shift moves no distance). On a Hopper GPU these products run
+at about 950-1,000 TOPS against about 52 TFLOP/s for float32.
 """
 
 from __future__ import annotations
+
+import math
 
 from contextlib import contextmanager
 
@@ -18,6 +26,14 @@ class NumpyBackend:
     """CPU arithmetic with NumPy and its BLAS."""
 
     name = "cpu"
+    exact = False  # float32 estimates within a rounding bound, re-checked in float64
+
+    def block_values(self, raw, centre: np.ndarray, unit: float):
+        """The values a block's products are taken of: float32 (raw - centre) / unit."""
+        return self.scaled_difference(raw, centre, unit)
+
+    def block_norms(self, values):
+        return self.squared_norms(values)
 
     def asarray(self, raw) -> np.ndarray:
         return np.asarray(raw)
@@ -80,6 +96,14 @@ class NumpyBackend:
 
 class TorchBackend:
     """GPU (or CPU) arithmetic with torch; rows are copied to ``device`` block by block."""
+
+    exact = False
+
+    def block_values(self, raw, centre: np.ndarray, unit: float):
+        return self.scaled_difference(raw, centre, unit)
+
+    def block_norms(self, values):
+        return self.squared_norms(values)
 
     def __init__(self, device: str = "cuda") -> None:
         import torch
@@ -162,19 +186,95 @@ class TorchBackend:
             self.torch.cuda.synchronize(self.device)
 
 
+#: Coordinates summed in one int32 accumulation: |a.b| <= k 128**2 < 2**31 for k <= 2**17 - 1; a power of two below.
+INT32_SAFE_DEPTH = 1 << 16
+
+
+class IntegerBackend(TorchBackend):
+    """Exact integer arithmetic for uint8 rows (torch, a GPU or ``torch:cpu``): values v - 128 in int8, squared norms and
+    squared distances as exact integers (int32 where D 255**2 < 2**31, else int64). ``exact`` tells the search to use no
+    rounding bound and no scaling unit."""
+
+    exact = True
+
+    def __init__(self, device: str = "cuda") -> None:
+        super().__init__(device)
+        self.name = f"{self.device} int8"
+
+    def block_values(self, raw, centre: np.ndarray, unit: float):
+        """int8 (v - 128), the row length padded with zeros to a multiple of 8 (the int8 product's alignment; a zero on
+        both sides adds nothing)."""
+        t = self.torch
+        raw = self.asarray(raw)
+        values = (raw.to(t.int16) - 128).to(t.int8)
+        pad = (-values.shape[1]) % 8
+        return t.nn.functional.pad(values, (0, pad)) if pad else values.contiguous()
+
+    def block_norms(self, values):
+        t = self.torch
+        v = values.to(t.int32)
+        return (v * v).sum(dim=1, dtype=t.int64)
+
+    def _accumulator(self, dim: int):
+        return self.torch.int32 if dim * 255**2 < 2**31 - 1 else self.torch.int64
+
+    def estimate(self, a, a_norms, b, b_norms):
+        """The exact squared distances of every row of ``a`` to every row of ``b`` (int8 products, integer sums)."""
+        t = self.torch
+        m, n, k = a.shape[0], b.shape[0], a.shape[1]
+        if m == 0 or n == 0:
+            return t.empty((m, n), dtype=t.int64, device=self.device)
+        rows, cols = max(m, 17), n + (-n) % 8  # the int8 product wants more than 16 rows and a multiple of 8 columns
+        if rows != m:
+            a = t.nn.functional.pad(a, (0, 0, 0, rows - m))
+        if cols != n:
+            b = t.nn.functional.pad(b, (0, 0, 0, cols - n))
+        kind = self._accumulator(k)
+        dot = None
+        for start in range(0, k, INT32_SAFE_DEPTH):
+            part = t._int_mm(a[:, start : start + INT32_SAFE_DEPTH].contiguous(), b[:, start : start + INT32_SAFE_DEPTH].T)
+            dot = part.to(kind) if dot is None else dot.add_(part.to(kind))
+        dot = dot[:m, :n]
+        dot.mul_(-2)
+        dot.add_(a_norms.to(kind)[:, None])
+        dot.add_(b_norms.to(kind)[None, :])
+        return dot
+
+    def mask_not_above_diagonal(self, est, offset: int) -> None:
+        mask = self.torch.ones(est.shape, dtype=self.torch.bool, device=est.device).tril(offset)
+        est.masked_fill_(mask, -1)  # no squared distance is negative
+
+    def at_least(self, est, threshold):
+        idx = self.torch.nonzero(est >= math.floor(float(threshold))).cpu().numpy()
+        return idx[:, 0], idx[:, 1]
+
+    @staticmethod
+    def suits(dtype) -> bool:
+        return str(dtype).replace("torch.", "") == "uint8"
+
+
 #: T1 sets below this many points stay on the CPU under ``device="auto"``: the pruned search takes a
 #: fraction of a second there, less than starting CUDA and moving the data (benchmarks/sigma_max.py).
 AUTO_GPU_MIN_POINTS = 20_000
 
 
-def make_backend(device: str = "cpu", num_points: int | None = None):
+def make_backend(device: str = "cpu", num_points: int | None = None, dtype=None, integer: bool | None = None):
     """The backend for a device name (:func:`ncsn_tune.devices.resolve_device`): NumPy on ``cpu``, torch on
     ``cuda``/``cuda:N`` and on ``torch:cpu`` (the torch code path on the CPU, for tests); ``auto`` takes a GPU
-    only for sets of at least :data:`AUTO_GPU_MIN_POINTS` points."""
+    only for sets of at least :data:`AUTO_GPU_MIN_POINTS` points. On torch, uint8 data (``dtype``) gets the exact
+    :class:`IntegerBackend` unless ``integer`` is False (True insists, and needs uint8 data on torch)."""
     from ..devices import resolve_device
+    from ..errors import DataError
 
     worthwhile = num_points is None or num_points >= AUTO_GPU_MIN_POINTS
     resolved = resolve_device(device, gpu_worthwhile=worthwhile)
+    uint8 = dtype is not None and IntegerBackend.suits(dtype)
+    if integer and (resolved == "cpu" or not uint8):
+        raise DataError("the exact integer path needs uint8 data (8-bit pixels) and a torch device (cuda, or torch:cpu); "
+                        f"got {'data of type ' + str(dtype) if not uint8 else 'the NumPy CPU path'}")
     if resolved == "cpu":
         return NumpyBackend()
-    return TorchBackend("cpu" if resolved == "torch:cpu" else resolved)
+    torch_device = "cpu" if resolved == "torch:cpu" else resolved
+    if uint8 and integer is not False:
+        return IntegerBackend(torch_device)
+    return TorchBackend(torch_device)

@@ -160,10 +160,10 @@ class _Blocks:
         if b in self.cache:
             return self.cache[b]
         raw = self.backend.asarray(take(self.x, self.ids[b]))
-        values = self.backend.scaled_difference(raw, self.centre, self.unit)
-        entry = (raw, values, self.backend.squared_norms(values))
+        values = self.backend.block_values(raw, self.centre, self.unit)
+        entry = (raw, values, self.backend.block_norms(values))
         if is_torch(raw):
-            size = values.numel() * 4 + raw.numel() * raw.element_size()
+            size = values.numel() * values.element_size() + raw.numel() * raw.element_size()
         else:
             size = values.nbytes + raw.nbytes
         if self.used + size <= self.budget:
@@ -196,7 +196,7 @@ def _scan_pair(blocks: _Blocks, best: _Best, a: int, b: int, rows_kept: int, col
         return evaluated, 0
     rows, cols = np.array([r]), np.array([c])
     best.offer(backend.exact_squared_distances(raw_a, rows, raw_b, cols, blocks.unit), ids_a[rows], ids_b[cols])
-    rows, cols = backend.at_least(est, _lower_float32(best.d2 - tol))
+    rows, cols = backend.at_least(est, best.d2 if backend.exact else _lower_float32(best.d2 - tol))
     best.offer(backend.exact_squared_distances(raw_a, rows, raw_b, cols, blocks.unit), ids_a[rows], ids_b[cols])
     return evaluated, len(rows) + 1
 
@@ -210,6 +210,7 @@ def max_pairwise_distance(
     block_size: int | None = None,
     chunk_rows: int | None = None,
     memory_budget: int = 2 << 30,
+    integer: bool | None = None,
     progress: ProgressCallback | None = None,
 ) -> FarthestPair:
     """Technique 1: the exact largest Euclidean distance between two of the points.
@@ -220,7 +221,9 @@ def max_pairwise_distance(
 
     ``method``: ``pruned`` (skips pairs the triangle inequality rules out) or
     ``blocked`` (every pair). ``device``: ``cpu`` (NumPy), ``cuda`` (torch) or
-    ``auto`` (:func:`ncsn_tune.devices.resolve_device`; a GPU only for large sets). ``progress(done, total, what)`` is called as the source is read
+    ``auto`` (:func:`ncsn_tune.devices.resolve_device`; a GPU only for large sets). On torch, uint8 points (8-bit
+    pixels) take the exact integer path (:class:`~.distance_backends.IntegerBackend`: int8 products, integer sums,
+    no rounding at all) unless ``integer`` is False. ``progress(done, total, what)`` is called as the source is read
     and after each row of blocks.
     """
     t0 = time.perf_counter()
@@ -232,12 +235,12 @@ def max_pairwise_distance(
     n, dim = (int(s) for s in x.shape)
     if device == "auto" and is_torch(x):
         device = str(x.device)
-    backend = make_backend(device, num_points=n)
+    backend = make_backend(device, num_points=n, dtype=x.dtype, integer=integer)
     total = n * (n - 1) // 2
     label = f"{method} ({backend.name})"
     on_cpu = backend.name == "cpu"
-    if block_size is None:  # measured: 1024 on 2 CPU cores, larger products keep a GPU busy
-        block_size = 1024 if on_cpu else 4096
+    if block_size is None:  # measured: 1024 on 2 CPU cores, larger products keep a GPU busy (int8 ones more so)
+        block_size = 1024 if on_cpu else 8192 if backend.exact and backend.device.type == "cuda" else 4096
     if chunk_rows is None:  # ~3 MB of float32 per chunk stays in a CPU's cache; sources that decode (image folders) read more
         chunk_rows = max(1, ((3 << 20) if on_cpu else (256 << 20)) // (4 * dim), getattr(x, "preferred_chunk_rows", 1))
     if block_size < 1 or chunk_rows < 1:
@@ -248,8 +251,11 @@ def max_pairwise_distance(
         if n == 1:
             return FarthestPair(0.0, (0, 0), 1, dim, 0, 0, 0, label, time.perf_counter() - t0)
         largest = float(radii.max())
-        unit = power_of_two_unit(largest)
-        tol = float32_error_bound(dim, (largest / unit) ** 2)
+        if backend.exact:  # integer arithmetic: distances in the data's own units, no rounding to allow for
+            unit, tol = 1.0, 0.0
+        else:
+            unit = power_of_two_unit(largest)
+            tol = float32_error_bound(dim, (largest / unit) ** 2)
         pruned = method == "pruned"
         order = np.argsort(-radii, kind="stable") if pruned else np.arange(n)
         bound = radii[order] / unit  # radii (rounded up) in units, in scan order

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..analysis.samplers import SAMPLING_EPS
 from ..config import TrainConfig, workdir
 from ..data import SPLITS
 from .app import main
@@ -128,6 +129,14 @@ def render_setup(report: Report, setup, num_parameters: int) -> None:
 @path_option("--npz", help="Also save the raw samples: 'uint8' (N,H,W,C) and 'float' (N,C,H,W).")
 @click.option("--M", "steps_per_scale", type=click.IntRange(min=1), help="Langevin steps per scale [default: the run's].")
 @click.option("--step-size", type=float, help="eps [default: the run's, or Technique 4's optimum when M or the schedule changes].")
+@click.option("--sampler", type=click.Choice(["ald", "pc"]), default="ald", show_default=True,
+              help="ald: NCSNv2's annealed Langevin dynamics; pc: score_sde's predictor-corrector loop with this network as the score "
+              "(prior N(0, sigma_max^2 I); --M corrector steps per level [default 1], --snr).")
+@click.option("--predictor", type=click.Choice(["reverse_diffusion", "ancestral_sampling", "none"]),
+              help="pc: score_sde's sampling.predictor [default: reverse_diffusion].")
+@click.option("--corrector", type=click.Choice(["langevin", "ald", "none"]), help="pc: score_sde's sampling.corrector [default: langevin].")
+@click.option("--snr", type=float, help="The step as score_sde's snr (ald: eps = 2 (snr sigma_min)^2) [default for pc: the resolver's, "
+              "which the notes explain].")
 @path_option("--schedule", help="Sample with this schedule file instead of the run's.")
 @click.option("--num-scales", type=int, help="Sample with L geometric scales between the schedule's ends.")
 @click.option("--no-denoise", is_flag=True, help="Leave out the final denoising step.")
@@ -141,27 +150,35 @@ def render_setup(report: Report, setup, num_parameters: int) -> None:
 @path_option("--chain", help="One chain from noise to image: a PNG strip, or an animated GIF when the name ends in .gif.")
 @force_option
 @json_option
-def sample(checkpoint, num, output, npz, steps_per_scale, step_size, schedule, num_scales, no_denoise, no_ema, seed, device, batch_size,
-           use_compile, diagnostics, chain, force, as_json):
-    """Annealed Langevin dynamics from a trained model (uniform start, final denoising step, EMA weights).
+def sample(checkpoint, num, output, npz, steps_per_scale, step_size, sampler, predictor, corrector, snr, schedule, num_scales, no_denoise,
+           no_ema, seed, device, batch_size, use_compile, diagnostics, chain, force, as_json):
+    """Samples from a trained model: annealed Langevin dynamics (uniform start, final denoising step, EMA weights), or
+    score_sde's predictor-corrector loop with --sampler pc.
 
     \b
     ncsn-tune sample --checkpoint runs/cifar10 --num 64 --output samples.png
     ncsn-tune sample --checkpoint runs/cifar10 --M 3          (eps re-derived for M = 3)
+    ncsn-tune sample --checkpoint runs/cifar10 --sampler pc --num-scales 1000 --snr 0.16
     """
     from ..model.generate import check_sample_outputs, sample_checkpoint, write_samples
+    from .analysis import chosen_sampler
 
     report = Report(as_json)
     check_sample_outputs(output, npz, diagnostics, chain, force)
+    loop = chosen_sampler(sampler, predictor, corrector, SAMPLING_EPS)
     with report.progress() as progress:
         run = sample_checkpoint(checkpoint, num=num, batch_size=batch_size, seed=seed, schedule_file=schedule, num_scales=num_scales,
-                                steps_per_scale=steps_per_scale, step_size=step_size, denoise=not no_denoise, ema=not no_ema,
-                                device=device, compile=use_compile, trace_chain=chain is not None, progress=progress)
+                                steps_per_scale=steps_per_scale, step_size=step_size, sampler=loop, snr=snr, denoise=not no_denoise,
+                                ema=not no_ema, device=device, compile=use_compile, trace_chain=chain is not None, progress=progress)
     written = write_samples(run, output, npz, diagnostics, chain)
     report.result({**run.to_dict(), "files": written})
     if as_json:
         return
-    report.line(f"Sampled {num} images from {run.checkpoint.path} (step {run.checkpoint.step}) into {', '.join(map(str, written))}")
+    t = run.tuning
+    how = (f"{t.sampler.describe()}, N = {t.schedule.num_scales}, M = {t.steps_per_scale}, snr {t.snr:.4g}" if t.sampler.name == "pc"
+           else f"annealed Langevin dynamics, L = {t.schedule.num_scales}, M = {t.steps_per_scale}, eps {t.step_size:.4g}")
+    report.line(f"Sampled {num} images from {run.checkpoint.path} (step {run.checkpoint.step}; {how}; {run.network_calls:,} network calls "
+                f"per image) into {', '.join(map(str, written))}")
     report.notes(run.checkpoint.notes + list(run.tuning.notes))
     d, n = run.diagnostics.summary(), run.tuning.schedule.num_scales
     rows = [[str(i), f"{d['sigmas'][i]:.4g}", f"{d['image_norm'][i]:.2f}", f"{d['score_norm_times_sigma_over_sqrt_dim'][i]:.3f}"]

@@ -73,3 +73,42 @@ def cached_reference(path: Path, source: str, num_images: int, weights_sha256: s
     if stats.source == source and stats.num_images == num_images and stats.weights_sha256 == weights_sha256:
         return stats
     return None
+
+
+def bootstrap_fid(features, reference: FeatureStatistics, num: int = 100, seed: int = 0, device=None) -> np.ndarray:
+    """FIDs of ``num`` resamples of the sample ``features`` (N, 2048), drawn with replacement, against ``reference``:
+    their spread is the sampling noise of the FID of N samples (the reference held fixed).
+
+    For N <= 2048 each uses the N x N Gram form of the trace term: with A the resample's centred features and S_r the
+    reference covariance, S_s = A^T A / (N - 1) and Tr((S_s S_r)**(1/2)) = sum of sqrt(eigenvalues of A S_r A^T / (N - 1))
+    (S_r**(1/2) S_s S_r**(1/2) and A S_r A^T / (N - 1) share their non-zero eigenvalues), so one N x N symmetric
+    eigenproblem per resample; in float64 on ``device`` (default: a GPU when there is one)."""
+    import torch
+
+    if num < 1:
+        raise NcsnTuneError(f"the number of bootstrap resamples must be at least 1, got {num}", fields="bootstrap")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    f = torch.as_tensor(np.asarray(features, dtype=np.float64), device=device)
+    n = f.shape[0]
+    if n < 2:
+        raise NcsnTuneError("FID needs at least 2 images on each side (a covariance of one image is undefined)")
+    mu_r = torch.as_tensor(reference.mu, device=device)
+    sigma_r = torch.as_tensor(reference.sigma, device=device)
+    trace_r = torch.trace(sigma_r)
+    generator = torch.Generator(device).manual_seed(seed)
+    out = np.empty(num)
+    for k in range(num):
+        pick = f[torch.randint(0, n, (n,), device=device, generator=generator)]
+        mu = pick.mean(dim=0)
+        a = pick - mu
+        if n <= f.shape[1]:
+            gram = (a @ sigma_r @ a.T) / (n - 1)
+            eig = torch.linalg.eigvalsh((gram + gram.T) / 2)
+            floor = n * torch.finfo(torch.float64).eps * eig.abs().max()  # round-off, as frechet.trace_sqrt_product drops it
+            trace_sqrt = torch.where(eig > floor, eig, torch.zeros_like(eig)).sqrt().sum()
+            trace_s = (a * a).sum() / (n - 1)
+            out[k] = float((mu - mu_r) @ (mu - mu_r) + trace_s + trace_r - 2 * trace_sqrt)
+        else:
+            stats = FeatureStatistics(*(v.cpu().numpy() for v in (mu, a.T @ a / (n - 1))), n, "resample")
+            out[k] = fid(stats, reference)
+    return out

@@ -17,12 +17,13 @@ import torch
 
 from ..analysis.noise_level import chain_verdict
 from ..analysis.noise_schedule import NoiseSchedule
+from ..analysis.samplers import Sampler, SamplerStep
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
 from .accel import fast_score, score_batch_size, score_network
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
-from .sampling import sample_annealed_langevin
+from .sampling import sample_annealed_langevin, sample_predictor_corrector
 
 
 class Diagnostics:
@@ -70,10 +71,13 @@ class Diagnostics:
         }
 
 
-def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float, num: int, batch_size: int | None = None,
-             seed: int = 0, denoise: bool = True, score=None, progress=None, diagnostics: Diagnostics | None = None,
-             trace_chain: bool = False) -> torch.Tensor:
-    """``num`` samples (float, [0, 1]-ish, on the CPU) by annealed Langevin dynamics from a uniform start, in batches.
+def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float | None = None, num: int,
+             batch_size: int | None = None, seed: int = 0, denoise: bool = True, score=None, progress=None,
+             diagnostics: Diagnostics | None = None, trace_chain: bool = False, sampler: Sampler | None = None,
+             snr: float | None = None) -> torch.Tensor:
+    """``num`` samples (float, [0, 1]-ish, on the CPU) in batches: by annealed Langevin dynamics from a uniform start
+    (``sampler`` None or ald: M = ``steps_per_scale``, eps = ``step_size``), or by score_sde's predictor-corrector loop
+    from its prior N(0, sigma_max**2 I) (``sampler`` pc: its predictor and corrector, M corrector steps of ``snr``).
 
     ``batch_size`` None: :func:`~ncsn_tune.model.accel.score_batch_size` (1,000 CIFAR-10 images on a GPU, 100 on a
     CPU). The same ``seed`` and batch size give the same samples. ``score``: the network to call at that batch size
@@ -84,6 +88,7 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     if num < 1 or (batch_size is not None and batch_size < 1):
         raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
                             fields=("num", "batch_size"))
+    pc = sampler is not None and sampler.name == "pc"
     device = next(model.parameters()).device
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = score_batch_size(shape, device, num, requested=batch_size)
@@ -95,7 +100,10 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     batches = math.ceil(num / batch_size)
     every = max(1, schedule.num_scales // 16)  # about 16 frames, the last scale and the denoised image
     for b in range(batches):
-        x0 = torch.rand((batch_size, *shape), device=device, generator=generator)
+        if pc:  # score_sde's VE prior
+            x0 = schedule.sigma_max * torch.randn((batch_size, *shape), device=device, generator=generator)
+        else:
+            x0 = torch.rand((batch_size, *shape), device=device, generator=generator)
 
         def callback(info, b=b):
             if diagnostics is not None:
@@ -105,10 +113,23 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
             if progress is not None and not info.get("denoised"):
                 progress(b * schedule.num_scales + info["i"] + 1, batches * schedule.num_scales, "scales")
 
-        x = sample_annealed_langevin(score, x0, sigmas, steps_per_scale=steps_per_scale, step_size=step_size, denoise=denoise,
-                                     generator=generator, callback=callback)
+        if pc:
+            x = sample_predictor_corrector(score, x0, sigmas, snr=snr if snr is not None else 0.0, corrector_steps=steps_per_scale,
+                                           predictor=sampler.predictor, corrector=sampler.corrector, denoise=denoise,
+                                           generator=generator, callback=callback)
+        else:
+            x = sample_annealed_langevin(score, x0, sigmas, steps_per_scale=steps_per_scale, step_size=step_size, denoise=denoise,
+                                         generator=generator, callback=callback)
         outputs.append(x.detach().float().cpu())
     return torch.cat(outputs)[:num]
+
+
+def network_calls(sampler: Sampler | None, num_scales: int, steps_per_scale: int, denoise: bool = True) -> int:
+    """Network evaluations per image: L M (+1 for the denoising step) for annealed Langevin dynamics; for the
+    predictor-corrector loop N (M + 1), or N M without a predictor, N without a corrector."""
+    if sampler is None or sampler.name != "pc":
+        return num_scales * steps_per_scale + int(denoise)
+    return num_scales * ((steps_per_scale if sampler.corrector != "none" else 0) + int(sampler.predictor != "none"))
 
 
 @dataclass
@@ -120,13 +141,20 @@ class SampleRun:
     samples: torch.Tensor
     diagnostics: Diagnostics
     ema: bool = True
+    denoise: bool = True
 
     def to_dict(self) -> dict:
         t = self.tuning
+        pc = t.sampler.name == "pc"
         return {"checkpoint": str(self.checkpoint.path), "step": self.checkpoint.step, "num": len(self.samples),
-                "num_scales": t.schedule.num_scales, "sigma_max": t.schedule.sigma_max, "sigma_min": t.schedule.sigma_min,
-                "steps_per_scale": t.steps_per_scale, "step_size": t.step_size, "variance_ratio": t.step.variance_ratio,
-                "ema": self.ema, "notes": list(t.notes), "diagnostics": self.diagnostics.summary()}
+                "sampler": t.sampler.to_dict(), "num_scales": t.schedule.num_scales, "sigma_max": t.schedule.sigma_max,
+                "sigma_min": t.schedule.sigma_min, "steps_per_scale": t.steps_per_scale, "step_size": None if pc else t.step_size,
+                "snr": t.snr, "variance_ratio": t.step.variance_ratio, "network_calls_per_image": self.network_calls,
+                "denoise": self.denoise, "ema": self.ema, "notes": list(t.notes), "diagnostics": self.diagnostics.summary()}
+
+    @property
+    def network_calls(self) -> int:
+        return network_calls(self.tuning.sampler, self.tuning.schedule.num_scales, self.tuning.steps_per_scale, self.denoise)
 
 
 def check_sample_outputs(output: Path | None = None, npz: Path | None = None, diagnostics: Path | None = None,
@@ -148,25 +176,37 @@ MAX_IMAGE_EVALUATIONS = 10**10
 
 def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = None, seed: int = 0, schedule_file: Path | None = None,
                       num_scales: int | None = None, steps_per_scale: int | None = None, step_size: float | None = None,
-                      denoise: bool = True, ema: bool = True, device: str = "auto", compile: bool | None = None,
-                      trace_chain: bool = False, progress=None, model: NCSNv2 | None = None) -> SampleRun:
+                      sampler: Sampler | None = None, snr: float | None = None, denoise: bool = True, ema: bool = True,
+                      device: str = "auto", compile: bool | None = None, trace_chain: bool = False, progress=None,
+                      model: NCSNv2 | None = None) -> SampleRun:
     """Samples from a checkpoint with the run's schedule, M and eps, or overrides (a changed schedule or M gets
-    Technique 4's eps; :func:`ncsn_tune.tuning.resolve` decides and says why). ``batch_size`` None: 1,000 CIFAR-10
-    images at a time on a GPU (:func:`~ncsn_tune.model.accel.score_batch_size`), 100 on a CPU. ``model``: the checkpoint's
-    network loaded already (:func:`~ncsn_tune.model.checkpoint.load_model`)."""
-    from ..tuning import Given, resolve
+    Technique 4's eps; :func:`ncsn_tune.tuning.resolve_sampling` decides and says why). ``sampler``: None or ald for
+    NCSNv2's annealed Langevin dynamics, pc for score_sde's predictor-corrector loop with this network (M corrector steps
+    per level, default 1; ``snr`` default from the resolver). ``batch_size`` None: 1,000 CIFAR-10 images at a time on a
+    GPU (:func:`~ncsn_tune.model.accel.score_batch_size`), 100 on a CPU. ``model``: the checkpoint's network loaded
+    already (:func:`~ncsn_tune.model.checkpoint.load_model`)."""
+    from ..tuning import Given, resolve_sampling
 
     if num < 1 or (batch_size is not None and batch_size < 1):
         raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
                             fields=("num", "batch_size"))
+    pc = sampler is not None and sampler.name == "pc"
+    if sampler is not None and sampler.name == "diffusers":
+        raise NcsnTuneError("the bundled model samples with ald (NCSNv2's loop) or pc (score_sde's; diffusers' pipeline runs the same "
+                            "loop as pc with its defaults)", fields="sampler")
+    if pc and not sampler.annealed_langevin and step_size is not None:
+        raise NcsnTuneError(f"{sampler.describe()} takes its step as snr, not eps: give snr", fields=("step_size", "snr"))
+    if not pc and snr is not None and step_size is not None:
+        raise NcsnTuneError("give the step as eps or as snr, not both", fields=("step_size", "snr"))
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    tuning = resolve(Given(schedule_file=schedule_file, num_scales=num_scales, steps_per_scale=steps_per_scale, step_size=step_size,
-                           dim=int(np.prod(ckpt.image_shape)), run=ckpt))
+    dim = int(np.prod(ckpt.image_shape))
+    tuning = resolve_sampling(Given(schedule_file=schedule_file, num_scales=num_scales, steps_per_scale=steps_per_scale,
+                                    step_size=step_size, snr=snr, dim=dim, run=ckpt), sampler)
     model = model if model is not None else load_model(ckpt, device=device, ema=ema)
-    diagnostics = Diagnostics(tuning.schedule.num_scales, int(np.prod(ckpt.image_shape)), tuning.steps_per_scale, tuning.step_size)
+    diagnostics = Diagnostics(tuning.schedule.num_scales, dim, None if pc else tuning.steps_per_scale, None if pc else tuning.step_size)
     shape = (model.channels, model.image_size, model.image_size)
     batch_size = score_batch_size(shape, model.sigmas.device, num, requested=batch_size)
-    calls = tuning.schedule.num_scales * tuning.steps_per_scale + int(denoise)  # network calls per batch
+    calls = network_calls(tuning.sampler, tuning.schedule.num_scales, tuning.steps_per_scale, denoise)  # per image
     if num * calls > MAX_IMAGE_EVALUATIONS:
         raise NcsnTuneError(f"{num:,} samples with L = {tuning.schedule.num_scales} and M = {tuning.steps_per_scale} are {num * calls:.3g} "
                             f"image evaluations of the network: at about 20,000 per second on an H100 that is {num * calls / 2e4 / 86400:,.1f} "
@@ -175,12 +215,13 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
     score, notes = score_network(model, (batch_size, *shape), num * calls, compile, ckpt.run_dir, calls_per_batch=calls)
     samples = generate(model, tuning.schedule, steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size, num=num,
                        batch_size=batch_size, seed=seed, denoise=denoise, score=score, progress=progress, diagnostics=diagnostics,
-                       trace_chain=trace_chain)
+                       trace_chain=trace_chain, sampler=tuning.sampler, snr=tuning.snr)
     tuning = tuning.with_notes(notes)
     if not torch.isfinite(samples).all():
-        raise NcsnTuneError(f"sampling from {ckpt.path} gave NaN or infinite values: eps = {tuning.step_size:g} is unstable for this "
-                            "model, or the model diverged", fields="step_size")
-    return SampleRun(ckpt, tuning, samples, diagnostics, ema)
+        step = f"snr = {tuning.snr:g}" if pc else f"eps = {tuning.step_size:g}"
+        raise NcsnTuneError(f"sampling from {ckpt.path} gave NaN or infinite values: {step} is unstable for this model, or the model "
+                            "diverged", fields="snr" if pc else "step_size")
+    return SampleRun(ckpt, tuning, samples, diagnostics, ema, denoise)
 
 
 def write_samples(run: SampleRun, output: Path | None = None, npz: Path | None = None, diagnostics: Path | None = None,

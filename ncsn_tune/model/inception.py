@@ -350,7 +350,8 @@ def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3
 @torch.no_grad()
 def inception_features(model: FIDInceptionV3, images: Callable[[int, int], np.ndarray] | np.ndarray, count: int | None = None,
                        batch_size: int = 200, progress=None) -> np.ndarray:
-    """(N, 2048) float64 features of N images in [0, 1], shaped (N, 3, H, W).
+    """(N, 2048) float64 features of N images in [0, 1], shaped (N, 3, H, W), computed on the device ``model`` is on
+    (seconds for 1,000 images on a GPU, about 4 images/s on 2 CPU cores), in float32 (TF32 off).
 
     ``images`` is an array or a function ``(start, stop) -> array`` so that large sets are read
     in batches; ``progress(done, total, unit)`` is called after each batch.
@@ -359,6 +360,13 @@ def inception_features(model: FIDInceptionV3, images: Callable[[int, int], np.nd
     total = len(images) if count is None else count
     device = next(model.parameters()).device
     out = np.empty((total, FEATURE_DIM), dtype=np.float64)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark, deterministic=torch.backends.cudnn.deterministic,
+                                    allow_tf32=False):  # float32 convolutions on a GPU too: TF32 would move features by ~1e-3
+        _features_in_batches(model, get, total, batch_size, device, out, progress)
+    return out
+
+
+def _features_in_batches(model, get, total: int, batch_size: int, device, out: np.ndarray, progress) -> None:
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
         batch = torch.as_tensor(np.asarray(get(start, stop), dtype=np.float32), device=device)
@@ -369,4 +377,3 @@ def inception_features(model: FIDInceptionV3, images: Callable[[int, int], np.nd
         out[start:stop] = model(batch.clamp(0, 1)).double().cpu().numpy()
         if progress is not None:
             progress(stop, total, "images")
-    return out

@@ -32,9 +32,9 @@ eps: given, else the run's (same schedule and M), else the saved step size
 
 from .schedule import DEFAULTS, Given, ScheduleChoice, derive_schedule, resolve_schedule
 from .steps import (CORRECTOR_STEPS, SavedStepSize, StepChoice, Tuning, given_step_size, load_step_size, resolve, resolve_sampler_step,
-                    resolve_steps, save_step_size)
+                    resolve_sampling, resolve_steps, save_step_size)
 from .training import DataChoice, TrainingPlan, check_batch_fits, load_training_data, plan_training, resolve_data
 
 __all__ = ["CORRECTOR_STEPS", "DEFAULTS", "DataChoice", "Given", "SavedStepSize", "ScheduleChoice", "StepChoice", "TrainingPlan", "Tuning",
            "check_batch_fits", "derive_schedule", "given_step_size", "load_step_size", "load_training_data", "plan_training", "resolve",
-           "resolve_data", "resolve_sampler_step", "resolve_schedule", "resolve_steps", "save_step_size"]
+           "resolve_data", "resolve_sampler_step", "resolve_sampling", "resolve_schedule", "resolve_steps", "save_step_size"]

@@ -19,10 +19,11 @@ from .schedule import DEFAULTS, Given, ScheduleChoice, resolve_schedule
 @dataclass(frozen=True)
 class StepChoice:
     """M and the step, why, the file the step came from, and where M came from (``steps_from``: given, run, saved or
-    default)."""
+    default). ``step``: a :class:`StepSize` (eps) for annealed Langevin dynamics, a :class:`SamplerStep` (snr) for
+    another loop."""
 
     steps_per_scale: int
-    step: StepSize
+    step: StepSize | SamplerStep
     notes: tuple[str, ...]
     file: Path | None = None
     steps_from: str = "given"
@@ -36,6 +37,7 @@ class Tuning:
     schedule_choice: ScheduleChoice
     step_choice: StepChoice
     extra_notes: tuple[str, ...] = ()
+    sampler: Sampler = Sampler()
 
     schedule = property(lambda self: self.schedule_choice.schedule)
     ratio = property(lambda self: self.schedule_choice.ratio)
@@ -48,7 +50,12 @@ class Tuning:
 
     @property
     def step_size(self) -> float:
+        """eps: NCSNv2's step_lr (for a predictor-corrector loop the eps its snr maps to, 2 (snr sigma_min)**2)."""
         return self.step.step_size
+
+    @property
+    def snr(self) -> float | None:
+        return self.step.snr
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -179,6 +186,17 @@ def resolve(given: Given, *, workdir: Path | None = None, progress=None) -> Tuni
     """The schedule, M and eps for what was given (both halves of the rules), with all notes."""
     choice = resolve_schedule(given, workdir=workdir, progress=progress)
     return Tuning(choice, resolve_steps(given, choice, workdir=workdir))
+
+
+def resolve_sampling(given: Given, sampler: Sampler | None = None, *, workdir: Path | None = None, progress=None) -> Tuning:
+    """What a sampler runs with: for annealed Langevin dynamics (``sampler`` None or ald) :func:`resolve`; for a
+    predictor-corrector loop the schedule by the same rules, and M and snr by :func:`resolve_sampler_step`."""
+    if sampler is None or sampler.annealed_langevin:  # Proposition 3 (score_sde's corrector-only ald loop too)
+        return dataclasses.replace(resolve(given, workdir=workdir, progress=progress), sampler=sampler or Sampler())
+    choice = resolve_schedule(given, workdir=workdir, progress=progress)
+    step, notes = resolve_sampler_step(given, sampler, choice, workdir=workdir)
+    steps_from = "given" if given.steps_per_scale is not None else "default"
+    return Tuning(choice, StepChoice(step.steps_per_scale, step, tuple(notes), steps_from=steps_from), sampler=sampler)
 
 
 #: Corrector steps per level for score_sde's and diffusers' samplers when none is given or saved (their defaults:
