@@ -310,6 +310,21 @@ def score(args) -> None:
     print(f"wrote {out / 'advice.json'}, {out / 'advice_fid.png'}, {out / 'advice_samples.png'}")
 
 
+def records(args) -> None:
+    """Every setting's record so far (the FIDs without their bootstrap draws, no samples) as --out/advice_records.json."""
+    out = []
+    for path in sorted((Path(args.work) / "samples").glob("*.npz"), key=lambda p: order(p.stem)):
+        if path.name.endswith(".tmp.npz"):
+            continue
+        with np.load(path) as f:
+            record = json.loads(str(f["record"]))
+        for value in record.get("fids", {}).values():
+            value.pop("fid_bootstrap", None)
+        out.append(record)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "advice_records.json").write_text(json.dumps(out, indent=1))
+
+
 def order(name: str) -> tuple:
     groups = ("ald_x1", "ald_x", "ald_chain", "ald_M", "ald_L", "pc_")
     numbers = tuple(float(n) for n in __import__("re").findall(r"\d+(?:\.\d+)?", name))
@@ -363,7 +378,7 @@ def sample_sheet(grids: list[tuple[str, np.ndarray]], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=["train", "sample", "score", "all"])
+    p.add_argument("phase", choices=["train", "sample", "score", "records", "all"])
     p.add_argument("--subset", default="device_data/cifar10-subset", help="CIFAR-10 (the real subset): the folder holding cifar-10-batches-py/")
     p.add_argument("--work", default="runs/advice")
     p.add_argument("--out", default="runs/advice/results", help="score: where the table's JSON and the figures go")
@@ -377,7 +392,7 @@ def main() -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--inception-weights", type=Path)
     args = p.parse_args()
-    phases = {"train": [train], "sample": [sample], "score": [score], "all": [train, sample, score]}[args.phase]
+    phases = {"train": [train], "sample": [sample], "score": [score], "records": [records], "all": [train, sample, score]}[args.phase]
     for phase in phases:
         phase(args)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One lease of the device tool for issues 28 and 31: benchmarks/sigma_max_scale.py, then benchmarks/advice.py (train, sample
-# with the FID of each setting as soon as the FID network is there, score), run by one background process that outlives
+# One lease of the device tool for issues 28 and 31: benchmarks/advice.py (train, sample with the FID of each setting as
+# soon as the FID network is there, score), then benchmarks/sigma_max_scale.py, run by one background process that outlives
 # each call (setsid), so that the 10-minute calls only watch it. Every call: start the driver unless it runs or has finished,
 # watch it for WAIT seconds, copy what there is to $OUT.
 #
@@ -20,15 +20,15 @@ if [ ! -f "$WORK/driver.done" ] && ! pgrep -f "advice-driver" >/dev/null; then
     exec -a advice-driver bash -c "
       set -u
       W=runs/advice
-      if [ ! -f \$W/sigma_max_scale.json ]; then
-        python3 benchmarks/sigma_max_scale.py \$SCALE_ARGS --json \$W/sigma_max_scale.json > \$W/sigma_max_scale.log 2>&1; echo sigma_max_scale exit \$? >> \$W/status
-      fi
       python3 benchmarks/advice.py train --subset device_data/a/cifar10-subset --work \$W \$TRAIN_ARGS > \$W/train.log 2>&1; echo train exit \$? >> \$W/status
       join() { [ -f \$W/default_1.pt ] || { [ -f device_data/b/inception.part2 ] && cat device_data/a/inception.part1 device_data/b/inception.part2 > \$W/default_1.tmp && mv \$W/default_1.tmp \$W/default_1.pt; }; }
       join
       python3 benchmarks/advice.py sample --subset device_data/a/cifar10-subset --work \$W --inception-weights \$W/default_1.pt \$SAMPLE_ARGS > \$W/sample.log 2>&1; echo sample exit \$? >> \$W/status
       for i in \$(seq 60); do join; [ -f \$W/default_1.pt ] && break; sleep 10; done
       python3 benchmarks/advice.py score --subset device_data/a/cifar10-subset --work \$W --inception-weights \$W/default_1.pt --out \$W/results \$SAMPLE_ARGS > \$W/score.log 2>&1; echo score exit \$? >> \$W/status
+      if [ ! -f \$W/sigma_max_scale.json ]; then
+        python3 benchmarks/sigma_max_scale.py \$SCALE_ARGS --json \$W/sigma_max_scale.json > \$W/sigma_max_scale.log 2>&1; echo sigma_max_scale exit \$? >> \$W/status
+      fi
       touch \$W/driver.done
     "
   ' > "$WORK/driver.log" 2>&1 < /dev/null &
@@ -36,35 +36,23 @@ if [ ! -f "$WORK/driver.done" ] && ! pgrep -f "advice-driver" >/dev/null; then
 fi
 [ -f device_data/b/inception.part2 ] && [ ! -f "$WORK/default_1.pt" ] && [ -f device_data/a/inception.part1 ] && \
   cat device_data/a/inception.part1 device_data/b/inception.part2 > "$WORK/default_1.tmp" && mv "$WORK/default_1.tmp" "$WORK/default_1.pt"
+copy_out() {
+  if [ -n "${OUT:-}" ]; then
+    cat "$WORK"/sigma_max_scale.log "$WORK"/status > "$OUT/sigma_max_scale_h200.log" 2>/dev/null
+    cp "$WORK"/sigma_max_scale.json "$OUT/" 2>/dev/null
+    cat "$WORK"/train_commands.log "$WORK"/train.log "$WORK"/sample.log "$WORK"/score.log > "$OUT/advice_h200.log" 2>/dev/null
+    cp "$WORK"/results/advice.json "$WORK"/results/advice_fid.png "$WORK"/results/advice_samples.png "$OUT/" 2>/dev/null
+    cp "$WORK"/run/metrics.jsonl "$OUT/advice_run_metrics.jsonl" 2>/dev/null
+    python3 benchmarks/advice.py records --work "$WORK" --out "$OUT" 2>/dev/null  # what is scored so far, without the samples
+  fi
+}
 start=$(date +%s)
 while [ $(( $(date +%s) - start )) -lt "$WAIT" ] && [ ! -f "$WORK/driver.done" ]; do
   sleep 20
   echo "--- $(( $(date +%s) - start )) s: $(cat $WORK/status 2>/dev/null | tr '\n' ' ')"
   tail -n 2 "$WORK"/sample.log 2>/dev/null
+  copy_out  # every 20 s: a call cut short by the lease still brings back what there is
 done
+copy_out
 cat "$WORK/status" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
-if [ -n "${OUT:-}" ]; then
-  cat "$WORK"/sigma_max_scale.log "$WORK"/status > "$OUT/sigma_max_scale_h200.log" 2>/dev/null
-  cp "$WORK"/sigma_max_scale.json "$OUT/" 2>/dev/null
-  cat "$WORK"/train_commands.log "$WORK"/train.log "$WORK"/sample.log "$WORK"/score.log > "$OUT/advice_h200.log" 2>/dev/null
-  cp "$WORK"/results/advice.json "$WORK"/results/advice_fid.png "$WORK"/results/advice_samples.png "$OUT/" 2>/dev/null
-  cp "$WORK"/run/metrics.jsonl "$OUT/advice_run_metrics.jsonl" 2>/dev/null
-  # what is scored so far, small: each setting's record without the samples
-  python3 - "$WORK" "$OUT" <<'EOF' 2>/dev/null
-import json, sys
-from pathlib import Path
-import numpy as np
-work, out = Path(sys.argv[1]), Path(sys.argv[2])
-records = []
-for p in sorted((work / "samples").glob("*.npz")):
-    if p.name.endswith(".tmp.npz"):
-        continue
-    with np.load(p) as f:
-        r = json.loads(str(f["record"]))
-    for v in r.get("fids", {}).values():
-        v.pop("fid_bootstrap", None)
-    records.append(r)
-(out / "advice_records.json").write_text(json.dumps(records, indent=1))
-EOF
-fi
