@@ -332,29 +332,46 @@ def order(name: str) -> tuple:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """FID against network evaluations per image, one marker per setting (filled: with the denoising step)."""
+    """FID against network evaluations per image, one marker per setting (filled: with the denoising step; open:
+    without). Settings whose FID is more than twice the best sit on the top edge with their value written beside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 6))
     colours = {"ald_x": "C0", "ald_chain": "C1", "ald_M": "C2", "ald_L": "C3", "pc_": "C4"}
+    best = min(r["fid"] for r in rows)
+    top = 2.0 * best
     for r in rows:
         colour = next((c for prefix, c in colours.items() if r["name"].startswith(prefix)), "C0")
         filled = r["final_step"] == "denoised"
-        ax.errorbar(r["calls"] * (1.0 if filled else 0.97), r["fid"], yerr=r["fid_bootstrap_sd"], fmt="o" if filled else "s", color=colour,
-                    mfc=colour if filled else "white", capsize=2)
+        x = r["calls"] * (1.0 if filled else 0.97)
+        if r["fid"] > top:
+            ax.plot(x, top, "^" if filled else "v", color=colour, mfc=colour if filled else "white")
+            if filled:
+                ax.annotate(f"{r['name']}: FID {r['fid']:.0f} (off scale)", (x, top), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7)
+            continue
+        ax.errorbar(x, r["fid"], yerr=r["fid_bootstrap_sd"], fmt="o" if filled else "s", color=colour,
+                    mfc=colour if filled else "white", capsize=2, ms=5)
         if filled:
-            ax.annotate(r["name"], (r["calls"], r["fid"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.annotate(r["name"], (x, r["fid"]), textcoords="offset points", xytext=(5, -3), fontsize=7)
     ax.set_xscale("log")
+    ax.set_ylim(best * 0.93, top * 1.03)
     ax.set_xlabel("network evaluations per image")
-    ax.set_ylabel(f"FID ({rows[0]['num'] if rows else 0:,} samples vs the test split)")
-    ax.set_title("Sampling settings of one trained NCSNv2 (filled: final denoising step; open: without)")
+    ax.set_ylabel(f"FID ({rows[0]['num']:,} samples vs the test split; bars: bootstrap sd)")
+    ax.set_title("Sampling settings of one trained NCSNv2 (filled: final denoising step; open: the same chains without it)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def replot(args) -> None:
+    """The figure again from a written advice.json (--out)."""
+    document = json.loads((Path(args.out) / "advice.json").read_text())
+    plot(document["settings"], Path(args.out) / "advice_fid.png")
 
 
 def sample_sheet(grids: list[tuple[str, np.ndarray]], path: Path) -> None:
@@ -378,7 +395,7 @@ def sample_sheet(grids: list[tuple[str, np.ndarray]], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=["train", "sample", "score", "records", "all"])
+    p.add_argument("phase", choices=["train", "sample", "score", "records", "plot", "all"])
     p.add_argument("--subset", default="device_data/cifar10-subset", help="CIFAR-10 (the real subset): the folder holding cifar-10-batches-py/")
     p.add_argument("--work", default="runs/advice")
     p.add_argument("--out", default="runs/advice/results", help="score: where the table's JSON and the figures go")
@@ -392,7 +409,7 @@ def main() -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--inception-weights", type=Path)
     args = p.parse_args()
-    phases = {"train": [train], "sample": [sample], "score": [score], "records": [records], "all": [train, sample, score]}[args.phase]
+    phases = {"train": [train], "sample": [sample], "score": [score], "records": [records], "plot": [replot], "all": [train, sample, score]}[args.phase]
     for phase in phases:
         phase(args)
 
