@@ -14,6 +14,7 @@ from ..errors import NcsnTuneError
 from ..files import MAPPING_SUFFIXES, check_output
 from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 from ..tuning import ScheduleChoice, derive_schedule, given_step_size, resolve_schedule, save_step_size
+from ..tuning.advice import chain_ratio_warning
 from .app import main
 from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
 from .render import Report, fmt
@@ -118,6 +119,19 @@ def step_rows(choice: ScheduleChoice, steps: list[int], given_eps: float | None)
              StepSize.given(given_eps, choice.ratio, m, choice.sigma_min) if given_eps is not None else None) for m in steps]
 
 
+def whole_chain_ratios(choice: ScheduleChoice, best: StepSize, given: StepSize | None) -> tuple[float | None, float | None]:
+    """s^2/sigma^2 of annealed Langevin dynamics run through the schedule's whole chain at the optimum and at a given eps
+    (None without a schedule, or for an eps at or above sigma_min^2, where the chain does not settle)."""
+    from ..analysis.samplers import annealed_chain_ratio
+
+    s = choice.schedule
+    if s is None:
+        return None, None
+    ratio = lambda step: (annealed_chain_ratio(s.sigma_max, s.sigma_min, s.num_scales, step.steps_per_scale, step.step_size)  # noqa: E731
+                          if step is not None and step.step_size < s.sigma_min**2 else None)
+    return ratio(best), ratio(given)
+
+
 def step_size_options(default_steps: str | None):
     return stack(
         click.option("--M", "steps_per_scale", default=default_steps, show_default=default_steps is not None,
@@ -182,19 +196,29 @@ def step_size(steps_per_scale, step_size, snr, sampler, predictor, corrector, sa
     step_size = given_step_size(step_size, snr, choice.sigma_min)
     rows = step_rows(choice, steps, step_size)
     saved = save_step_size(rows[0][0], target, choice.schedule, choice.file) if target else None
-    results = [{**best.to_dict(), **({"given_step_size": g.step_size, "given_variance_ratio": g.variance_ratio} if g else {})}
-               for best, g in rows]
-    report.result({**results[0], "step_size_file": saved, "notes": list(choice.notes)} if saved else results)
+    chain = [whole_chain_ratios(choice, b, g) for b, g in rows]
+    results = [{**best.to_dict(), "chain_ratio": c[0], **({"given_step_size": g.step_size, "given_variance_ratio": g.variance_ratio,
+                                                           "given_chain_ratio": c[1]} if g else {})}
+               for (best, g), c in zip(rows, chain)]
+    warning = chain_ratio_warning({**{f"M = {b.steps_per_scale} at its optimal eps": c[0] for (b, _), c in zip(rows, chain)},
+                                   **{f"M = {b.steps_per_scale} at eps = {step_size:g}": c[1] for (b, g), c in zip(rows, chain) if g}})
+    warnings = [warning] if warning else []
+    report.result({**results[0], "step_size_file": saved, "notes": list(choice.notes) + warnings} if saved else results)
     if as_json:
         return
     report.notes(choice.notes)
-    columns = ["M", "eps (optimal)", "snr", "s^2/sigma^2 at eps"] + ([f"s^2/sigma^2 at eps = {step_size:g}"] if step_size else [])
-    table = [[str(b.steps_per_scale), f"{b.step_size:.6e}", f"{b.snr:.5f}", f"{b.variance_ratio:.6f}"]
-             + ([f"{g.variance_ratio:.6f}"] if g else []) for b, g in rows]
+    columns = ["M", "eps (optimal)", "snr", "s^2/sigma^2 at eps", "whole chain"]
+    columns += [f"s^2/sigma^2 at eps = {step_size:g}", "whole chain"] if step_size else []
+    table = [[str(b.steps_per_scale), f"{b.step_size:.6e}", f"{b.snr:.5f}", f"{b.variance_ratio:.6f}", fmt(c[0], 4)]
+             + ([f"{g.variance_ratio:.6f}", fmt(c[1], 4)] if g else []) for (b, g), c in zip(rows, chain)]
     report.table(f"Langevin step size (Technique 4), ratio {choice.ratio:.8g}, sigma_min {choice.sigma_min:g}", columns, table,
                  tuple(range(len(columns))))
     report.line("For a ratio > 1, s^2/sigma^2 stays above 1 for every eps, so the optimum is its minimum (Proposition 3: exact "
-                "for a single-Gaussian model, an approximation for real data).")
+                "for a single-Gaussian model, an approximation for real data). 'whole chain': the same loop run through every "
+                "scale from N(0, sigma_max^2 I), each starting where the last ended (a safety check, not the criterion: "
+                "ncsn_tune.tuning.advice says why).")
+    for w in warnings:
+        report.line(f"Warning: {w}.")
     report.line(f"Saved the step size for M = {steps[0]} to {saved}" if saved else
                 f"Several values of M ({', '.join(map(str, steps))}): no step size saved; give one M to save it.")
 
@@ -248,27 +272,36 @@ def render_measured_step(report: Report, result, checkpoint: Path, **extra) -> N
 
 
 def sampler_step_size(report: Report, loop: Sampler, choice: ScheduleChoice, steps: list[int], step_size, snr, target) -> None:
-    """``step-size --sampler pc|diffusers``: the optimum snr of that loop for each M, and a given snr's ratio."""
+    """``step-size --sampler pc|diffusers``: for each M the recommended snr (:func:`ncsn_tune.tuning.recommended_sampler_step`),
+    the single-Gaussian chain criterion's optimum beside it, and a given snr's ratio; the recommended step is saved."""
+    from ..tuning import recommended_sampler_step
+
     schedule = require_schedule(choice)
     if step_size is not None:
         raise NcsnTuneError(f"{loop.describe()} takes its step as snr, not eps: give --snr", fields=("step_size", "snr"))
-    rows = [(sampler_step(loop, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m),
-             sampler_step(loop, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m, snr) if snr is not None else None)
-            for m in steps]
+    if not loop.langevin_steps:
+        raise NcsnTuneError(f"{loop.describe()} takes no Langevin steps: there is no step to tune (choose a corrector)",
+                            fields=("corrector", "sampler"))
+    args = (schedule.sigma_max, schedule.sigma_min, schedule.num_scales)
+    rows = [(*recommended_sampler_step(loop, *args, m), sampler_step(loop, *args, m),
+             sampler_step(loop, *args, m, snr) if snr is not None else None) for m in steps]
     saved = save_step_size(rows[0][0], target, schedule, choice.file) if target else None
-    results = [{**best.to_dict(), **({"given_snr": g.snr, "given_variance_ratio": g.variance_ratio} if g else {})} for best, g in rows]
+    results = [{**rec.to_dict(), "why": why, "criterion_snr": best.snr, "criterion_variance_ratio": best.variance_ratio,
+                **({"given_snr": g.snr, "given_variance_ratio": g.variance_ratio} if g else {})} for rec, why, best, g in rows]
     report.result({**results[0], "step_size_file": saved, "notes": list(choice.notes)} if saved else results)
     if report.as_json:
         return
     report.notes(choice.notes)
-    columns = ["M", "snr (optimal)", "s^2/sigma^2 at the last level"] + ([f"at snr = {snr:g}"] if snr is not None else [])
-    table = [[str(b.steps_per_scale), "-" if b.snr is None else f"{b.snr:.5f}", f"{b.variance_ratio:.6f}"]
-             + ([f"{g.variance_ratio:.6f}"] if g else []) for b, g in rows]
+    columns = ["M", "snr (recommended)", "s^2/sigma^2 at the last level", "criterion's optimum snr", "its s^2/sigma^2"]
+    columns += [f"at snr = {snr:g}"] if snr is not None else []
+    table = [[str(r.steps_per_scale), f"{r.snr:.5f}", f"{r.variance_ratio:.6f}", f"{b.snr:.5f}", f"{b.variance_ratio:.6f}"]
+             + ([f"{g.variance_ratio:.6f}"] if g else []) for r, _, b, g in rows]
     report.table(f"Corrector step (Technique 4) for {loop.describe()}: N = {schedule.num_scales} levels from {schedule.sigma_max:.6g} "
                  f"to {schedule.sigma_min:g}, t in linspace(1, {loop.sampling_eps:g}, N)", columns, table, tuple(range(len(columns))))
-    report.line(f"Criterion: {rows[0][0].criterion}, closest to 1 (a single-Gaussian model of the loop, exact for it; an "
+    report.line(f"Recommended: {rows[0][1]}.")
+    report.line(f"Criterion: {rows[0][2].criterion}, closest to 1 (a single-Gaussian model of the loop, exact for it; an "
                 "approximation for real data). No closed form: the loop's variance recursion, checked by Monte Carlo in the tests.")
-    report.line(f"Saved the step for M = {steps[0]} to {saved}" if saved else
+    report.line(f"Saved the recommended step for M = {steps[0]} to {saved}" if saved else
                 f"Several values of M ({', '.join(map(str, steps))}): nothing saved; give one M to save it.")
 
 

@@ -106,6 +106,9 @@ def audit(config, score_sde_root, sampling_steps, diameter, dim, target_overlap,
              help="diffusers: a folder; score-sde: a .py (and .json beside); ncsnv2-yaml: a .yml; edm: a .json.")
 @step_size_options(None)
 @sampler_options
+@click.option("--sampling-levels", type=click.IntRange(min=2), help="Levels the tool's sampler runs, the step derived for them "
+              "[default: the tool's own: diffusers' num_inference_steps 2000, a continuous-time score_sde base's model.num_scales; a "
+              "discrete-time model (NCSNv2, a discrete score_sde base) samples the schedule's L, its training levels].")
 @click.option("--convert", is_flag=True, help="Carry a schedule made for the other pixel range into the format's (diffusers: [0, 1]; "
               "edm: [-1, 1]): every sigma, sigma_min included, scales by the ratio of the widths.")
 @click.option("--score-sde-base", default="configs.ve.ncsnv2.cifar10", show_default=True,
@@ -114,8 +117,8 @@ def audit(config, score_sde_root, sampling_steps, diameter, dim, target_overlap,
               help="The score_sde checkout: read the base now, to check its image size and sampler.")
 @force_option
 @json_option
-def export(fmt, output, steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, convert, score_sde_base,
-           score_sde_root, force, as_json, **opts):
+def export(fmt, output, steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, sampling_levels, convert,
+           score_sde_base, score_sde_root, force, as_json, **opts):
     """Write the saved (or given) schedule, and the step for the tool's sampler, for diffusers, score_sde, the NCSNv2 YAML or EDM.
 
     \b
@@ -143,8 +146,9 @@ def export(fmt, output, steps_per_scale, step_size, snr, sampler, predictor, cor
     data = read_data(report, opts)
     given = given_from(opts, data, steps_per_scale=steps[0], step_size=step_size, snr=snr)
     with report.progress() as progress:
-        written, notes, step = export_schedule(given, fmt, output, sampler=loop, sampling_eps=sampling_eps, convert=convert, score_sde_base=score_sde_base,
-                                               score_sde_root=score_sde_root, workdir=workdir(), progress=progress)
+        written, notes, step = export_schedule(given, fmt, output, sampler=loop, sampling_eps=sampling_eps, sampling_levels=sampling_levels,
+                                               convert=convert, score_sde_base=score_sde_base, score_sde_root=score_sde_root,
+                                               workdir=workdir(), progress=progress)
     report.result({"format": fmt, "files": written, "step": step.to_dict() if step else None, "notes": notes})
     report.notes(notes)
     report.line(f"Wrote {', '.join(map(str, written))}")

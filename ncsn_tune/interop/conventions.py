@@ -71,3 +71,14 @@ def ncsnv2_pixel_range(data: dict) -> PixelRange:
 def centered_for(pixel_range: PixelRange) -> bool:
     """The ``data.centered`` (score_sde) or ``data.rescaled`` (NCSNv2) that puts pixels in ``pixel_range``."""
     return pixel_range == PixelRange.SYMMETRIC
+
+
+#: The predictor an exported score_sde config registers for a corrector-only loop: score_sde's ``NonePredictor`` returns
+#: (x, x), so ``sampling.noise_removal`` has no mean to end on; this one takes no step either, except at the last level
+#: (t = eps, discrete index 0), where it returns Tweedie's denoiser x + sigma(t)**2 s(x, t) as the mean.
+DENOISE_PREDICTOR = "ncsn_tune_final_denoise"
+#: score_sde's VE SDE name (``training.sde``); the other two (vpsde, subvpsde) are not variance-exploding.
+VE_SDE = "vesde"
+#: diffusers' ScoreSdeVePipeline samples with this many levels unless called with num_inference_steps
+#: (``pipeline_score_sde_ve.py:48``).
+DIFFUSERS_INFERENCE_STEPS = 2000

@@ -22,12 +22,10 @@ from ..analysis.samplers import CORRECTORS, PREDICTORS, SAMPLING_EPS, Sampler
 from ..checks import is_real
 from ..errors import NcsnTuneError
 from ..files import read_mapping
-from .conventions import CONVENTIONS, score_sde_pixel_range
+from .conventions import CONVENTIONS, DENOISE_PREDICTOR, DIFFUSERS_INFERENCE_STEPS, VE_SDE, score_sde_pixel_range
 from . import ncsnv2_yaml
 from .tool_config import ToolConfig
 
-#: diffusers' ScoreSdeVePipeline samples with this many levels unless called with num_inference_steps.
-DIFFUSERS_INFERENCE_STEPS = 2000
 
 
 def _need(mapping: dict, path: str, where: str, kind: type | None = None):
@@ -138,6 +136,8 @@ def score_sde_sampler(c: dict, where: str) -> tuple[Sampler | None, str | None]:
     if method != "pc":
         return None, f"sampling.method is {c.get('method')!r}; score_sde runs 'pc' or 'ode'"
     predictor, corrector = (str(c.get(k) or "none").lower() for k in ("predictor", "corrector"))
+    if predictor == DENOISE_PREDICTOR:  # an ncsn-tune export's corrector-only loop with the final denoising step
+        predictor = "none"
     if predictor not in PREDICTORS or corrector not in CORRECTORS:
         return None, f"predictor {predictor!r} with corrector {corrector!r} is not modelled (ncsn_tune models predictors " \
                      f"{', '.join(PREDICTORS)} and correctors {', '.join(CORRECTORS)})"
@@ -154,10 +154,13 @@ def read_score_sde(path: Path, score_sde_root: Path | None, sampling_steps: int 
         also = f" (it sets training.loss = {c['loss']!r}, which score_sde does not read)" if c.get("loss") else ""
         raise NcsnTuneError(f"{path} sets no training.sde{also}, so score_sde's run_lib cannot run it (it reads config.training.sde); "
                             "set training.sde = 'vesde' in a copy to audit it", fields="config")
-    if c["sde"] != "vesde":
+    if c["sde"] != VE_SDE:
         raise NcsnTuneError(f"{path} trains a {c['sde']} model; the techniques apply to variance-exploding (vesde) ones", fields="config")
     sampler, why_not = score_sde_sampler(c, str(path))
     notes = []
+    if str(c.get("predictor") or "").lower() == DENOISE_PREDICTOR:
+        notes.append(f"predictor {DENOISE_PREDICTOR!r} (written by ncsn-tune export): no predictor step, and the final denoising step at "
+                     "the last level")
     if sampler is not None and sampler.corrector == "langevin":
         notes.append("the langevin corrector's step is 2 (snr ||z|| / ||s||)^2, modelled for a single Gaussian (exact as D grows)")
     continuous = bool(c.get("continuous"))

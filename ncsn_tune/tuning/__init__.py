@@ -28,13 +28,18 @@ questions only.
 M: given, else the run's, else the saved step size's (when that was made for
 this schedule), else 5 (the paper's CIFAR-10 setting).
 eps: given, else the run's (same schedule and M), else the saved step size
-(made for this schedule and this M), else Technique 4's optimum."""
+(made for this schedule and this M), else Technique 4's optimum.
+
+Another tool's loop (score_sde's PC sampler, diffusers' pipeline; :func:`resolve_sampler_step`): M given, else
+the saved step size's (made for that loop and schedule), else 1; snr given, else the saved one (same M), else
+the recommended one (:mod:`.advice`: score_sde's published 0.16 for a Langevin corrector, which measured better
+than the single-Gaussian criterion's optimum; Proposition 3 for the ``ald`` corrector)."""
 
 from .schedule import DEFAULTS, Given, ScheduleChoice, derive_schedule, resolve_schedule
-from .steps import (CORRECTOR_STEPS, SavedStepSize, StepChoice, Tuning, given_step_size, load_step_size, resolve, resolve_sampler_step,
-                    resolve_sampling, resolve_steps, save_step_size)
+from .steps import (CORRECTOR_STEPS, SavedStepSize, StepChoice, Tuning, given_step_size, load_step_size, recommended_sampler_step,
+                    resolve, resolve_sampler_step, resolve_sampling, resolve_steps, save_step_size)
 from .training import DataChoice, TrainingPlan, check_batch_fits, load_training_data, plan_training, resolve_data
 
 __all__ = ["CORRECTOR_STEPS", "DEFAULTS", "DataChoice", "Given", "SavedStepSize", "ScheduleChoice", "StepChoice", "TrainingPlan", "Tuning",
-           "check_batch_fits", "derive_schedule", "given_step_size", "load_step_size", "load_training_data", "plan_training", "resolve",
-           "resolve_data", "resolve_sampler_step", "resolve_sampling", "resolve_schedule", "resolve_steps", "save_step_size"]
+           "check_batch_fits", "derive_schedule", "given_step_size", "load_step_size", "load_training_data", "plan_training",
+           "recommended_sampler_step", "resolve", "resolve_data", "resolve_sampler_step", "resolve_sampling", "resolve_schedule", "resolve_steps", "save_step_size"]

@@ -14,6 +14,7 @@ from ..analysis.step_size import StepSize, optimal_step_size, step_size_of_snr, 
 from ..config import STEP_SIZE_FILE, workdir as default_workdir
 from ..errors import ScheduleError
 from ..files import read_mapping, write_mapping
+from .advice import MEASUREMENT, PUBLISHED_SNR, langevin_snr_advice
 from .schedule import DEFAULTS, Given, ScheduleChoice, resolve_schedule
 
 @dataclass(frozen=True)
@@ -235,12 +236,32 @@ def resolve_sampler_step(given: Given, sampler: Sampler, choice: ScheduleChoice,
     if not sampler.langevin_steps:
         step = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m)
         return step, tuple(notes + [f"{sampler.describe()} takes no Langevin steps: nothing to tune"])
-    step = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m, given.snr)
     if given.snr is not None:
+        step = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m, given.snr)
         best = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m)
-        notes.append(f"snr {given.snr:g} as given: s^2/sigma^2 = {step.variance_ratio:.6f} at the last level (the optimum, snr "
-                     f"{best.snr:.5f}, gives {best.variance_ratio:.6f})")
+        notes.append(f"snr {given.snr:g} as given: s^2/sigma^2 = {step.variance_ratio:.6f} at the last level (the criterion's optimum, "
+                     f"snr {best.snr:.5f}, gives {best.variance_ratio:.6f})")
+    elif saved is not None and saved.step.steps_per_scale == m:
+        step = sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m, saved.snr)
+        notes.append(f"snr {saved.snr:g} from {saved_path} (saved by ncsn-tune step-size)")
     else:
-        notes.append(f"snr from Technique 4 for {sampler.describe()}, M = {m}, N = {schedule.num_scales}: {step.snr:.5f}, "
-                     f"s^2/sigma^2 = {step.variance_ratio:.6f} at the last level")
+        step, why = recommended_sampler_step(sampler, schedule.sigma_max, schedule.sigma_min, schedule.num_scales, m)
+        notes.append(why)
     return step, tuple(notes)
+
+
+def recommended_sampler_step(sampler: Sampler, sigma_max: float, sigma_min: float, num_scales: int,
+                             steps_per_scale: int) -> tuple[SamplerStep, str]:
+    """The step ncsn_tune recommends for ``sampler`` and why (:mod:`.advice`): score_sde's published snr for a Langevin
+    corrector (measured better than the chain criterion's optimum), else the criterion's optimum (Proposition 3 for
+    annealed Langevin dynamics, measured best; the loop's chain for an ``ald`` corrector behind a predictor, not measured)."""
+    best = sampler_step(sampler, sigma_max, sigma_min, num_scales, steps_per_scale)
+    if sampler.corrector == "langevin":
+        step = sampler_step(sampler, sigma_max, sigma_min, num_scales, steps_per_scale, PUBLISHED_SNR)
+        return step, (f"{langevin_snr_advice(best.snr, num_scales)}; s^2/sigma^2 = {step.variance_ratio:.6f} at the last level "
+                      f"(the criterion's optimum gives {best.variance_ratio:.6f})")
+    if sampler.annealed_langevin:
+        return best, (f"snr {best.snr:.5f} (eps {best.step_size:.6e}): Proposition 3's optimum for M = {steps_per_scale}, "
+                      f"s^2/sigma^2 = {best.variance_ratio:.6f} (measured best of the steps tried, {MEASUREMENT})")
+    return best, (f"snr {best.snr:.5f}: the single-Gaussian chain criterion's optimum for {sampler.describe()}, M = {steps_per_scale}, "
+                  f"N = {num_scales}, s^2/sigma^2 = {best.variance_ratio:.6f} at the last level (not measured on samples)")
