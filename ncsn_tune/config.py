@@ -26,9 +26,13 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 ARCHITECTURES = ("ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest")
 
 
+#: Seeds run from 0 to this (torch's and NumPy's generators take 64-bit seeds; signed keeps every consumer happy).
+MAX_SEED = 2**63 - 1
+
+
 def workdir() -> Path:
     """Where one step saves what the next reads: ``$NCSN_TUNE_WORKDIR``, else ``.ncsn-tune`` here."""
-    path = Path(os.environ.get("NCSN_TUNE_WORKDIR") or DEFAULT_WORKDIR)
+    path = Path(os.environ.get("NCSN_TUNE_WORKDIR") or DEFAULT_WORKDIR).expanduser()  # "~/wd" quoted in a shell stays unexpanded
     if path.exists() and not path.is_dir():
         where = "NCSN_TUNE_WORKDIR" if os.environ.get("NCSN_TUNE_WORKDIR") else "the work folder"
         raise NcsnTuneError(f"{where} {path} is a file, not a folder; point NCSN_TUNE_WORKDIR at a folder")
@@ -177,6 +181,8 @@ class TrainConfig:
         for name in ("ema_rate", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise NcsnTuneError(f"{name} must lie in [0, 1), got {getattr(self, name)}", fields=name)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise NcsnTuneError(f"seed must lie between 0 and 2^63 - 1, got {self.seed}", fields="seed")
         if self.compile_mode not in COMPILE_MODES:
             raise NcsnTuneError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}", fields="compile_mode")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):

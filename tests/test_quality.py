@@ -116,13 +116,39 @@ def test_the_64x64_case_of_the_issue():
     eps = optimal_step_size(schedule.ratio, 5, schedule.sigma_min).step_size
     expected = exact_score_ratios(schedule.sigmas, 5, eps)
     early = np.where(np.arange(100) < 40, expected, 0.34)
-    norms = np.linspace(90 * np.sqrt(dim), 13_722, 100)
+    norms = np.where(np.arange(100) < 40, np.sqrt(dim * (0.3 + schedule.sigmas**2)), np.linspace(300, 13_722, 100))
     verdict = chain_verdict(schedule.sigmas, early, norms, dim, steps_per_scale=5, step_size=eps)
     assert not verdict["within"] and verdict["first_off"] == 40 and verdict["worst_value"] == pytest.approx(0.34)
     assert any("undertrained" in c for c in verdict["causes"]) and any("13,722" in c for c in verdict["causes"])
     later = np.where(np.arange(100) < 40, expected, 1.08)
-    verdict = chain_verdict(schedule.sigmas, later, np.full(100, 40.0), dim, steps_per_scale=5, step_size=eps)
+    healthy_norms = np.sqrt(dim * (0.3 + (later * schedule.sigmas) ** 2))  # images of mean square 0.3 and the noise read
+    verdict = chain_verdict(schedule.sigmas, later, healthy_norms, dim, steps_per_scale=5, step_size=eps)
     assert verdict["within"] and "the chain is at the noise level the model expects" in verdict["message"]
+
+
+def test_a_saturated_network_reading_cannot_hide_a_chain_that_holds_too_much_noise():
+    """Issue 28's measurement: eps x0.25 and M = 1 gave pure noise (FID 470), yet sigma ||s|| / sqrt(D) read 1.00 at every
+    scale: a network reads inputs noisier than it was trained on as about 1. The image norms show the excess noise (here
+    the whole-chain recursion of an exact score, s^2/sigma^2 up to 1.86), and a final norm far outside the pixel range
+    shows a diverged chain."""
+    dim = 3 * 32 * 32
+    schedule = NoiseSchedule.from_num_scales(49.9, dim, 220)
+    eps = optimal_step_size(schedule.ratio, 5, schedule.sigma_min).step_size / 4
+    from ncsn_tune.analysis.samplers import Sampler, chain_variance
+    from ncsn_tune.analysis.step_size import snr_of
+
+    held = np.sqrt(chain_variance(Sampler(), 49.9, 0.01, 220, 5, snr_of(eps, 0.01)).ratios[:, 0])  # s / sigma, up to 1.36
+    saturated = np.full(220, 1.0)
+    norms = np.sqrt(dim * (0.3 + (held * schedule.sigmas) ** 2))
+    verdict = chain_verdict(schedule.sigmas, saturated, norms, dim, steps_per_scale=5, step_size=eps)
+    assert not verdict["within"] and "image norms say the chain holds more noise" in verdict["message"]
+    assert any("reads inputs noisier than it was trained on as about 1" in c for c in verdict["causes"])
+    assert verdict["noise_from_image_norm"][0] is None or verdict["noise_from_image_norm"][100] > 1.25
+    # a chain that ran away: the last scales read 1.00 too, and the images end 40 times beyond the pixel range
+    runaway = np.sqrt(dim * (0.3 + schedule.sigmas**2))
+    runaway[-30:] = 40 * np.sqrt(dim)
+    verdict = chain_verdict(schedule.sigmas, saturated, runaway, dim, steps_per_scale=5, step_size=eps * 4)
+    assert not verdict["within"] and verdict["diverged"] and any("diverged" in c for c in verdict["causes"])
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +209,7 @@ def test_evaluate_runs_a_short_chain_and_gives_its_verdict(trained_run, tmp_path
     path = ckpt.list_checkpoints(trained_run)[-1]
     state = torch.load(path, weights_only=True)
     state["config"]["data"] = str(tmp_path / "train.npy")
+    state["checksum"] = ckpt.state_digest(state)  # edited on purpose: signed again
     torch.save(state, path)
     args = ["evaluate", "--checkpoint", str(trained_run), "--split", "train", "--images", "4", "--output-dir", str(tmp_path / "ev")]
     r = CliRunner().invoke(main, args + ["--json"])

@@ -1,5 +1,6 @@
 """Continuing a run with the command that started it, and a run folder where only the trainer's own files are written."""
 
+import json
 import os
 
 import numpy as np
@@ -152,6 +153,7 @@ def test_resume_refuses_a_checkpoint_with_nan_weights(npy, tmp_path):
     path = ckpt.list_checkpoints(run_dir)[-1]
     state = torch.load(path, weights_only=True)
     next(iter(state["model"].values())).fill_(float("nan"))
+    state["checksum"] = ckpt.state_digest(state)  # written so by a run that diverged: not damaged, but NaN
     torch.save(state, path)
     config = (run_dir / "config.yaml").read_text()
     one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--lr", 3e-4, "--resume"), "NaN",
@@ -184,13 +186,60 @@ def test_resume_takes_the_runs_own_values_given_again(npy, tmp_path):
                    "cannot change architecture")
 
 
-def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_resume(npy, tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_with_the_same_line_or_resume(npy, tmp_path):
+    """Issue 29: killed before its first checkpoint, a run could be continued neither by the line that started it nor by
+    the --resume its stop message printed. There is nothing to continue, so both start it again from step 0."""
+    run_dir = first_run(npy, tmp_path, steps=2)
+    for path in run_dir.glob("checkpoint_*.pt"):
+        path.unlink()  # as if killed before the first checkpoint was written
     r = run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 2)
-    one_line_error(r, "stopped before its first checkpoint", "--overwrite")
-    assert "--resume" not in r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 0 and "stopped before its first checkpoint" in r.output and "starts again from step 0" in r.output, r.output
+    for path in run_dir.glob("checkpoint_*.pt"):
+        path.unlink()
+    r = run("train", "--output", run_dir, "--resume", "--steps", 2)
+    assert r.exit_code == 0 and "starts again from step 0" in r.output, r.output
+    logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert logged == sorted(set(logged))  # each step once: the stopped run's log was replaced, not mixed in
+
+
+def test_resume_with_a_config_file_is_refused(npy, tmp_path, real_configs):
+    """Issue 29: --config with --resume was ignored (the run keeps the configuration it recorded)."""
+    run_dir = first_run(npy, tmp_path, steps=2)
+    one_line_error(run("train", "--output", run_dir, "--resume", "--steps", 4, "--config",
+                       real_configs / "ncsnv2" / "configs" / "cifar10.yml"), "leave --config out")
+
+
+def test_nan_in_the_optimisers_state_is_refused_on_resume(npy, tmp_path):
+    """Issue 29: the weights were checked for NaN on resume, Adam's moments were not (the next step would give NaN)."""
+    import torch
+
+    from ncsn_tune.model import checkpoint as ckpt
+
+    run_dir = first_run(npy, tmp_path, steps=2)
+    path = ckpt.list_checkpoints(run_dir)[-1]
+    state = torch.load(path, weights_only=True)
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["exp_avg_sq"].view(-1)[0] = float("nan")
+    state["checksum"] = ckpt.state_digest(state)
+    torch.save(state, path)
+    one_line_error(run("train", "--output", run_dir, "--resume", "--steps", 4), "optimiser's state hold NaN", "exp_avg_sq")
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_found(npy, tmp_path):
+    """Issue 29: torch's zip reader checks no checksum; one flipped bit in the weights went unnoticed."""
+    import torch
+
+    from ncsn_tune.model import checkpoint as ckpt
+
+    run_dir = first_run(npy, tmp_path, steps=2)
+    path = ckpt.list_checkpoints(run_dir)[-1]
+    state = torch.load(path, weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name].view(-1)[0] += 1e-3  # a flipped bit, in effect: the checksum still says what was written
+    torch.save(state, path)
+    with pytest.raises(ckpt.CheckpointError, match="do not match the checksum"):
+        ckpt.load_checkpoint(path)
+    one_line_error(run("sample", "--checkpoint", path, "--num", 1, "--output", tmp_path / "s.png"), "do not match the checksum")
 
 
 def test_a_checkpoint_write_that_fails_on_a_full_disk_is_one_line(npy, tmp_path, monkeypatch):

@@ -81,7 +81,10 @@ def test_step_size_for_the_pc_sampler_on_the_command_line(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     best = sampler_step(Sampler.named("pc"), 50.0, 0.01, 1000, 1)
-    assert out["snr"] == best.snr and round(out["given_variance_ratio"], 4) == 1.0245 and out["criterion"].startswith("the loop's")
+    # issue 28: the recommended (and saved) snr is score_sde's published 0.16, which measured better on samples; the
+    # single-Gaussian criterion's optimum is reported beside it
+    assert out["snr"] == 0.16 and out["criterion_snr"] == best.snr and "measured worse" in out["why"]
+    assert round(out["given_variance_ratio"], 4) == 1.0245 and out["criterion"].startswith("the loop's")
     assert json.loads((tmp_path / "pc.json").read_text())["sampler"]["corrector"] == "langevin"
     table = run("step-size", "--sampler", "pc", "--M", "1,2", "--sigma-max", 50, "--num-scales", 1000)
     assert table.exit_code == 0 and f"{best.snr:.5f}" in table.stdout and "single-Gaussian" in table.stdout
@@ -107,6 +110,6 @@ def test_a_saved_pc_step_is_not_taken_for_annealed_langevin(tmp_path):
 
 def test_simulate_runs_a_loop_against_its_model():
     out = json.loads(run("simulate", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--chains", 8, "--json").stdout)
-    assert abs(out["z"]) < 4 and out["snr"] == pytest.approx(sampler_step(Sampler.named("pc"), 50.0, 0.01, 80, 1).snr)
+    assert abs(out["z"]) < 4 and out["snr"] == 0.16  # the recommended snr (tuning.advice), its chain checked by particles
     r = run("simulate", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--sweep")
     assert r.exit_code == 2 and "--sweep" in r.stderr

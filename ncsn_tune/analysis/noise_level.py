@@ -27,6 +27,11 @@ from .step_size import optimal_step_size
 
 #: sigma ||s|| / sqrt(D) inside this band: the chain is at the noise level the model expects (s^2/sigma^2 from 0.64 to 1.56).
 NOISE_LEVEL_BAND = (0.8, 1.25)
+#: From this sigma up the image norm reads the noise too: pixels in [0, 1] (or [-1, 1]) contribute at most sqrt(D) to
+#: ||x||, so s lies between sqrt(max(||x||^2 / D - 1, 0)) and ||x|| / sqrt(D), a band narrow beside sigma.
+NORM_READABLE_SIGMA = 3.0
+#: A final mean image norm above this many sqrt(D): far beyond any image in the pixel range (the chain diverged).
+DIVERGED_NORM = 3.0
 
 
 def exact_score_ratios(sigmas, steps_per_scale: int, step_size: float, start_ratio: float = 0.0,
@@ -89,9 +94,16 @@ def chain_verdict(sigmas, ratio, image_norm, dim: int, *, steps_per_scale: int |
         by_step = off & ~start & ~inside(expected) & inside(ratio / np.maximum(expected, 1e-12))
     start_high = off & (ratio > hi) & (start | (np.arange(n) == 0))
     judged = off & ~(start & (ratio <= hi)) & ~by_step
-    out = {"band": list(band), "within": bool(not (judged.any() or by_step.any())), "num_scales": n,
-           "scales_off": int((judged | by_step).sum()), "scales_not_judged": int((start & ~start_high).sum()),
-           "exact_score": None if expected is None else expected.tolist()}
+    noise_low, noise_high = norm_noise_bounds(sigmas, image_norm, dim)
+    readable = (sigmas >= NORM_READABLE_SIGMA) & ~start
+    too_noisy = readable & (noise_low > hi)  # the images hold more noise than the level, whatever the network reads
+    too_clean = readable & (noise_high < lo)
+    diverged = not np.isfinite(image_norm[-1]) or image_norm[-1] > DIVERGED_NORM * math.sqrt(dim)
+    by_norm = (too_noisy | too_clean) & ~judged & ~by_step
+    out = {"band": list(band), "within": bool(not (judged.any() or by_step.any() or by_norm.any() or diverged)), "num_scales": n,
+           "scales_off": int((judged | by_step | by_norm).sum()), "scales_not_judged": int((start & ~start_high).sum()),
+           "exact_score": None if expected is None else expected.tolist(), "diverged": bool(diverged),
+           "noise_from_image_norm": [None if not r else float(v) for r, v in zip(readable, noise_low)]}
     first_scales = "scale" if out["scales_not_judged"] == 1 else f"{out['scales_not_judged']} scales"
     spared = (f", after the first {first_scales}, where the chain is still gathering noise from its uniform start "
               f"(an exact score's chain reads {expected[0]:.2f} at scale 0)") if out["scales_not_judged"] else ""
@@ -100,9 +112,9 @@ def chain_verdict(sigmas, ratio, image_norm, dim: int, *, steps_per_scale: int |
         out.update(causes=[], message=(f"sigma ||s|| / sqrt(D) stayed within [{lo:g}, {hi:g}] (from {judged_values.min():.2f} to "
                                        f"{judged_values.max():.2f}){spared}: the chain is at the noise level the model expects"))
         return out
-    counted = judged | by_step
-    first = int(np.flatnonzero(counted)[0])
-    scored = np.where(counted, np.abs(np.log(np.maximum(ratio, 1e-12))), -1.0)
+    counted = judged | by_step | by_norm
+    first = int(np.flatnonzero(counted)[0]) if counted.any() else n - 1
+    scored = np.where(judged | by_step, np.abs(np.log(np.maximum(ratio, 1e-12))), -1.0)
     worst = int(np.argmax(scored))
     small = np.arange(n) >= n - max(1, n // 4)  # the smallest quarter of the scales, where the images are made
     model_low, model_high = judged & (ratio < lo) & ~start, judged & (ratio > hi) & ~start_high
@@ -127,16 +139,44 @@ def chain_verdict(sigmas, ratio, image_norm, dim: int, *, steps_per_scale: int |
     if mostly_small(model_high):
         causes.append("at the small scales the model's score is stronger than the noise the chain holds would give, or the chain "
                       "lags behind the annealing: try more steps per scale (M), or a larger eps")
-    if not np.isfinite(image_norm[-1]) or image_norm[-1] > 3 * math.sqrt(dim):
+    if too_noisy.any():
+        k = int(np.flatnonzero(too_noisy)[np.argmax(noise_low[too_noisy])])
+        causes.append(f"the images hold more noise than the level at {int(too_noisy.sum())} scales: at sigma {sigmas[k]:.3g} the mean "
+                      f"||x|| / sqrt(D) = {image_norm[k] / math.sqrt(dim):.3g} means noise of at least {noise_low[k]:.2f} sigma, while "
+                      f"sigma ||s|| / sqrt(D) reads {ratio[k]:.2f}: a network reads inputs noisier than it was trained on as about 1, "
+                      "so only the norms show it; the chain cannot keep up with the annealing (a larger eps or M: ncsn-tune "
+                      "step-size shows the whole chain's s^2/sigma^2)")
+    if too_clean.any():
+        k = int(np.flatnonzero(too_clean)[0])
+        causes.append(f"the images hold less noise than the level at {int(too_clean.sum())} scales (at sigma {sigmas[k]:.3g} the mean "
+                      f"||x|| / sqrt(D) = {image_norm[k] / math.sqrt(dim):.3g} allows at most {noise_high[k]:.2f} sigma)")
+    if diverged:
         causes.append(f"the samples end with a mean norm of {image_norm[-1]:,.0f}, {image_norm[-1] / math.sqrt(dim):,.0f} times the "
                       "largest an image of pixels in [0, 1] can have: noise is left in them (the chain diverged or never settled)")
     if not causes:
         causes.append(f"the model has not learnt the scales from sigma {sigmas[first]:.3g} on well, or the step is far from right "
                       "for it (ncsn-tune step-size --checkpoint measures it)")
     where = "below" if ratio[worst] < lo else "above"
+    if (judged | by_step).any():
+        said = (f"sigma ||s|| / sqrt(D) is {ratio[worst]:.2f} at scale {worst} (sigma {sigmas[worst]:.3g}), {where} [{lo:g}, {hi:g}]"
+                f"{spared}")
+    elif by_norm.any():
+        said = (f"sigma ||s|| / sqrt(D) stays within [{lo:g}, {hi:g}], but the image norms say the chain holds "
+                f"{'more' if too_noisy.any() else 'less'} noise than the level")
+    else:
+        said = f"sigma ||s|| / sqrt(D) stays within [{lo:g}, {hi:g}], but the samples end far outside the pixel range"
+    scales = f"at {out['scales_off']} of {n} scales, from scale {first} (sigma {sigmas[first]:.3g}) on" if counted.any() else "at the end"
     out.update(first_off=first, first_off_sigma=float(sigmas[first]), worst=worst, worst_sigma=float(sigmas[worst]),
                worst_value=float(ratio[worst]), causes=causes,
-               message=(f"the chain is off the noise level the model expects at {out['scales_off']} of {n} scales, from scale {first} "
-                        f"(sigma {sigmas[first]:.3g}) on: sigma ||s|| / sqrt(D) is {ratio[worst]:.2f} at scale {worst} (sigma "
-                        f"{sigmas[worst]:.3g}), {where} [{lo:g}, {hi:g}]{spared}"))
+               message=f"the chain is off the noise level the model expects {scales}: {said}")
     return out
+
+
+def norm_noise_bounds(sigmas, image_norm, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on s / sigma from the mean image norm at each scale, for images whose pixels are at most 1 in size: the
+    image contributes between 0 and sqrt(D) to ||x||, so s lies between sqrt(max(||x||^2 / D - 1, 0)) and ||x|| / sqrt(D)
+    (tight where sigma is well above 1)."""
+    per_dim = np.asarray(image_norm, dtype=np.float64) / math.sqrt(dim)
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.sqrt(np.maximum(per_dim**2 - 1.0, 0.0)) / sigmas, per_dim / sigmas

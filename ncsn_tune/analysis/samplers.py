@@ -134,6 +134,8 @@ class Sampler:
             return "diffusers' ScoreSdeVePipeline (langevin corrector, then reverse_diffusion predictor)"
         if self.annealed_langevin:
             return "score_sde's corrector-only ald loop (annealed Langevin dynamics, as NCSNv2's)"
+        if self.predictor == "none" and self.corrector == "none":
+            return "score_sde's loop with neither a predictor nor a corrector"
         if self.predictor == "none":
             return f"score_sde's corrector-only {self.corrector} loop"
         if self.corrector == "none":

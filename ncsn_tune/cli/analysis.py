@@ -15,6 +15,8 @@ from ..files import MAPPING_SUFFIXES, check_output
 from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 from ..tuning import ScheduleChoice, derive_schedule, given_step_size, resolve_schedule, save_step_size
 from ..tuning.advice import chain_ratio_warning
+from ..tuning.schedule import keep_derived_schedule
+from ..tuning.steps import whole_chain_ratios
 from .app import main
 from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
 from .render import Report, fmt
@@ -93,6 +95,7 @@ def sigmas(output, force, as_json, **opts):
     data = read_data(report, opts)
     with report.progress() as progress:
         schedule = derive_schedule(given_from(opts, data), progress=progress)
+    keep_derived_schedule(path, schedule, force)
     schedule.save(path)
     summary = schedule_summary(schedule, path, opts["target_overlap"])
     report.result(summary)
@@ -119,19 +122,6 @@ def step_rows(choice: ScheduleChoice, steps: list[int], given_eps: float | None)
              StepSize.given(given_eps, choice.ratio, m, choice.sigma_min) if given_eps is not None else None) for m in steps]
 
 
-def whole_chain_ratios(choice: ScheduleChoice, best: StepSize, given: StepSize | None) -> tuple[float | None, float | None]:
-    """s^2/sigma^2 of annealed Langevin dynamics run through the schedule's whole chain at the optimum and at a given eps
-    (None without a schedule, or for an eps at or above sigma_min^2, where the chain does not settle)."""
-    from ..analysis.samplers import annealed_chain_ratio
-
-    s = choice.schedule
-    if s is None:
-        return None, None
-    ratio = lambda step: (annealed_chain_ratio(s.sigma_max, s.sigma_min, s.num_scales, step.steps_per_scale, step.step_size)  # noqa: E731
-                          if step is not None and step.step_size < s.sigma_min**2 else None)
-    return ratio(best), ratio(given)
-
-
 def step_size_options(default_steps: str | None):
     return stack(
         click.option("--M", "steps_per_scale", default=default_steps, show_default=default_steps is not None,
@@ -154,10 +144,23 @@ sampler_options = stack(
 )
 
 
+def typed(*names: str) -> list[str]:
+    """Which of the current command's options ``names`` the user typed (or set through the environment), not defaults."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    return [name for name, source in sources.items()
+            if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)]
+
+
 def chosen_sampler(name: str, predictor: str | None, corrector: str | None, sampling_eps: float) -> Sampler:
     if name != "pc" and (predictor or corrector):
         raise NcsnTuneError(f"--predictor and --corrector choose score_sde's loop (--sampler pc); {name} runs a fixed one",
                             fields=("predictor", "corrector", "sampler"))
+    if name == "ald" and typed("sampling_eps"):
+        raise NcsnTuneError("--sampling-eps sets the t grid of score_sde's and diffusers' loops; NCSNv2's annealed Langevin dynamics "
+                            "runs its scales and has none", fields=("sampling_eps", "sampler"))
     return Sampler.named(name, predictor, corrector, sampling_eps=sampling_eps)
 
 

@@ -53,34 +53,41 @@ class Group(click.Group):
     command_class = Command
 
     def main(self, args=None, prog_name=None, **kwargs):  # noqa: D401
+        as_json = "--json" in (sys.argv[1:] if args is None else list(args))
+
+        def fail(prefix: str, message: str, status: int, exc: BaseException | None = None):
+            """One line on stderr; with --json also one JSON document on stdout, so a script reading it finds why."""
+            click.echo(f"{prefix}: {message}" if message else f"{prefix}.", err=True)
+            if as_json:
+                import json
+
+                fields = list(getattr(exc, "fields", ()) or ())
+                click.echo(json.dumps({"error": message or prefix.lower(), "exit_status": status, "kind": prefix.lower(), "fields": fields}))
+            sys.exit(status)
+
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
-            click.echo("Aborted.", err=True)
-            sys.exit(130)
+            fail("Aborted", "", 130)
         except click.ClickException as exc:
-            click.echo(f"Error: {one_line(exc.format_message())}", err=True)
-            sys.exit(2)
+            fail("Error", one_line(exc.format_message()), 2, exc)
         except NcsnTuneError as exc:
-            click.echo(f"Error: {one_line(str(exc))}", err=True)
-            sys.exit(2)
+            fail("Error", one_line(str(exc)), 2, exc)
         except OSError as exc:
-            click.echo(f"Error: {describe_os_error(exc)}", err=True)
-            sys.exit(2)
+            fail("Error", describe_os_error(exc), 2, exc)
         except Interrupted as exc:
-            click.echo(f"Stopped: {exc}", err=True)
-            sys.exit(128 + exc.signum)
+            fail("Stopped", str(exc), 128 + exc.signum, exc)
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            fail("Interrupted", "", 130)
         except ModuleNotFoundError as exc:
             extra = OPTIONAL_PACKAGES.get((exc.name or "").split(".")[0])
             if extra is None:
                 raise
-            click.echo(f"Error: {missing_package(exc.name.split('.')[0], extra)}", err=True)
-            sys.exit(2)
+            fail("Error", missing_package(exc.name.split(".")[0], extra), 2, exc)
+        except RecursionError:  # a file nested beyond any configuration (e.g. a YAML bomb of nested lists)
+            fail("Error", "a file given is nested too deeply to be a configuration or data file", 2)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

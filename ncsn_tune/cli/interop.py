@@ -13,7 +13,7 @@ from ..analysis.noise_schedule import default_sigma_min
 from ..analysis.samplers import SAMPLING_EPS
 from ..interop.export import FORMATS
 from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
-from .analysis import check_figure, chosen_sampler, sampler_options, save_figure, step_size_options
+from .analysis import check_figure, chosen_sampler, sampler_options, save_figure, step_size_options, typed
 from .app import main
 from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data
 from .render import Report
@@ -74,7 +74,7 @@ def audit(config, score_sde_root, sampling_steps, diameter, dim, target_overlap,
                "sampler": chosen_sampler(sampler, predictor, corrector, sampling_eps)}
     if config is not None:
         extra = [k for k in ("sigma_max", "sigma_min", "num_scales", "ema", "steps_per_scale", "step_size", "snr") if numbers[k] is not None]
-        extra += ["sampler"] if (sampler, predictor, corrector, sampling_eps) != ("ald", None, None, SAMPLING_EPS) else []
+        extra += typed("sampler", "predictor", "corrector", "sampling_eps")  # the file says which loop runs, even ald typed
         if extra:
             raise NcsnTuneError("these settings describe a configuration given as numbers; with --config the file gives them",
                                 fields=tuple(extra))
@@ -82,6 +82,12 @@ def audit(config, score_sde_root, sampling_steps, diameter, dim, target_overlap,
     if config is not None and opts["pixel_range"] is not None and PixelRange.parse(opts["pixel_range"]) != c.pixel_range:
         raise NcsnTuneError(f"{c.source} puts pixels in {c.pixel_range.label}; its data is measured there", fields="pixel_range")
     data = read_data(report, {**opts, "pixel_range": c.pixel_range})  # measured in the configuration's pixel convention
+    if c.image_shape is not None and data is not None and tuple(data.image_shape) != tuple(c.image_shape):
+        raise NcsnTuneError(f"the data is {'x'.join(map(str, data.image_shape))} but {c.source} is for {'x'.join(map(str, c.image_shape))} "
+                            "images: audit it with the data it trains on", fields=("data", "config"))
+    if c.dim is not None and dim is not None and dim != c.dim:
+        raise NcsnTuneError(f"D = {dim} contradicts {c.source}, whose {'x'.join(map(str, c.image_shape))} images have D = {c.dim}",
+                            fields=("dim", "config"))
     if data is not None and diameter is None:
         from ..analysis.initial_noise_scale import max_pairwise_distance
 
@@ -140,7 +146,10 @@ def export(fmt, output, steps_per_scale, step_size, snr, sampler, predictor, cor
         check_output(output, SUFFIXES[fmt], force=force)
         if fmt == "score-sde":
             check_output(output.with_suffix(".json"), (".json",), force=force)
-    loop = chosen_sampler(sampler, predictor, corrector, sampling_eps) if (sampler != "ald" or predictor or corrector) else None
+    loop = chosen_sampler(sampler, predictor, corrector, sampling_eps) if typed("sampler", "predictor", "corrector") else None
+    if loop is None and typed("sampling_eps") and fmt != "diffusers" and sampler == "ald":
+        raise NcsnTuneError("--sampling-eps sets the t grid of score_sde's and diffusers' loops; give the loop (--sampler pc)",
+                            fields=("sampling_eps", "sampler"))
     if loop is not None and fmt == "diffusers" and loop.name == "pc":
         raise NcsnTuneError("diffusers runs its own loop (ScoreSdeVePipeline); the sampler option chooses score_sde's", fields="sampler")
     data = read_data(report, opts)

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from ..analysis.samplers import SAMPLING_EPS
-from ..config import TrainConfig, workdir
+from ..config import MAX_SEED, TrainConfig, workdir
 from ..data import SPLITS
+from ..errors import NcsnTuneError
 from .app import main
 from .options import config_options, force_option, json_option, path_option
 from .render import Report, fmt
@@ -18,7 +19,8 @@ from .render import Report, fmt
 checkpoint_option = click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
                                  help="A run folder (its newest checkpoint) or a checkpoint file.")
 device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the same seed gives the same result).")
+seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                           help="Random seed, 0 to 2^63 - 1 (the same seed gives the same result).")
 ema_option = click.option("--no-ema", is_flag=True, help="Use the raw weights instead of their EMA (Technique 5).")
 compile_option = click.option(
     "--compile/--no-compile", "use_compile", default=None,
@@ -236,8 +238,13 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_
     ncsn-tune evaluate --checkpoint runs/cifar10 --fid --fid-split test        (the fid extra ships the FID network)
     """
     from ..model.evaluate import check_evaluation_outputs, evaluate_checkpoint, write_evaluation
+    from .analysis import typed
 
     report = Report(as_json)
+    unused = typed("fid_num", "fid_split", "inception_weights", "fid_reference", "fid_images") if not with_fid else []
+    if unused:
+        raise NcsnTuneError(f"{', '.join('--' + u.replace('_', '-') for u in unused)} set how FID is computed, and this evaluation "
+                            "computes none: add --fid, or leave them out", fields=("with_fid", *unused))
     check_evaluation_outputs(output_dir, force)
     with report.progress() as progress:
         result = evaluate_checkpoint(checkpoint, data=data, data_root=data_root, split=split, images=images, samples=samples, fid=with_fid,
@@ -262,6 +269,7 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_
         render_verdict(report, result.chain["verdict"])
     if result.fid is not None:
         f = result.fid
-        report.line(f"FID {f['fid']:.2f}: {f['num_samples']:,} samples against {f['reference']} ({f['reference_images']:,} images)")
+        report.line(f"FID {f['fid']:.2f}: {f['num_samples']:,} samples against {f['reference']} ({f['reference_images']:,} images; "
+                    f"Inception features and the distance on {f['device']} in {f['seconds']:.1f} s)")
     report.notes(result.notes + (result.fid or {}).get("notes", []))
     report.line(f"Wrote {', '.join(map(str, written))}")

@@ -86,8 +86,13 @@ def read_data(report: Report, opts: dict[str, Any], split: str | None = None) ->
     """The data set of --data (None when not given), with progress."""
     if opts.get("data") is None:
         return None
+    from ..config import workdir
+    from ..tuning.training import saved_data_root
+
+    root, notes = saved_data_root(opts["data"], opts.get("data_root"), workdir=workdir())
+    report.notes(notes)
     with report.progress() as progress:
-        data = load_dataset(opts["data"], opts.get("data_root"), split or opts.get("split", A.split),
+        data = load_dataset(opts["data"], root, split or opts.get("split", A.split),
                             download=not opts.get("no_download"), rescale=not opts.get("no_rescale"), progress=progress,
                             pixel_range=opts.get("pixel_range") or DEFAULT_PIXEL_RANGE)
     for note in data.notes:

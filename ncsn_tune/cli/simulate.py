@@ -7,7 +7,7 @@ import click
 
 from ..analysis.noise_schedule import NoiseSchedule
 from ..analysis.samplers import Sampler
-from ..config import AnalysisConfig, workdir
+from ..config import MAX_SEED, AnalysisConfig, workdir
 from ..errors import NcsnTuneError
 from ..tuning import resolve, resolve_schedule
 from .analysis import check_figure, chosen_sampler, require_schedule, sampler_options, save_figure
@@ -39,7 +39,7 @@ A = AnalysisConfig
 @click.option("--small-sigma-max", type=float, default=1.0, show_default=True, help="The too-small sigma_max (--toy gmm).")
 @click.option("--tau", type=float, default=0.5, show_default=True, help="Standard deviation of each mixture component (--toy gmm).")
 @click.option("--samples", "num_samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples (--toy gmm).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Random seed, 0 to 2^63 - 1.")
 @sampler_options
 @click.option("--snr", type=float, help="pc, diffusers: the corrector's snr [default: the loop's optimum].")
 @path_option("--output", help="Figure of the result (.png or .pdf).")

@@ -3,6 +3,7 @@ identity (what decides whether a saved schedule or a run was made from it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from dataclasses import asdict, dataclass, field
@@ -45,8 +46,13 @@ class DataIdentity:
     fingerprint: str | None
     pixel_scale: str
     pixel_range: PixelRange = DEFAULT_PIXEL_RANGE
+    #: SHA-256 of every byte of the data (:meth:`Dataset.content_digest`), where a decision rests on the data being
+    #: the same to the last pixel (continuing a run, reusing FID statistics); None where the fingerprint is enough.
+    content_sha256: str | None = None
 
     def same_data(self, other: "DataIdentity | None") -> bool:
+        """The same data: fingerprint, size, shape, split and pixel range agree, and so do the full-content digests
+        where both sides have one."""
         return (
             other is not None
             and self.fingerprint is not None
@@ -55,6 +61,7 @@ class DataIdentity:
             and self.num_points == other.num_points
             and tuple(self.shape) == tuple(other.shape)
             and self.split == other.split
+            and (self.content_sha256 is None or other.content_sha256 is None or self.content_sha256 == other.content_sha256)
         )
 
     def describe(self) -> str:
@@ -84,6 +91,7 @@ class DataIdentity:
             fingerprint=data.get("fingerprint"),
             pixel_scale=str(data.get("pixel_scale", "")),
             pixel_range=PixelRange.parse(data.get("pixel_range") or DEFAULT_PIXEL_RANGE, error=DataError),
+            content_sha256=data.get("content_sha256"),
         )
 
 
@@ -108,6 +116,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     #: The interval ``values * scale + offset`` maps pixels into.
     pixel_range: PixelRange = DEFAULT_PIXEL_RANGE
+    _content: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_points(self) -> int:
@@ -141,8 +150,26 @@ class Dataset:
         digest.update(np.ascontiguousarray(np.asarray(self.values[ids])).tobytes())
         return digest.hexdigest()
 
-    def identity(self) -> DataIdentity:
-        """Computed once per Dataset (the values never change; another pixel range is another Dataset)."""
+    def content_digest(self, progress=None) -> str:
+        """SHA-256 of shape, dtype, scaling and every byte of the values, read in chunks of about 64 MB (memory-mapped
+        arrays stay on disk); computed once per Dataset. About 1 GB/s: a second for CIFAR-10."""
+        if self._content is None:
+            digest = hashlib.sha256()
+            digest.update(f"{tuple(self.values.shape)}|{np.dtype(self.values.dtype).str}|{self.scale!r}|{self.offset!r}".encode())
+            row = max(1, int(np.prod(self.values.shape[1:])) * np.dtype(self.values.dtype).itemsize)
+            step = max(1, (64 << 20) // row)
+            for start in range(0, self.num_points, step):
+                digest.update(np.ascontiguousarray(np.asarray(self.values[start:start + step])).tobytes())
+                if progress is not None:
+                    progress(min(start + step, self.num_points), self.num_points, "checking the data")
+            self._content = digest.hexdigest()
+        return self._content
+
+    def identity(self, content: bool = False) -> DataIdentity:
+        """Computed once per Dataset (the values never change; another pixel range is another Dataset); with ``content``
+        the full-content digest too (:meth:`content_digest`)."""
+        if content:
+            return dataclasses.replace(self._identity, content_sha256=self.content_digest())
         return self._identity
 
     @functools.cached_property

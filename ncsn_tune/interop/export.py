@@ -349,6 +349,9 @@ def export_schedule(given, fmt: str, output: Path, *, sampler: Sampler | None = 
     if fmt == "score-sde" and not _MODULE.fullmatch(score_sde_base or ""):
         raise NcsnTuneError(f"{score_sde_base!r} is not a module name such as configs.ve.ncsnv2.cifar10", fields="score_sde_base")
     loop = format_sampler(fmt, sampler, sampling_eps)
+    if loop is not None and not loop.langevin_steps:
+        raise NcsnTuneError(f"{loop.describe()} takes no Langevin steps: there is no step to export for it (choose a corrector, or the "
+                            "edm format for a sampler without Langevin steps)", fields=("corrector", "sampler"))
     choice = resolve_schedule(given, workdir=workdir, progress=progress)
     if choice.schedule is None:
         raise NcsnTuneError("an export writes a schedule, not a bare ratio", fields="ratio")

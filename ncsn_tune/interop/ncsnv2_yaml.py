@@ -159,6 +159,17 @@ def read_train_config(path: str | os.PathLike) -> tuple[TrainConfig, list[str]]:
     return config_from_dict(TrainConfig, data, str(path)), []
 
 
+def required_data(path: str | os.PathLike) -> tuple[str, str | None, tuple[int, int, int] | None] | None:
+    """For an official NCSNv2 YAML: (its data set's name as the YAML writes it, ncsn_tune's name for it or None when the user
+    must give the images, its image shape); None for our own YAML."""
+    data = read_mapping(Path(path))
+    if not is_ncsnv2_yaml(data):
+        return None
+    y = read_ncsnv2_yaml(Path(path), data)
+    written = str(y.sections["data"].get("dataset", "")).upper()
+    return written, DATASETS.get(written, (None, None))[0], y.image_shape
+
+
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
     """:func:`read_train_config` without its notes."""
     return read_train_config(path)[0]

@@ -58,6 +58,10 @@ def read_diffusers(path: Path, sampling_steps: int | None = None) -> ToolConfig:
             raise NcsnTuneError(f"{path} holds no scheduler_config.json (nor scheduler/scheduler_config.json)", fields="config")
         path = found[0]
     data = read_mapping(path)
+    for key, kind_of in (("sigma_max", float), ("sigma_min", float), ("snr", float), ("sampling_eps", float),
+                         ("num_train_timesteps", int), ("correct_steps", int)):
+        if key in data:
+            _need(data, key, str(path), kind_of)
     kind = data.get("_class_name", "ScoreSdeVeScheduler")
     if kind != "ScoreSdeVeScheduler":
         raise NcsnTuneError(f"{path} configures a {kind}; ncsn_tune audits the variance-exploding ScoreSdeVeScheduler", fields="config")

@@ -58,7 +58,8 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int = 3, note=No
     path = checkpoint_path(Path(run_dir), int(state["step"]))
     try:
         with atomic_open(path) as f:
-            torch.save({"format": FORMAT, **state}, f)
+            full = {"format": FORMAT, **state}
+            torch.save({**full, "checksum": state_digest(full)}, f)
     except (RuntimeError, OSError) as err:  # torch's zip writer reports a failed write as a RuntimeError ("unexpected pos ...")
         raise write_failure(err, path, state) from None
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -68,6 +69,43 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int = 3, note=No
             if note is not None:
                 note(f"could not delete the old checkpoint {old.name} ({err.strerror or err}); the run goes on")
     return path
+
+
+def state_digest(state) -> str:
+    """SHA-256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every other value, keys in sorted
+    order, so that one flipped bit anywhere in the weights, the optimiser or the settings changes it (torch's zip reader
+    checks no checksum of its own)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                if key != "checksum":
+                    digest.update(repr(key).encode())
+                    walk(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[" if isinstance(value, list) else b"(")
+            for item in value:
+                walk(item)
+            digest.update(b"]")
+        elif torch.is_tensor(value):
+            t = value.detach().contiguous().cpu()
+            digest.update(f"tensor {t.dtype} {tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, np.ndarray):
+            digest.update(f"array {value.dtype.str} {value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(f"{type(value).__name__} {value!r}".encode())
+
+    walk(state)
+    return digest.hexdigest()
 
 
 def _state_bytes(state) -> int:
@@ -216,6 +254,9 @@ def _load_checkpoint_file(path: Path, map_location="cpu") -> Checkpoint:
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path} is incomplete: it lacks {', '.join(missing)}")
+    if "checksum" in state and state_digest(state) != state["checksum"]:  # files written before 0.3 carry none
+        raise CheckpointError(f"{path} is damaged: its contents do not match the checksum written with it (a flipped bit or a "
+                              "changed file)")
     config, sampling = state["config"], state["sampling"]
     try:
         if not isinstance(config, dict) or not isinstance(sampling, dict):

@@ -182,7 +182,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
         if reference_data.split != fid_split:
             raise NcsnTuneError(f"the run's data ({reference_data.identity().describe()}) has no {fid_split} split: use --fid-split train, "
                                 "or give the reference data or statistics with --fid-reference", fields="fid_split")
-        given = (reference_data, Path(ckpt.run_dir) / f"fid_reference_{fid_split}")
+        given = (reference_data, Path(ckpt.run_dir) / f"fid_reference_{fid_split}_{reference_data.content_digest(progress)[:16]}")
     if sample_array is not None and tuple(sample_array.shape[1:]) != ckpt.image_shape:
         raise NcsnTuneError(f"the samples have shape {sample_array.shape[1:]} but the model's images {ckpt.image_shape}", fields="samples")
     model = load_model(ckpt, device=device, ema=ema)
@@ -222,7 +222,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
         result.nearest_images = train.unit_float32(result.nearest.indices)
         if fid:
             if given is None:  # the training images themselves
-                given = (train, Path(ckpt.run_dir) / f"fid_reference_{train.split or 'data'}")
+                given = (train, Path(ckpt.run_dir) / f"fid_reference_{train.split or 'data'}_{train.content_digest(progress)[:16]}")
             result.fid = fid_of_samples(sample_array, inception, given, fid_images, dev, progress)
     return result
 
@@ -246,7 +246,7 @@ def read_fid_reference(reference: Path, data_root=None, progress=None):
             pass
     data = load_dataset(str(reference), data_root, split="test" if str(reference).lower() in ("cifar10", "cifar-10") else "train",
                         download=False, progress=progress)
-    return data, cache_dir() / "fid_statistics" / f"{data.name}_{data.identity().fingerprint[:16]}"
+    return data, cache_dir() / "fid_statistics" / f"{data.name}_{data.content_digest(progress)[:16]}"
 
 
 def fid_of_samples(samples: np.ndarray, inception: tuple, reference, reference_images: int | None, device, progress=None) -> dict:
@@ -256,8 +256,11 @@ def fid_of_samples(samples: np.ndarray, inception: tuple, reference, reference_i
     from .fid import FeatureStatistics, cached_reference, feature_statistics, fid
     from .inception import inception_features
 
+    import time
+
+    t0 = time.perf_counter()
     weights_path, network, sha, notes = inception
-    network = network.to(device)
+    network = network.to(device)  # the model's device: on a GPU a 1,000-sample FID takes seconds, on 2 CPU cores minutes
     if isinstance(reference, FeatureStatistics):
         where, stats_file = reference.source, None
     else:
@@ -269,12 +272,17 @@ def fid_of_samples(samples: np.ndarray, inception: tuple, reference, reference_i
         if reference is None:
             features = inception_features(network, lambda a, b: data.unit_float32(slice(a, b)), count=n, progress=progress)
             reference = feature_statistics(features, source, sha)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            reference.save(cache)
-            notes.append(f"reference statistics computed from {n:,} images and saved to {cache}")
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                reference.save(cache)
+                notes.append(f"reference statistics computed from {n:,} images and saved to {cache}")
+            except OSError as err:  # the FID stands; only the next run computes the statistics again
+                notes.append(f"reference statistics computed from {n:,} images, but not saved to {cache} ({err.strerror or err}): the "
+                             "next FID against them computes them again")
+                cache = None
         else:
             notes.append(f"reference statistics reused from {cache}")
-        where, stats_file = source, cache
+        where, stats_file = source, cache  # None when it could not be written
     stats = feature_statistics(inception_features(network, samples, progress=progress), "samples", sha)
     if stats.num_images < 50000:
         notes.append(f"FID from {stats.num_images:,} samples is biased upwards against the usual 50,000; compare only FIDs of equal "
@@ -283,7 +291,8 @@ def fid_of_samples(samples: np.ndarray, inception: tuple, reference, reference_i
     if not math.isfinite(value):
         raise NcsnTuneError("FID came out non-finite; the samples' features hold NaN or infinite values")
     return {"fid": value, "num_samples": stats.num_images, "reference": where, "reference_images": reference.num_images,
-            "reference_statistics": None if stats_file is None else str(stats_file), "weights": str(weights_path), "notes": notes}
+            "reference_statistics": None if stats_file is None else str(stats_file), "weights": str(weights_path),
+            "device": str(torch.device(device)), "seconds": time.perf_counter() - t0, "notes": notes}
 
 
 EVALUATION_FILES = ("evaluation.json", "evaluation.png", "nearest_neighbours.png")

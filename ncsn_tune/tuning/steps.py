@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..analysis.noise_schedule import NoiseSchedule, ratio_for_num_scales
-from ..analysis.samplers import Sampler, SamplerStep, sampler_step
+from ..analysis.samplers import Sampler, SamplerStep, annealed_chain_ratio, sampler_step
 from ..analysis.step_size import StepSize, optimal_step_size, step_size_of_snr, validate_step_size
 from ..config import STEP_SIZE_FILE, workdir as default_workdir
 from ..errors import ScheduleError
 from ..files import read_mapping, write_mapping
-from .advice import MEASUREMENT, PUBLISHED_SNR, langevin_snr_advice
+from .advice import MEASUREMENT, PUBLISHED_SNR, chain_ratio_warning, langevin_snr_advice
 from .schedule import DEFAULTS, Given, ScheduleChoice, resolve_schedule
 
 @dataclass(frozen=True)
@@ -180,7 +180,21 @@ def resolve_steps(given: Given, choice: ScheduleChoice, *, workdir: Path | None 
         step = optimal_step_size(choice.ratio, m, choice.sigma_min)
         why = " (the schedule or M differs from the run's)" if run is not None else ""
         notes.append(f"eps from Technique 4 for M = {m}{why}: {step.step_size:.6e}, s^2/sigma^2 = {step.variance_ratio:.6f}")
-    return StepChoice(m, step, tuple(notes), used_file, steps_from)
+    warning = whole_chain_warning(choice.schedule, m, step.step_size)
+    return StepChoice(m, step, tuple(notes + ([f"warning: {warning}"] if warning else [])), used_file, steps_from)
+
+
+#: Scales times steps up to which the whole chain's recursion is run for a warning (a fraction of a second).
+CHAIN_CHECK_MAX_STEPS = 200_000
+
+
+def whole_chain_warning(schedule: NoiseSchedule | None, steps_per_scale: int, step_size: float) -> str | None:
+    """:func:`~.advice.chain_ratio_warning` for annealed Langevin dynamics through ``schedule`` at M and eps (None without a
+    schedule, or for chains too long to check quickly)."""
+    if schedule is None or schedule.num_scales * steps_per_scale > CHAIN_CHECK_MAX_STEPS or not step_size < schedule.sigma_min**2:
+        return None
+    ratio = annealed_chain_ratio(schedule.sigma_max, schedule.sigma_min, schedule.num_scales, steps_per_scale, step_size)
+    return chain_ratio_warning({f"M = {steps_per_scale}, eps = {step_size:.4g}": ratio})
 
 
 def resolve(given: Given, *, workdir: Path | None = None, progress=None) -> Tuning:
@@ -265,3 +279,14 @@ def recommended_sampler_step(sampler: Sampler, sigma_max: float, sigma_min: floa
                       f"s^2/sigma^2 = {best.variance_ratio:.6f} (measured best of the steps tried, {MEASUREMENT})")
     return best, (f"snr {best.snr:.5f}: the single-Gaussian chain criterion's optimum for {sampler.describe()}, M = {steps_per_scale}, "
                   f"N = {num_scales}, s^2/sigma^2 = {best.variance_ratio:.6f} at the last level (not measured on samples)")
+
+
+def whole_chain_ratios(choice: ScheduleChoice, best: StepSize, given: StepSize | None) -> tuple[float | None, float | None]:
+    """s^2/sigma^2 of annealed Langevin dynamics run through the schedule's whole chain at the optimum and at a given eps
+    (None without a schedule, or for an eps at or above sigma_min^2, where the chain does not settle)."""
+    s = choice.schedule
+    if s is None:
+        return None, None
+    ratio = lambda step: (annealed_chain_ratio(s.sigma_max, s.sigma_min, s.num_scales, step.steps_per_scale, step.step_size)  # noqa: E731
+                          if step is not None and step.step_size < s.sigma_min**2 else None)
+    return ratio(best), ratio(given)

@@ -12,7 +12,7 @@ from typing import Any
 from ..analysis.noise_schedule import NoiseSchedule
 from ..config import SCHEDULE_FILE, workdir as default_workdir
 from ..data import DataIdentity, Dataset
-from ..errors import DataError, ScheduleError
+from ..errors import DataError, NcsnTuneError, ScheduleError
 from .schedule import Given
 from .steps import Tuning, resolve
 
@@ -25,10 +25,29 @@ class DataChoice:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+def saved_data_root(spec: str, data_root: str | None, *, workdir: Path | None = None) -> tuple[str | None, tuple[str, ...]]:
+    """The CIFAR-10 folder to read ``--data cifar10`` from when no data root is given (nor $NCSN_TUNE_DATA): the one the saved
+    schedule was derived from, where it still is, said in a note; else ``data_root`` as it is."""
+    if data_root is not None or str(spec).lower() not in ("cifar10", "cifar-10") or os.environ.get("NCSN_TUNE_DATA"):
+        return data_root, ()
+    saved_path = (Path(workdir) if workdir is not None else default_workdir()) / SCHEDULE_FILE
+    if not saved_path.is_file():
+        return data_root, ()
+    try:
+        recorded = DataIdentity.from_dict(NoiseSchedule.load(saved_path).data)
+    except NcsnTuneError:
+        return data_root, ()
+    if recorded is None or recorded.name != "cifar10" or not recorded.path or not Path(recorded.path).exists():
+        return data_root, ()
+    return recorded.path, (f"CIFAR-10 from {recorded.path}, where {saved_path} was derived from it (no data root given)",)
+
+
 def resolve_data(spec: str | None, data_root: str | None, *, workdir: Path | None = None) -> DataChoice:
-    """The data a run reads: the one given, else the data the saved schedule was derived from, else CIFAR-10."""
+    """The data a run reads: the one given (CIFAR-10 without a data root: where the saved schedule read it,
+    :func:`saved_data_root`), else the data the saved schedule was derived from, else CIFAR-10."""
     if spec is not None:
-        return DataChoice(str(spec), data_root)
+        root, notes = saved_data_root(str(spec), data_root, workdir=workdir)
+        return DataChoice(str(spec), root, notes)
     saved_path = (Path(workdir) if workdir is not None else default_workdir()) / SCHEDULE_FILE
     if saved_path.exists():
         recorded = DataIdentity.from_dict(NoiseSchedule.load(saved_path).data)
@@ -99,11 +118,14 @@ def plan_training(config, *, run=None, changed: set[str] = frozenset(), workdir:
     notes = list(data.notes) + notes
     if run is not None:
         recorded = DataIdentity.from_dict(getattr(run, "data", None))
-        same = (recorded.same_data(train.identity()) if recorded is not None and recorded.fingerprint else
+        same = (recorded.same_data(train.identity(content=recorded.content_sha256 is not None))
+                if recorded is not None and recorded.fingerprint else
                 recorded is None or not recorded.path or Path(recorded.path).resolve() == Path(train.source or "").resolve())
         if not same:
-            raise ScheduleError(f"the run was trained on {recorded.describe()}, not on {train.identity().describe()}; a run continues "
-                                "on its own data (give the data it was trained on, or leave --data out)", fields=("data", "data_root"))
+            changed = (" (the same size and fingerprint, but other bytes: some images changed)"
+                       if recorded is not None and recorded.fingerprint == train.identity().fingerprint else "")
+            raise ScheduleError(f"the run was trained on {recorded.describe()}, not on {train.identity().describe()}{changed}; a run "
+                                "continues on its own data (give the data it was trained on, or leave --data out)", fields=("data", "data_root"))
         for name in ("sigma_max", "sigma_min", "num_scales"):
             value = getattr(config, name)
             if value is not None and not math.isclose(value, getattr(run.schedule, name), rel_tol=1e-12):

@@ -90,7 +90,7 @@ def decide_score_compile(model: torch.nn.Module, run_dir: Path | None, batch_sha
                          compile: bool | None = None) -> tuple[bool, str | None]:
     """Whether to compile the network for ``evaluations`` image evaluations at ``batch_shape`` (sampling, or the
     held-out loss), and why: ``compile`` True/False decides; None decides from the work and whether the run
-    folder holds this graph's artefacts. On a CPU: no, nothing to say."""
+    user's artefact folder holds this graph's artefacts. On a CPU: no, nothing to say."""
     device = next(model.parameters()).device
     if compile is not None or device.type != "cuda":
         return bool(compile) and device.type == "cuda", None
@@ -104,7 +104,7 @@ def score_network(model: torch.nn.Module, batch_shape, evaluations: float, compi
                   calls_per_batch: int = 0) -> tuple[FastScore | object, list[str]]:
     """The network for ``evaluations`` image evaluations at ``batch_shape`` (sampling, or the held-out loss), and notes:
     a :class:`~.fast.FastScore` (bf16, channels_last, a CUDA graph on a GPU), compiled when ``compile`` says, or, when it is
-    None, when the work repays it (:func:`decide_score_compile`), the run folder's artefacts loaded and kept. With
+    None, when the work repays it (:func:`decide_score_compile`), the graph's artefacts (the user's own) loaded and kept. With
     ``calls_per_batch`` (a sampler's network calls per batch) the first calls of a compiled network run on the CUDA graph
     alone while torch's compiler is imported (:func:`calls_while_importing`)."""
     use_compile, why = decide_score_compile(model, run_dir, batch_shape, evaluations, compile)

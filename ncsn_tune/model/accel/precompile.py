@@ -3,13 +3,13 @@
 A cold torch.compile of the NCSNv2 training step takes over a minute (87 s on an H100) before the first
 step. Instead the trainer starts at once with the CUDA-graph step (26 it/s there) and starts this module
 in a separate process: it builds the same network, optimiser and step with torch.compile, runs one step
-on random data (compiling everything), saves the compiled artefacts in the run folder and exits. Its
+on random data (compiling everything), saves the compiled artefacts in the user's own artefact folder (:func:`~.cache.artefact_dir`) and exits. Its
 compiled graphs land in the persistent compile cache shared by both processes, so when it is done the
 trainer builds the compiled step from that cache (a warm compile, about 10 s) and continues at full
 speed (48 it/s). The weights never leave the trainer: compiled code depends only on shapes and types.
 
 The same holds for the network's forward pass at the batch ``sample`` and ``evaluate`` use (:class:`ScoreSpec`):
-compiled while the run trains, its artefacts are in the run folder when training ends, so the first
+compiled while the run trains, its artefacts are kept when training ends, so the first
 ``sample`` on the run starts warm (about 14 s on an H100) instead of compiling (about 45 s).
 
 :class:`BackgroundCompiles` owns both for a training run (one at a time, the step's first), and
@@ -57,7 +57,7 @@ class StepSpec(NetworkSpec):
 @dataclasses.dataclass(frozen=True)
 class ScoreSpec(NetworkSpec):
     """What determines the compiled sampling network: the network and the batch (``sample``'s and ``evaluate``'s
-    default, :func:`ncsn_tune.model.accel.score_batch_size`); its artefacts go to ``run_dir``/compile_cache."""
+    default, :func:`ncsn_tune.model.accel.score_batch_size`); its artefacts go to the user's own artefact folder."""
 
     run_dir: str
 
@@ -109,7 +109,7 @@ def compile_step(spec: StepSpec) -> None:
 
 def compile_score(spec: ScoreSpec) -> None:
     """Build the sampling network's compiled forward pass as ``sample`` does (:func:`~ncsn_tune.model.accel.fast_score`),
-    which saves its artefacts in the run folder."""
+    which saves its artefacts in the user's own artefact folder."""
     import torch
 
     from ..network import NCSNv2
@@ -140,7 +140,7 @@ class CompilePlan:
 
 def plan_compiles(config, model, run_dir: Path, device, batch: int, steps_left: int, distributed: bool, main: bool) -> CompilePlan:
     """On a GPU: torch.compile the training step now, in the background, or not, when the configuration leaves it open
-    (:func:`~.policy.decide_compile`, from the steps to go and whether the compiled step is at hand, in the run folder
+    (:func:`~.policy.decide_compile`, from the steps to go and whether the compiled step is at hand, in the user's artefact folder
     or this machine's compile cache); and whether the sampling network is compiled beside the run (:func:`plan_score`)."""
     from ..step import speed_switches
     from .cache import CompileCache
@@ -167,7 +167,7 @@ def plan_compiles(config, model, run_dir: Path, device, batch: int, steps_left: 
 
 def plan_score(model, run_dir: Path, device) -> tuple[ScoreSpec | None, float]:
     """The sampling network a run compiles beside itself (at the batch ``sample`` and ``evaluate`` use), and how long that
-    takes; (None, 0) when the run folder holds that graph's artefacts already."""
+    takes; (None, 0) when that graph's artefacts are kept already."""
     from .fast import score_batch_size
     from .switching import score_cache
     from .policy import SCORE_COMPILE_COLD_S, SCORE_COMPILE_WARM_S
@@ -271,7 +271,7 @@ class BackgroundCompiles:
                      f"{log_path(self.run_dir, 'score')}); sample and evaluate will compile it")
         else:
             self.say(f"compiled the sampling network in the background in {time.perf_counter() - self.started:.0f} s: sample and "
-                     "evaluate on this run load it from compile_cache/")
+                     "evaluate on this run load it from this user's compile cache")
         self.sampling = None
 
 

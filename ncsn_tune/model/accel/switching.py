@@ -1,5 +1,5 @@
 """The network fast for sampling and evaluation: a :class:`~.fast.FastScore`, compiled or not, its artefacts loaded from and
-saved to the run folder; and :class:`SwitchingScore`, which hides the import of torch's compiler behind the first calls."""
+saved to the user's own artefact folder; and :class:`SwitchingScore`, which hides the import of torch's compiler behind the first calls."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .fast import FastScore, SpeedSwitches, static_input
 
 
 def score_cache(run_dir: Path, model: torch.nn.Module, batch_shape) -> _cache.CompileCache:
-    """The run folder's compiled artefacts of the network's forward pass at ``batch_shape`` (shared by sample and evaluate)."""
+    """The compiled artefacts of the network's forward pass at ``batch_shape`` (shared by sample and evaluate)."""
     device = next(model.parameters()).device
     return _cache.CompileCache(run_dir, "score", model, batch_shape, SpeedSwitches.for_device(device, compile=True))
 
@@ -20,7 +20,7 @@ def score_cache(run_dir: Path, model: torch.nn.Module, batch_shape) -> _cache.Co
 def fast_score(model: torch.nn.Module, batch_shape, compile: bool = False, run_dir: Path | None = None,
                notes: list | None = None, switch_at: int = 0) -> FastScore | "SwitchingScore":
     """The network as a :class:`FastScore` for ``batch_shape``, compiled with ``compile`` (on a GPU). With ``run_dir``
-    the run folder's artefacts of this graph (:func:`score_cache`) are loaded before compiling and saved after a
+    this graph's artefacts (:func:`score_cache`, the user's own, never the run folder's) are loaded before compiling and saved after a
     compile that did not come from them; what happened goes to ``notes``. With ``switch_at`` > 0 and torch's
     compiler not yet imported, a :class:`SwitchingScore` runs the first ``switch_at`` calls on the CUDA graph alone
     while the compiler is imported."""
@@ -39,7 +39,7 @@ def fast_score(model: torch.nn.Module, batch_shape, compile: bool = False, run_d
 
 class SwitchingScore:
     """A score that runs its first ``switch_at`` calls on the CUDA graph alone (:class:`FastScore` without
-    torch.compile) while a background thread imports torch's compiler, loads the run's artefacts (``cache``)
+    torch.compile) while a background thread imports torch's compiler, loads the graph's artefacts (``cache``)
     and compiles the network with one call of its own; from call ``switch_at`` on, the compiled network,
     captured in a CUDA graph, runs the calls.
 
