@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .defaults import SIGMA_MIN, STEPS_PER_SCALE, TARGET_OVERLAP
 from .checks import is_real, is_whole
 from .errors import NcsnTuneError
 
@@ -52,9 +53,9 @@ def help_of(cls: type, name: str) -> str:
 class AnalysisConfig:
     """Defaults of the analysis commands (Song & Ermon 2020)."""
 
-    sigma_min: float = setting(0.01, "The smallest noise scale sigma_L (the paper's 0.01).")
-    target_overlap: float = setting(0.5, "The overlap C that adjacent scales should reach (Technique 2: about 0.5).")
-    steps_per_scale: int = setting(5, "M, Langevin steps per noise scale (the CIFAR-10 config's n_steps_each = 5).")
+    sigma_min: float = setting(SIGMA_MIN, "The smallest noise scale sigma_L (the paper's 0.01) for pixels in [0, 1].")
+    target_overlap: float = setting(TARGET_OVERLAP, "The overlap C that adjacent scales should reach (Technique 2: about 0.5).")
+    steps_per_scale: int = setting(STEPS_PER_SCALE, "M, Langevin steps per noise scale (the CIFAR-10 config's n_steps_each = 5).")
     split: str = setting("train", "The split Technique 1 reads (the paper uses the training set).")
     distance_method: str = setting("pruned", "Exact sigma_max: pruned (skips pairs that provably cannot win) or blocked (every pair).")
     device: str = setting("auto", "Where to compute: cpu, cuda, cuda:N or auto (a GPU where it pays off).")

@@ -54,7 +54,8 @@ def atomic_open(path: Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    stale_temporaries(path.parent, path.name, remove=True)  # left by a writer of this file that was killed
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -65,6 +66,33 @@ def atomic_open(path: Path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def stale_temporaries(folder: Path, name: str = "*", remove: bool = False) -> list[Path]:
+    """The temporary files of :func:`atomic_open` in ``folder`` (for the file ``name``, or any) whose writing process is gone:
+    their names carry the writer's process id (``.name.PID.XXXX.tmp``), and a file whose writer still runs is never
+    touched (another command may be writing it now); one named without a process id was written by an older version.
+    With ``remove`` they are deleted."""
+    found = []
+    for path in Path(folder).glob(f".{name}.*.tmp"):
+        parts = path.name.split(".")
+        pid = next((int(p) for p in reversed(parts[:-1]) if p.isdigit()), None)  # None: named before writers were named
+        if pid is not None and (pid == os.getpid() or _alive(pid)):
+            continue
+        found.append(path)
+        if remove:
+            path.unlink(missing_ok=True)
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):  # no such process, or no process could have that id
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

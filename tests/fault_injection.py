@@ -5,8 +5,8 @@ was lost.
 
 The run is trained the way users type it: ``ncsn-tune train --data cifar10 --data-root DIR --output RUN --steps N
 ...`` (the real CIFAR-10 subset when it is found, else a small CIFAR-10 in the official format written here), and
-continued with that same command line plus ``--resume`` (``--overwrite`` when it was killed before its first
-checkpoint). First the run is trained without interruption. Then it is started, killed with SIGKILL after a
+continued with that same command line plus ``--resume`` (also when it was killed before its first checkpoint: then
+the run starts again from step 0, as the stop message advises). First the run is trained without interruption. Then it is started, killed with SIGKILL after a
 random delay and continued, again and again; after the last kill it is left to finish. After every kill, every
 checkpoint in the folder must load; at the end there must be no temporary files left, metrics.jsonl must hold each
 step exactly once, and the loss at every step and the final weights must equal the uninterrupted run's bit for bit
@@ -92,10 +92,8 @@ def _episode(root: Path, run_dir: Path, data: Path, steps: int, kills_left: int,
         checkpoints = list_checkpoints(run_dir)
         if checkpoints and load_checkpoint(run_dir).step >= steps:
             return loadable
-        if checkpoints:
-            extra = ["--resume"]
-        elif run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
-            extra = ["--overwrite"]  # killed before its first checkpoint
+        if checkpoints or (run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir())):
+            extra = ["--resume"]  # also when killed before its first checkpoint: the printed advice starts it again
         else:
             extra = []
         counts["restarts"] += bool(extra)

@@ -123,3 +123,18 @@ def test_bad_schedule_files(tmp_path):
         NoiseSchedule.load(p)
     with pytest.raises(Exception, match="does not exist"):
         NoiseSchedule.load(tmp_path / "missing.json")
+
+
+def test_the_library_and_the_command_give_the_same_default_sigma_min_in_each_pixel_range():
+    """Issue 30: NoiseSchedule.from_num_scales(100, 3072, 232, pixel_range='-1,1') had sigma_min 0.01 where the command gives
+    0.02: every default now comes from ncsn_tune.analysis.defaults."""
+    import json
+
+    from cli_run import run
+
+    for make in (lambda: NoiseSchedule.from_num_scales(100.0, 3072, 232, pixel_range="-1,1"),
+                 lambda: NoiseSchedule.from_overlap(100.0, 3072, pixel_range="-1,1")):
+        assert make().sigma_min == 0.02
+    out = json.loads(run("sigmas", "--sigma-max", 100, "--dim", 3072, "--num-scales", 232, "--pixel-range=-1,1", "--json").stdout)
+    assert out["sigma_min"] == 0.02 == NoiseSchedule.from_num_scales(100.0, 3072, 232, pixel_range="-1,1").sigma_min
+    assert NoiseSchedule.from_num_scales(50.0, 3072, 232).sigma_min == 0.01

@@ -325,3 +325,14 @@ def test_plot_step_size_draws_the_measured_step(trained_run, tmp_path):
     text = CliRunner().invoke(main, ["plot", "step-size", "--checkpoint", str(trained_run), "--chains", 2, "--output",
                                      str(tmp_path / "m.png")])
     assert text.exit_code == 0 and ("at the edge of the range tried" in text.stdout) == out["at_edge"]
+
+
+def test_a_chain_that_never_moved_is_not_called_at_the_noise_level():
+    """Issue 29: --step-size 1e-300 left the chain at its uniform start, and the verdict called it "at the noise level the
+    model expects" (every scale counted as still gathering noise, so none was judged)."""
+    dim = 3 * 16 * 16
+    schedule = NoiseSchedule.from_num_scales(20.0, dim, 30)
+    start_norm = np.full(30, np.sqrt(dim / 3))  # a uniform start that never moves
+    verdict = chain_verdict(schedule.sigmas, np.full(30, 1.0), start_norm, dim, steps_per_scale=5, step_size=1e-300)
+    assert not verdict["within"] and "too small for the chain to reach the noise level" in verdict["message"]
+    assert any("hardly moves from its start" in c for c in verdict["causes"])

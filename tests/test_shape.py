@@ -7,7 +7,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "ncsn_tune"
 #: Each top-level room and its layer: a module may import its own layer and the ones below, never one above.
-LAYERS = {"errors": 0, "checks": 0, "version": 0, "files": 0, "config": 1, "devices": 1, "data": 2, "analysis": 3, "images": 3,
+LAYERS = {"errors": 0, "checks": 0, "version": 0, "files": 0, "defaults": 0, "units": 0, "config": 1, "devices": 1, "data": 2, "analysis": 3, "images": 3,
           "tuning": 4, "plots": 4, "interop": 5, "model": 6, "cli": 7, "__init__": 8, "__main__": 9}
 
 

@@ -101,3 +101,99 @@ def test_a_deeply_nested_file_is_one_line(tmp_path):
     (tmp_path / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     r = run("train", "--config", tmp_path / "deep.yaml", "--dry-run")
     assert r.exit_code == 2 and "Traceback" not in r.output and r.stderr.strip().startswith("Error:")
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    """Issue 29: a PNG that declares more pixels than Pillow will decode raised DecompressionBombError as a traceback."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(3):
+        Image.new("RGB", (40, 40), (k, 0, 0)).save(folder / f"{k}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40 x 40 = 1,600 pixels: more than twice the limit, a "bomb"
+    r = run("sigmas", "--data", folder)
+    one_line_error(r, "is not a readable image")
+
+
+def test_plot_step_size_for_pc_reports_the_given_snr(tmp_path):
+    """Issue 29: --snr was drawn but not reported by plot step-size --sampler pc."""
+    r = run("plot", "step-size", "--sampler", "pc", "--M", 1, "--sigma-max", 50, "--num-scales", 1000, "--snr", 0.16,
+            "--output", tmp_path / "p.png", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["given"][0]["snr"] == 0.16 and round(out["given"][0]["variance_ratio"], 4) == 1.0245
+
+
+def test_chains_beyond_one_batch_are_refused_before_loading(tmp_path, imgs):
+    """Issue 29: step-size --checkpoint --chains 10000000 ran out of memory with a traceback."""
+    pytest.importorskip("torch")
+    assert run("train", "--data", imgs, "--output", tmp_path / "run", "--steps", 1, "--ngf", 4, "--batch-size", 4, "--num-scales", 4,
+               "--device", "cpu", "--sample-every", 1000, "--eval-every", 1000).exit_code == 0
+    one_line_error(run("step-size", "--checkpoint", tmp_path / "run", "--chains", 10_000_000), "10,000,000 chains", "--chains")
+
+
+def test_long_work_says_its_estimate_or_refuses_before_it_starts(tmp_path, imgs):
+    """Issue 29: train on a CPU at the paper's settings ran for months without a word; the PC loop's model at M = 100000
+    never refused."""
+    one_line_error(run("train", "--data", imgs, "--output", tmp_path / "r", "--device", "cpu", "--ngf", 128, "--batch-size", 128),
+                   "on this machine's CPU", "days", "--device")
+    assert not (tmp_path / "r").exists()
+    dry = run("train", "--data", imgs, "--output", tmp_path / "r", "--device", "cpu", "--ngf", 128, "--batch-size", 128, "--dry-run")
+    assert dry.exit_code == 0 and "training would be refused" in dry.output  # a dry run shows the plan and says so
+    r = run("train", "--data", imgs, "--output", tmp_path / "r", "--device", "cpu", "--steps", 2000, "--ngf", 64, "--dry-run")
+    assert r.exit_code == 0 and "estimate: 2,000 steps on this CPU take about" in r.output
+    one_line_error(run("step-size", "--sampler", "pc", "--M", 100000, "--sigma-max", 50, "--num-scales", 220), "minutes",
+                   "fewer levels or steps per level")
+
+
+def test_a_killed_writers_temporary_file_goes_and_a_live_writers_stays(tmp_path, imgs):
+    """Issue 29: temporary files of killed writers stayed in the sample folder and the FID cache (33 MB each), and train's
+    start-up deleted another process's live temporary file. Temporaries now carry their writer's process id."""
+    import subprocess
+    import sys
+
+    from ncsn_tune.files import atomic_write_bytes
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = tmp_path / ".s.npz.4194303999.abc.tmp"  # no such process
+        alive = tmp_path / f".s.npz.{live.pid}.abc.tmp"
+        for path in (dead, alive):
+            path.write_bytes(b"\0" * 1000)
+        atomic_write_bytes(tmp_path / "s.npz", b"x")
+        assert not dead.exists() and alive.exists() and (tmp_path / "s.npz").read_bytes() == b"x"
+        assert run("train", "--data", imgs, "--output", tmp_path / "run", "--steps", 2, "--ngf", 4, "--batch-size", 4, "--num-scales", 4,
+                   "--device", "cpu", "--sample-every", 1000, "--eval-every", 1000).exit_code == 0
+        in_run = tmp_path / "run" / f".checkpoint_00000009.pt.{live.pid}.xyz.tmp"  # say, another command writing there now
+        in_run.write_bytes(b"\0")
+        r = run("train", "--output", tmp_path / "run", "--resume", "--steps", 4)
+        assert r.exit_code == 0 and in_run.exists(), r.output
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_fifo_where_a_checkpoint_should_be_is_refused_not_waited_on(tmp_path, imgs):
+    """Issue 29: a FIFO named like a checkpoint made sample wait forever on its open()."""
+    assert run("train", "--data", imgs, "--output", tmp_path / "run", "--steps", 2, "--ngf", 4, "--batch-size", 4, "--num-scales", 4,
+               "--device", "cpu", "--sample-every", 1000, "--eval-every", 1000).exit_code == 0
+    os.mkfifo(tmp_path / "run" / "checkpoint_00000009.pt")
+    r = run("sample", "--checkpoint", tmp_path / "run", "--num", 1, "--output", tmp_path / "s.png")
+    assert r.exit_code == 0 and "not a regular file" in r.output, r.output  # skipped, said, the step-2 checkpoint used
+    one_line_error(run("sample", "--checkpoint", tmp_path / "run" / "checkpoint_00000009.pt", "--num", 1, "--output",
+                       tmp_path / "t.png"), "not a regular file")
+
+
+def test_a_bad_value_in_a_file_is_blamed_on_the_file(tmp_path, real_configs, real_subset):
+    """Issue 29: a value read from --config was blamed on --sigma-min/--sigma-max, options audit forbids with --config."""
+    import yaml
+
+    data = yaml.safe_load((real_configs / "ncsnv2" / "configs" / "cifar10.yml").read_text())
+    data["model"]["sigma_begin"] = 0.001
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump(data))
+    for args in (["audit", "--config", tmp_path / "bad.yml"], ["train", "--config", tmp_path / "bad.yml", "--data-root", real_subset,
+                                                               "--dry-run", "--output", tmp_path / "r"]):
+        r = run(*args)
+        one_line_error(r, "bad.yml", "(option --config)")
+        assert "--sigma-min" not in r.stderr

@@ -100,7 +100,9 @@ def chain_verdict(sigmas, ratio, image_norm, dim: int, *, steps_per_scale: int |
     too_clean = readable & (noise_high < lo)
     diverged = not np.isfinite(image_norm[-1]) or image_norm[-1] > DIVERGED_NORM * math.sqrt(dim)
     by_norm = (too_noisy | too_clean) & ~judged & ~by_step
-    out = {"band": list(band), "within": bool(not (judged.any() or by_step.any() or by_norm.any() or diverged)), "num_scales": n,
+    never_warm = expected is not None and warm == n  # the step is too small for any chain to gather the level's noise
+    out = {"band": list(band), "within": bool(not (judged.any() or by_step.any() or by_norm.any() or diverged or never_warm)),
+           "num_scales": n,
            "scales_off": int((judged | by_step | by_norm).sum()), "scales_not_judged": int((start & ~start_high).sum()),
            "exact_score": None if expected is None else expected.tolist(), "diverged": bool(diverged),
            "noise_from_image_norm": [None if not r else float(v) for r, v in zip(readable, noise_low)]}
@@ -150,6 +152,10 @@ def chain_verdict(sigmas, ratio, image_norm, dim: int, *, steps_per_scale: int |
         k = int(np.flatnonzero(too_clean)[0])
         causes.append(f"the images hold less noise than the level at {int(too_clean.sum())} scales (at sigma {sigmas[k]:.3g} the mean "
                       f"||x|| / sqrt(D) = {image_norm[k] / math.sqrt(dim):.3g} allows at most {noise_high[k]:.2f} sigma)")
+    if never_warm:
+        causes.append(f"with eps = {step_size:.3g} and M = {steps_per_scale} even an exact score's chain never reaches the noise level "
+                      f"of any scale (it reads {expected.max():.2g} at most): the chain hardly moves from its start, whatever the "
+                      "network reads (ncsn-tune step-size gives Technique 4's eps)")
     if diverged:
         causes.append(f"the samples end with a mean norm of {image_norm[-1]:,.0f}, {image_norm[-1] / math.sqrt(dim):,.0f} times the "
                       "largest an image of pixels in [0, 1] can have: noise is left in them (the chain diverged or never settled)")
@@ -160,6 +166,8 @@ def chain_verdict(sigmas, ratio, image_norm, dim: int, *, steps_per_scale: int |
     if (judged | by_step).any():
         said = (f"sigma ||s|| / sqrt(D) is {ratio[worst]:.2f} at scale {worst} (sigma {sigmas[worst]:.3g}), {where} [{lo:g}, {hi:g}]"
                 f"{spared}")
+    elif never_warm:
+        said = "the step is too small for the chain to reach the noise level of any scale"
     elif by_norm.any():
         said = (f"sigma ||s|| / sqrt(D) stays within [{lo:g}, {hi:g}], but the image norms say the chain holds "
                 f"{'more' if too_noisy.any() else 'less'} noise than the level")

@@ -24,6 +24,7 @@ from ..checks import is_real, is_whole
 from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE
 from ..data.pixel_range import PixelRange
 from ..errors import ScheduleError
+from ..defaults import SIGMA_MIN, TARGET_OVERLAP
 from .roots import brent_root
 from .step_size import StepSize, optimal_step_size
 
@@ -74,7 +75,7 @@ def validate_dim(dim) -> int:
     return int(dim)
 
 
-def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
+def solve_gamma(dim: int, target_overlap: float = TARGET_OVERLAP) -> float:
     """The smallest ratio gamma > 1 whose overlap in ``dim`` dimensions equals the target.
 
     The overlap is Phi(3) - Phi(-3) ~= 0.9973 at gamma = 1. For D >= 5 it falls
@@ -115,13 +116,11 @@ def solve_gamma(dim: int, target_overlap: float = 0.5) -> float:
 SIGMA_RANGE = (1e-18, 1e18)
 #: The most scales a schedule may have (the published CIFAR-10 one has 232).
 MAX_NUM_SCALES = 1_000_000
-#: The paper's sigma_min, for pixels in [0, 1].
-SIGMA_MIN = 0.01
 
 
 def default_sigma_min(pixel_range: PixelRange | str | None = None) -> float:
-    """The paper's sigma_min (0.01 for pixels in [0, 1]) in the given pixel range: the same noise relative to the data,
-    so 0.02 in [-1, 1]."""
+    """The paper's sigma_min (:data:`~ncsn_tune.defaults.SIGMA_MIN`, 0.01 for pixels in [0, 1]) in the given pixel range:
+    the same noise relative to the data, so 0.02 in [-1, 1]."""
     return SIGMA_MIN * DEFAULT_PIXEL_RANGE.factor_to(PixelRange.parse(pixel_range or DEFAULT_PIXEL_RANGE, error=ScheduleError))
 
 
@@ -244,19 +243,23 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_num_scales(cls, sigma_max: float, dim: int | None, num_scales: int, *, sigma_min: float = 0.01,
+    def from_num_scales(cls, sigma_max: float, dim: int | None, num_scales: int, *, sigma_min: float | None = None,
                         data: dict | None = None, source: dict | None = None, pixel_range: PixelRange | None = None) -> "NoiseSchedule":
-        """L given scales from sigma_max to sigma_min; the overlap they achieve is reported, not targeted."""
+        """L given scales from sigma_max to sigma_min (default: the paper's, :func:`default_sigma_min`, in ``pixel_range``);
+        the overlap they achieve is reported, not targeted."""
+        sigma_min = default_sigma_min(pixel_range) if sigma_min is None else sigma_min
         return cls(float(sigma_max), float(sigma_min), num_scales, dim, None, None, data, dict(source or {}), pixel_range)
 
     @classmethod
-    def from_overlap(cls, sigma_max: float, dim: int, *, sigma_min: float = 0.01, target_overlap: float = 0.5,
+    def from_overlap(cls, sigma_max: float, dim: int, *, sigma_min: float | None = None, target_overlap: float = TARGET_OVERLAP,
                      data: dict | None = None, source: dict | None = None, pixel_range: PixelRange | None = None) -> "NoiseSchedule":
-        """Technique 2: gamma from the overlap equation, L = ceil(log(sigma_max/sigma_min)/log gamma) + 1.
+        """Technique 2: gamma from the overlap equation, L = ceil(log(sigma_max/sigma_min)/log gamma) + 1 (sigma_min by
+        default the paper's, :func:`default_sigma_min`, in ``pixel_range``).
 
         The schedule is then rebuilt geometrically with L scales, so its realised
         ratio is at most gamma and its overlap at least the target.
         """
+        sigma_min = default_sigma_min(pixel_range) if sigma_min is None else sigma_min
         validate_range(sigma_max, sigma_min)
         gamma = solve_gamma(dim, target_overlap)
         num_scales = num_scales_for_ratio(sigma_max, sigma_min, gamma)
@@ -264,7 +267,7 @@ class NoiseSchedule:
                    pixel_range)
 
     @classmethod
-    def from_data(cls, dataset, *, sigma_min: float | None = None, target_overlap: float = 0.5, num_scales: int | None = None,
+    def from_data(cls, dataset, *, sigma_min: float | None = None, target_overlap: float = TARGET_OVERLAP, num_scales: int | None = None,
                   method: str = "pruned", device: str = "auto", progress=None) -> "NoiseSchedule":
         """Techniques 1 and 2 for a data set: sigma_max is its exact diameter, then the overlap equation.
 
@@ -317,11 +320,11 @@ class NoiseSchedule:
 
     def overlap_equation(self, target_overlap: float | None = None) -> tuple[float, int] | None:
         """(gamma, L) that Technique 2's equation gives for this schedule's ends and D, at ``target_overlap``
-        (default: the schedule's own target, else 0.5); None when D is unknown or the equation has no root."""
+        (default: the schedule's own target, else :data:`TARGET_OVERLAP`); None when D is unknown or the equation has no root."""
         if self.dim is None:
             return None
         try:
-            gamma = solve_gamma(self.dim, target_overlap or self.target_overlap or 0.5)
+            gamma = solve_gamma(self.dim, target_overlap or self.target_overlap or TARGET_OVERLAP)
             return gamma, num_scales_for_ratio(self.sigma_max, self.sigma_min, gamma)
         except ScheduleError:
             return None

@@ -36,6 +36,7 @@ from scipy import special
 
 from ..checks import is_whole
 from ..errors import ScheduleError
+from ..defaults import SIGMA_MIN, TARGET_OVERLAP
 from .step_size import (
     StepSize,
     optimal_step_size,
@@ -345,10 +346,10 @@ MAX_MIXTURE_BYTES = 4 * 2**30
 def gmm_experiment(
     mixture: Mixture,
     small_sigma_max: float = 1.0,
-    sigma_min: float = 0.01,
+    sigma_min: float = SIGMA_MIN,
     num_samples: int = 1000,
     steps_per_scale: int = 5,
-    target_overlap: float = 0.5,
+    target_overlap: float = TARGET_OVERLAP,
     seed: int = 0,
 ) -> list[ModeCoverage]:
     """Sample the mixture with (a) sigma_max = ``small_sigma_max`` and (b) Technique 1's sigma_max.

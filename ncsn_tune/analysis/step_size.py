@@ -23,6 +23,7 @@ import numpy as np
 
 from ..checks import is_real, is_whole
 from ..errors import ScheduleError
+from ..defaults import SIGMA_MIN
 from .roots import brent_root
 
 #: The largest M accepted: beyond it s^2/sigma^2 - 1 falls below 1e-8 and the run would take
@@ -30,7 +31,7 @@ from .roots import brent_root
 MAX_STEPS_PER_SCALE = 10**9
 
 
-def variance_ratio(step_size, ratio, steps_per_scale, sigma_min=0.01):
+def variance_ratio(step_size, ratio, steps_per_scale, sigma_min=SIGMA_MIN):
     """Proposition 3: s**2 / sigma**2 after ``steps_per_scale`` Langevin steps at one scale.
 
     s**2/sigma**2 = (1 - a)**(2M) (ratio**2 - 2/(2 - a)) + 2/(2 - a),  a = eps / sigma_min**2.
@@ -132,7 +133,7 @@ class StepSize:
         return dataclasses.replace(self, step_size=self.step_size * factor**2, sigma_min=self.sigma_min * factor)
 
     @classmethod
-    def given(cls, step_size: float, ratio: float, steps_per_scale: int, sigma_min: float = 0.01) -> "StepSize":
+    def given(cls, step_size: float, ratio: float, steps_per_scale: int, sigma_min: float = SIGMA_MIN) -> "StepSize":
         """A given eps (e.g. a published 6.2e-6), with the s^2/sigma^2 it reaches."""
         ratio = validate_ratio(ratio)
         m = validate_steps_per_scale(steps_per_scale)
@@ -152,7 +153,7 @@ def step_size_of_snr(snr: float, sigma_min: float) -> float:
     return 2.0 * (snr * sigma_min) ** 2
 
 
-def optimal_step_size(ratio: float, steps_per_scale: int, sigma_min: float = 0.01) -> StepSize:
+def optimal_step_size(ratio: float, steps_per_scale: int, sigma_min: float = SIGMA_MIN) -> StepSize:
     """Technique 4: the eps in (0, sigma_min**2) that minimises Proposition 3's s^2/sigma^2.
 
     For ratio > 1 the s^2/sigma^2 exceeds 1 for every eps (it is a weighted

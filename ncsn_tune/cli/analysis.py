@@ -362,10 +362,14 @@ def plot_step_size_cmd(steps_per_scale, step_size, snr, sampler, predictor, corr
     else:
         fig = plot_sampler_step(loop, require_schedule(choice), steps, snr)
     save_figure(report, fig, output)
-    report.result({"figure": output, "optima": [o.to_dict() for o in fig.optima], "notes": list(choice.notes)})
-    for o in fig.optima:
-        report.line(f"M = {o.steps_per_scale}: " + (f"eps = {o.step_size:.6e}" if loop.name == "ald" else f"snr = {o.snr:.5f}")
-                    + f", s^2/sigma^2 = {o.variance_ratio:.6f}")
+    given = [] if snr is None or loop.name == "ald" else [sampler_step(loop, o.sigma_max, o.sigma_min, o.num_scales, o.steps_per_scale, snr)
+                                                          for o in fig.optima]
+    report.result({"figure": output, "optima": [o.to_dict() for o in fig.optima], "given": [g.to_dict() for g in given],
+                   "notes": list(choice.notes)})
+    for k, o in enumerate(fig.optima):
+        report.line(f"M = {o.steps_per_scale}: " + (f"eps = {o.step_size:.6e}" if loop.name == "ald" else f"the criterion's optimum snr = "
+                    f"{o.snr:.5f}") + f", s^2/sigma^2 = {o.variance_ratio:.6f}"
+                    + (f"; at the given snr {snr:g}: {given[k].variance_ratio:.6f}" if given else ""))
 
 
 @plot.command("schedule")

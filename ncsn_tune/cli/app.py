@@ -19,7 +19,7 @@ from ..version import __version__
 from ..errors import Interrupted, NcsnTuneError
 
 #: Library names whose command-line option is not named after them.
-OPTION_NAMES = {"schedule_file": "schedule", "rescale": "no_rescale", "ema": "no_ema"}
+OPTION_NAMES = {"schedule_file": "schedule", "rescale": "no_rescale", "ema": "no_ema", "config": "config_file"}
 
 
 def option_flags(command: click.Command, fields: tuple[str, ...]) -> list[str]:

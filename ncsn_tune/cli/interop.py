@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..config import workdir
+from ..defaults import TARGET_OVERLAP
 from ..errors import NcsnTuneError
 from ..files import check_output
 from ..analysis.noise_schedule import default_sigma_min
@@ -24,7 +25,13 @@ def audited_config(config, score_sde_root, sampling_steps, numbers: dict):
     from ..interop.tool_configs import ToolConfig, read_tool_config
 
     if config is not None:
-        return read_tool_config(config, score_sde_root, sampling_steps)
+        try:
+            return read_tool_config(config, score_sde_root, sampling_steps)
+        except NcsnTuneError as err:  # a value read from the file: the file is what to change, not an option --config forbids
+            if set(err.fields) <= {"config", "score_sde_root", "sampling_steps"}:
+                raise
+            message = str(err) if str(config) in str(err) else f"{config}: {err}"
+            raise type(err)(message, fields="config") from None
     missing = [k for k in ("sigma_max", "num_scales") if numbers[k] is None]
     if missing:
         raise NcsnTuneError("give a configuration file, or at least sigma_max and the number of scales", fields=("config", *missing))
@@ -43,7 +50,7 @@ def audited_config(config, score_sde_root, sampling_steps, numbers: dict):
 @data_options
 @click.option("--diameter", type=float, help="The data's diameter, instead of computing it from --data (Technique 1).")
 @click.option("--dim", type=int, help="Data dimension D = C*H*W [default: the configuration's image size, or the data's].")
-@click.option("--overlap", "target_overlap", type=float, default=0.5, show_default=True, help="Target overlap C (Technique 2).")
+@click.option("--overlap", "target_overlap", type=float, default=TARGET_OVERLAP, show_default=True, help="Target overlap C (Technique 2).")
 @click.option("--sigma-max", type=float, help="Without --config: the largest scale.")
 @click.option("--sigma-min", type=float, help="Without --config: the smallest scale [default: 0.01 in [0, 1] pixels].")
 @click.option("--num-scales", type=int, help="Without --config: the number of scales L.")

@@ -87,7 +87,7 @@ def train(output, config_file, resume, overwrite, init_from, dry_run, gpus, as_j
     report = Report(as_json, quiet=not main_process)
     with report.progress() as progress:
         setup = setup_run(settings, output=output, config_file=config_file, resume=resume, init_from=init_from, overwrite=overwrite,
-                          workdir=workdir(), progress=progress, main_process=main_process)
+                          workdir=workdir(), progress=progress, main_process=main_process, dry_run=dry_run)
     summary = {**setup.summary(), "num_parameters": count_model_parameters(setup)}
     render_setup(report, setup, summary["num_parameters"])
     if dry_run:
@@ -171,7 +171,8 @@ def sample(checkpoint, num, output, npz, steps_per_scale, step_size, sampler, pr
     with report.progress() as progress:
         run = sample_checkpoint(checkpoint, num=num, batch_size=batch_size, seed=seed, schedule_file=schedule, num_scales=num_scales,
                                 steps_per_scale=steps_per_scale, step_size=step_size, sampler=loop, snr=snr, denoise=not no_denoise,
-                                ema=not no_ema, device=device, compile=use_compile, trace_chain=chain is not None, progress=progress)
+                                ema=not no_ema, device=device, compile=use_compile, trace_chain=chain is not None, progress=progress,
+                                say=report.warn)
     written = write_samples(run, output, npz, diagnostics, chain)
     report.result({**run.to_dict(), "files": written})
     if as_json:

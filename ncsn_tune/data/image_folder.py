@@ -58,7 +58,7 @@ def _decode(path: Path, mode: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return _pixels(img, mode)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise DataError(f"{path} is not a readable image ({err})") from None
 
 
@@ -92,7 +92,7 @@ def _decode_chunk(task) -> tuple:
                                          "resize them to one size")
                     modes[img.mode] += 1
                     target[start + k] = _pixels(img, mode)
-            except (OSError, UnidentifiedImageError) as err:
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
                 return ("error", f"{path} is not a readable image ({err})")
         return ("ok", start, len(paths), modes)
     finally:
@@ -232,7 +232,7 @@ def _scan_headers(files: list[Path]) -> Counter:
         try:
             with Image.open(path) as img:
                 modes[img.mode] += 1
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise DataError(f"{path} is not a readable image ({err})") from None
     return modes
 
@@ -254,7 +254,7 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
     try:
         with Image.open(files[0]) as img:
             width, height = img.size
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise DataError(f"{files[0]} is not a readable image ({err})") from None
     rgb_shape = (3, height, width)
     if stream is None:

@@ -23,6 +23,7 @@ import numpy as np
 from ..analysis.noise_schedule import (NoiseSchedule, num_scales_for_ratio, overlap, ratio_for_num_scales, solve_gamma, validate_dim,
                                       validate_overlap_target)
 from ..analysis.samplers import sampler_step
+from ..defaults import TARGET_OVERLAP
 from ..errors import ScheduleError
 from ..tuning.advice import MEASURED, MEASUREMENT, chain_ratio_warning, sampling_levels_advice
 from ..tuning.steps import recommended_sampler_step
@@ -190,7 +191,7 @@ def check_t5(c: ToolConfig) -> Finding:
                    "for every reported result)", {})
 
 
-def audit_config(config: ToolConfig, *, diameter: float | None = None, dim: int | None = None, target_overlap: float = 0.5) -> Audit:
+def audit_config(config: ToolConfig, *, diameter: float | None = None, dim: int | None = None, target_overlap: float = TARGET_OVERLAP) -> Audit:
     """The four findings for ``config``; ``diameter`` (Technique 1 on the data, in the configuration's pixel
     convention) and ``dim`` (D = C*H*W, else the configuration's image size) make T1 and T2 checkable."""
     if diameter is not None and not (isinstance(diameter, (int, float)) and math.isfinite(diameter) and diameter > 0):

@@ -156,7 +156,18 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def read_torch_file(path: Path, what: str, hint: str = "", map_location="cpu") -> Any:
     """``torch.load`` (tensors and plain containers only); an unreadable file is an :class:`NcsnTuneError`
-    saying it is not a readable ``what``, followed by ``hint``."""
+    saying it is not a readable ``what``, followed by ``hint``. Only regular files are opened (a FIFO or a device would
+    make the open wait forever)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist{hint}") from None
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise CheckpointError(f"{path} is not a regular file (a FIFO, socket or device), not a {what}{hint}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

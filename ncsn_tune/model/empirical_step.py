@@ -94,6 +94,15 @@ def empirical_step_size(checkpoint, *, steps_per_scale: int | None = None, facto
         raise ScheduleError("no step size to try below sigma_min^2", fields="step_size")
     warm = exact_score_ratios(schedule.sigmas, m, best.step_size, read_after=m) >= NOISE_LEVEL_BAND[0]
     judged_from = min(int(np.argmax(warm)) if warm.any() else 0, schedule.num_scales - 1)
+    from .accel import score_batch_size
+
+    from ..devices import torch_device
+
+    dev = torch_device(device)
+    most = 4 * score_batch_size(ckpt.image_shape, dev)  # the chains run as one batch of the network
+    if num > most:
+        raise NcsnTuneError(f"{num:,} chains run as one batch of the network: beyond what this {dev.type.upper()} holds for "
+                            f"{'x'.join(map(str, ckpt.image_shape))} images (at most {most:,}; 16 tell the step apart)", fields=("num", "chains"))
     model = load_model(ckpt, device=device)
     dev = next(model.parameters()).device
     shape = (num, model.channels, model.image_size, model.image_size)

@@ -210,7 +210,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     elif chain_check:
         from .generate import sample_checkpoint
 
-        check = sample_checkpoint(ckpt, num=chain_check, seed=seed, device=device, compile=False, ema=ema, model=model)
+        check = sample_checkpoint(ckpt, num=chain_check, seed=seed, device=device, compile=False, ema=ema, model=model, progress=progress)
         result.chain, result.chain_images = check.diagnostics.summary(), chain_check
     if sample_array is not None:
         recorded = DataIdentity.from_dict(ckpt.data)

@@ -20,6 +20,7 @@ from ..analysis.noise_schedule import NoiseSchedule
 from ..analysis.samplers import Sampler, SamplerStep
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
+from ..units import duration
 from .accel import fast_score, score_batch_size, score_network
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .network import NCSNv2
@@ -170,21 +171,25 @@ def check_sample_outputs(output: Path | None = None, npz: Path | None = None, di
             check_output(path, suffixes, force=force, what=what)
 
 
-#: The most image evaluations one sample command runs: about 6 days at the 20,000 per second of an H100.
-MAX_IMAGE_EVALUATIONS = 10**10
+#: The most image evaluations one sample command runs: about 14 hours at the 20,000 per second of an H100.
+MAX_IMAGE_EVALUATIONS = 10**9
+#: Image evaluations per second of the CIFAR-10 network (ngf 128) on an H100 with torch.compile (policy.SAMPLE_COSTS), and,
+#: for the estimate only, on a CPU (about 2 cores' worth).
+GPU_EVALUATIONS_PER_S, CPU_EVALUATIONS_PER_S = 20_000, 30
 
 
 def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = None, seed: int = 0, schedule_file: Path | None = None,
                       num_scales: int | None = None, steps_per_scale: int | None = None, step_size: float | None = None,
                       sampler: Sampler | None = None, snr: float | None = None, denoise: bool = True, ema: bool = True,
                       device: str = "auto", compile: bool | None = None, trace_chain: bool = False, progress=None,
-                      model: NCSNv2 | None = None) -> SampleRun:
+                      model: NCSNv2 | None = None, say=None) -> SampleRun:
     """Samples from a checkpoint with the run's schedule, M and eps, or overrides (a changed schedule or M gets
     Technique 4's eps; :func:`ncsn_tune.tuning.resolve_sampling` decides and says why). ``sampler``: None or ald for
     NCSNv2's annealed Langevin dynamics, pc for score_sde's predictor-corrector loop with this network (M corrector steps
     per level, default 1; ``snr`` default from the resolver). ``batch_size`` None: 1,000 CIFAR-10 images at a time on a
     GPU (:func:`~ncsn_tune.model.accel.score_batch_size`), 100 on a CPU. ``model``: the checkpoint's network loaded
-    already (:func:`~ncsn_tune.model.checkpoint.load_model`)."""
+    already (:func:`~ncsn_tune.model.checkpoint.load_model`). ``say(text)``: where an estimate of a long sampling goes
+    before it starts."""
     from ..tuning import Given, resolve_sampling
 
     if num < 1 or (batch_size is not None and batch_size < 1):
@@ -209,9 +214,14 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
     calls = network_calls(tuning.sampler, tuning.schedule.num_scales, tuning.steps_per_scale, denoise)  # per image
     if num * calls > MAX_IMAGE_EVALUATIONS:
         raise NcsnTuneError(f"{num:,} samples with L = {tuning.schedule.num_scales} and M = {tuning.steps_per_scale} are {num * calls:.3g} "
-                            f"image evaluations of the network: at about 20,000 per second on an H100 that is {num * calls / 2e4 / 86400:,.1f} "
-                            f"days (ncsn_tune samples up to {MAX_IMAGE_EVALUATIONS:.0e}); use fewer samples or a smaller M",
-                            fields=("num", "steps_per_scale"))
+                            f"image evaluations of the network: at about 20,000 per second on an H100 that is "
+                            f"{num * calls / GPU_EVALUATIONS_PER_S / 3600:,.1f} hours (ncsn_tune samples up to {MAX_IMAGE_EVALUATIONS:.0e}); "
+                            "use fewer samples or a smaller M", fields=("num", "steps_per_scale"))
+    work = num * calls * (ckpt.config["ngf"] / 128) ** 2 * dim / 3072  # in CIFAR-10-network evaluations
+    rate = GPU_EVALUATIONS_PER_S if model.sigmas.device.type == "cuda" else CPU_EVALUATIONS_PER_S
+    if work / rate > 60 and say is not None:  # said before the long work, not after it
+        say(f"estimate: {num:,} samples x {calls:,} network calls take about {duration(work / rate)} on this "
+            f"{model.sigmas.device.type.upper()} (Ctrl-C stops it)")
     score, notes = score_network(model, (batch_size, *shape), num * calls, compile, ckpt.run_dir, calls_per_batch=calls)
     samples = generate(model, tuning.schedule, steps_per_scale=tuning.steps_per_scale, step_size=tuning.step_size, num=num,
                        batch_size=batch_size, seed=seed, denoise=denoise, score=score, progress=progress, diagnostics=diagnostics,

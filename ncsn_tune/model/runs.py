@@ -35,6 +35,7 @@ from ..config import TrainConfig, save_config
 from ..interop.ncsnv2_yaml import load_train_config, read_train_config, required_data
 from ..errors import CheckpointError, NcsnTuneError, RunError
 from ..tuning import TrainingPlan, plan_training
+from ..tuning.training import check_cpu_training_time
 from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_official_weights, non_finite_tensor
 
 #: Settings a continued run may not change: they are part of the trained model or its schedule. Its data may not change
@@ -140,7 +141,7 @@ def optimizer_tensors(state) -> list[tuple[str, "object"]]:
 
 def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
               init_from: Path | None = None, overwrite: bool = False, workdir: Path | None = None, progress=None,
-              main_process: bool = True) -> RunSetup:
+              main_process: bool = True, dry_run: bool = False) -> RunSetup:
     """Resolve a run from ``settings`` (TrainConfig fields given; None = not given) on top of the run folder's
     config.yaml (``resume``), a YAML file (ours or an official NCSNv2 one), or the defaults. Every input is
     read and checked here, before any long work; nothing is written. Only the main process (rank 0 under
@@ -181,7 +182,13 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
             changed = changes_on_resume(base, given, ckpt)
             given = {k: v for k, v in given.items() if k in changed or k in DATA_LOCATION}  # the run's own values stay as recorded
     elif config_file is not None:
-        base, file_notes = read_train_config(config_file)
+        try:
+            base, file_notes = read_train_config(config_file)
+            base.validate()
+        except NcsnTuneError as err:  # a value in the file: said of the file, not of the option that would override it
+            if set(err.fields) <= {"config"}:
+                raise
+            raise type(err)(str(err) if str(config_file) in str(err) else f"{config_file}: {err}", fields="config") from None
         required = required_data(config_file)
         if required is not None and required[1] is None and "data" not in given:
             shape = "x".join(map(str, required[2])) if required[2] else "its"
@@ -194,11 +201,23 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         config = dataclasses.replace(base, **given).validate()
     except TypeError as exc:
         raise NcsnTuneError(str(exc)) from None
-    plan = plan_training(config, run=ckpt, changed=set(changed), workdir=workdir, progress=progress)
+    from_file = ({k for k, v in dataclasses.asdict(base).items() if k not in given and v != getattr(TrainConfig(), k)}
+                 if config_file is not None else set())
+    try:
+        plan = plan_training(config, run=ckpt, changed=set(changed), workdir=workdir, progress=progress)
+    except NcsnTuneError as err:  # a value the file gave is what to change, not an option the user did not type
+        if set(err.fields) & from_file and not set(err.fields) & set(given):
+            raise type(err)(f"{config_file}: {err}", fields="config") from None
+        raise
     if config_file is not None and required is not None and required[2] is not None and tuple(plan.train.image_shape) != required[2]:
         raise RunError(f"{config_file} is for {'x'.join(map(str, required[2]))} images, but the data is "
                        f"{'x'.join(map(str, plan.train.image_shape))}: its model and schedule are for the images it names",
                        fields=("data", "config"))
+    from ..devices import resolve_device
+
+    slow = check_cpu_training_time(plan.config, plan.train.image_shape, resolve_device(plan.config.device),
+                                   plan.config.steps - (ckpt.step if ckpt is not None else 0), refuse=not dry_run)
+    file_notes += [slow] if slow else []
     run_dir = Path(output) if output is not None else check_run_folder(Path("runs") / plan.train.name)
     if ckpt is not None and (ckpt.step > plan.config.steps or (ckpt.step == plan.config.steps and changed)):
         what = f" (--steps {plan.config.steps})" if ckpt.step > plan.config.steps else \
@@ -300,11 +319,11 @@ class RunLock:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Temporary files of atomic writes whose writer died (``.name.XXXX.tmp``); only call while holding the lock."""
-    stale = sorted(Path(run_dir).glob(".*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    """Temporary files of atomic writes whose writer died (:func:`ncsn_tune.files.stale_temporaries`: a file another
+    process is writing now is left alone)."""
+    from ..files import stale_temporaries
+
+    return stale_temporaries(run_dir, remove=True)
 
 
 def run_training(setup: RunSetup, *, callback: Callable[[dict], None] | None = None, main_process: bool = True) -> dict:

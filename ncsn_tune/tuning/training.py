@@ -15,6 +15,7 @@ from ..data import DataIdentity, Dataset
 from ..errors import DataError, NcsnTuneError, ScheduleError
 from .schedule import Given
 from .steps import Tuning, resolve
+from ..units import duration
 
 @dataclass(frozen=True)
 class DataChoice:
@@ -179,3 +180,42 @@ def check_batch_fits(config, image_shape: tuple[int, ...], device: str) -> None:
         raise ScheduleError(f"a training batch of {config.batch_size:,} images of {'x'.join(map(str, image_shape))} at ngf {config.ngf} "
                             f"needs at least {need / 2**30:,.0f} GiB of activations, more than {where} {have / 2**30:,.0f} GiB; choose a "
                             "smaller batch size", fields="batch_size")
+
+
+#: Floating-point operations of one training step's forward and backward pass per image, NCSNv2 for CIFAR-10 at ngf 128
+#: (torch.utils.flop_counter, ANCHORS.md); other sizes scale with ngf^2 and the pixels (an estimate).
+TRAIN_FLOP_PER_IMAGE = 59.4e9
+#: What a CPU reaches on those convolutions, per core (float32: 183 GFLOP/s measured on 2 cores here, a forward and backward
+#: pass of ngf 128 at batch 8 in 2.6 s).
+CPU_FLOP_PER_S_PER_CORE = 90e9
+#: Training on a CPU longer than this is refused with its estimate; longer than CPU_WARN_S it is said first.
+CPU_REFUSE_S, CPU_WARN_S = 24 * 3600.0, 600.0
+
+
+def cpu_training_seconds(config, image_shape: tuple[int, ...], steps_to_go: int) -> float:
+    """An estimate of the seconds ``steps_to_go`` training steps take on this machine's CPU (an approximation: the network's
+    operations over a typical CPU rate, :data:`CPU_FLOP_PER_S_PER_CORE` times the available cores)."""
+    from ..data.image_folder import available_cpus
+
+    pixels = math.prod(image_shape[1:]) if len(image_shape) == 3 else math.prod(image_shape)
+    per_image = TRAIN_FLOP_PER_IMAGE * (config.ngf / 128) ** 2 * pixels / 1024
+    return steps_to_go * config.batch_size * per_image / (CPU_FLOP_PER_S_PER_CORE * available_cpus())
+
+
+def check_cpu_training_time(config, image_shape: tuple[int, ...], device: str, steps_to_go: int, refuse: bool = True) -> str | None:
+    """On a CPU: refuse a run that would take more than a day (unless ``refuse`` is False, for a dry run: then said in the
+    note), with the estimate and what to change; a note for one that takes more than ten minutes; None on a GPU or for
+    short runs."""
+    if device != "cpu" or steps_to_go <= 0:
+        return None
+    seconds = cpu_training_seconds(config, image_shape, steps_to_go)
+    if seconds > CPU_REFUSE_S and refuse:
+        raise ScheduleError(f"on this machine's CPU, {steps_to_go:,} steps at batch {config.batch_size} and ngf {config.ngf} take about "
+                            f"{duration(seconds)} ({duration(seconds / steps_to_go)} a step; an estimate): train on a GPU (--device cuda), "
+                            "or make the run smaller (fewer --steps, a smaller --ngf or --batch-size)",
+                            fields=("device", "steps", "ngf", "batch_size"))
+    if seconds > CPU_WARN_S:
+        refused = ": training would be refused (more than a day; train on a GPU or make the run smaller)" if seconds > CPU_REFUSE_S else ""
+        return (f"estimate: {steps_to_go:,} steps on this CPU take about {duration(seconds)} ({duration(seconds / steps_to_go)} a "
+                f"step){refused}")
+    return None

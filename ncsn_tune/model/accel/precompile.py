@@ -72,10 +72,16 @@ def log_path(folder: Path, kind: str) -> Path:
 def start(spec: StepSpec | ScoreSpec, folder: Path, threads: int | None = None) -> subprocess.Popen:
     """Start the background compilation (its output goes to :func:`log_path`), with at most ``threads`` compile
     workers (torch's default: one per core)."""
+    from ...files import atomic_write_bytes
+
     spec_file = Path(folder) / f"precompile_{spec.kind}_spec.json"
-    spec_file.write_text(json.dumps({"kind": spec.kind, **dataclasses.asdict(spec)}))
+    atomic_write_bytes(spec_file, json.dumps({"kind": spec.kind, **dataclasses.asdict(spec)}).encode())  # replaces a link, never follows it
     env = dict(os.environ, TORCHINDUCTOR_COMPILE_THREADS=str(threads)) if threads else None
-    with open(log_path(folder, spec.kind), "w") as log:  # the child keeps its own copy of the handle
+    log_file = log_path(folder, spec.kind)
+    if log_file.is_symlink():
+        log_file.unlink()  # a link planted where the log goes is removed, not written through
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(log_file, flags, 0o644), "w") as log:  # the child keeps its own copy of the handle
         return subprocess.Popen([sys.executable, "-m", "ncsn_tune.model.accel.precompile", str(spec_file)], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
 
