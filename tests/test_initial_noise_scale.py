@@ -250,3 +250,33 @@ def test_integer_path_sums_long_rows_in_int64():
     with pytest.raises(DataError, match="torch device"):
         max_pairwise_distance(x, device="cpu", integer=True)
     assert "int8" not in max_pairwise_distance(torch.from_numpy(x), device="torch:cpu", integer=False, block_size=8).method
+
+
+def test_sigma_max_without_the_farthest_outliers_is_exact_for_the_rest():
+    """Issue 31: how much sigma_max drops when the k farthest outliers are left out; each value equals a float64 brute force
+    over the points that are left."""
+    from ncsn_tune.analysis.initial_noise_scale import diameter_without_outliers
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6))
+    x[5] += 30  # one stray point carries the diameter
+    x[17] -= 25
+    drops = diameter_without_outliers(x, (1, 2, 5))
+    assert [d.k for d in drops] == [1, 2, 5] and drops[0].removed == (5,) and drops[1].removed[:2] == (5, 17)
+    for d in drops:
+        rest = np.setdiff1d(np.arange(len(x)), d.removed)
+        ref = brute_force_max_distance(x[rest])
+        assert d.distance == pytest.approx(ref.distance, rel=1e-12)
+        assert tuple(sorted(rest[list(ref.pair)])) == tuple(sorted(d.pair))
+    assert drops[1].drop > 0.8  # without its two strays the set is small
+
+
+def test_sigmas_reports_the_drop_without_outliers(tmp_path):
+    from cli_run import run
+    import json
+
+    np.save(tmp_path / "d.npy", np.random.default_rng(1).random((60, 3, 4, 4)).astype(np.float32))
+    out = json.loads(run("sigmas", "--data", tmp_path / "d.npy", "--outliers", "1,10", "--json").stdout)
+    assert [o["k"] for o in out["outliers"]] == [1, 10] and out["outliers"][1]["distance"] <= out["outliers"][0]["distance"] <= out["sigma_max"]
+    r = run("sigmas", "--sigma-max", 50, "--dim", 48, "--outliers", 1, "--output", tmp_path / "s.json")
+    assert r.exit_code == 2 and "give the data" in r.stderr

@@ -485,3 +485,17 @@ print(json.dumps(out))
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["none"] > 1e-3  # noise of sd about sigma_min left in every sample
     assert out[DENOISE_PREDICTOR] < 1e-2 * out["none"]  # Tweedie's step: 0 up to sigma(eps) / sigma_min - 1 = 1e-4
+
+
+def test_impossible_configurations_of_the_official_code_are_named(real_configs):
+    """Issue 31: church.yml's sigma_max 140 at 64 px is above sqrt(D) = 110.9, the largest distance two images in [0, 1] can
+    have; score_sde's FFHQ-1024 config at N = 2000 leaves adjacent levels disjoint (overlap about 1e-32 in D = 3,145,728)."""
+    out = json.loads(run("audit", "--config", official(real_configs, "church"), "--json").stdout)
+    t1 = findings(out)["T1"]
+    assert t1["verdict"] == "problem" and round(t1["numbers"]["largest_possible_distance"], 1) == 110.9 and "impossible" in t1["consequence"]
+    for name in ("cifar10", "celeba", "ffhq"):  # the others stay below it
+        assert findings(json.loads(run("audit", "--config", official(real_configs, name), "--json").stdout))["T1"]["verdict"] != "problem"
+    root = score_sde(real_configs)
+    out = json.loads(run("audit", "--config", root / "configs/ve/ffhq_ncsnpp_continuous.py", "--score-sde-root", root, "--json").stdout)
+    t2 = findings(out)["T2"]
+    assert t2["verdict"] == "problem" and t2["numbers"]["overlap"] < 1e-20 and "disjoint" in t2["consequence"]

@@ -211,6 +211,7 @@ def max_pairwise_distance(
     chunk_rows: int | None = None,
     memory_budget: int = 2 << 30,
     integer: bool | None = None,
+    exclude=None,
     progress: ProgressCallback | None = None,
 ) -> FarthestPair:
     """Technique 1: the exact largest Euclidean distance between two of the points.
@@ -223,8 +224,8 @@ def max_pairwise_distance(
     ``blocked`` (every pair). ``device``: ``cpu`` (NumPy), ``cuda`` (torch) or
     ``auto`` (:func:`ncsn_tune.devices.resolve_device`; a GPU only for large sets). On torch, uint8 points (8-bit
     pixels) take the exact integer path (:class:`~.distance_backends.IntegerBackend`: int8 products, integer sums,
-    no rounding at all) unless ``integer`` is False. ``progress(done, total, what)`` is called as the source is read
-    and after each row of blocks.
+    no rounding at all) unless ``integer`` is False. ``exclude``: indices of points left out (the pair returned is in the
+    original numbering). ``progress(done, total, what)`` is called as the source is read and after each row of blocks.
     """
     t0 = time.perf_counter()
     if method not in ("pruned", "blocked"):
@@ -258,6 +259,12 @@ def max_pairwise_distance(
             tol = float32_error_bound(dim, (largest / unit) ** 2)
         pruned = method == "pruned"
         order = np.argsort(-radii, kind="stable") if pruned else np.arange(n)
+        if exclude is not None and len(exclude):
+            order = order[~np.isin(order, np.asarray(exclude, dtype=np.int64))]
+            kept = len(order)
+            total = kept * (kept - 1) // 2
+            if kept < 2:
+                return FarthestPair(0.0, (0, 0), kept, dim, 0, 0, 0, label, time.perf_counter() - t0)
         bound = radii[order] / unit  # radii (rounded up) in units, in scan order
         blocks = _Blocks(x, backend, order, block_size, centre, unit, memory_budget)
         firsts = [bound[k * block_size] for k in range(len(blocks.ids))]
@@ -307,3 +314,47 @@ def brute_force_max_distance(points, *, scale: float = 1.0) -> FarthestPair:
         best_d2 = 0.0
     total = n * (n - 1) // 2
     return FarthestPair(math.sqrt(best_d2) * scale, pair, n, dim, total, total, total, "brute-force float64", time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class OutlierDrop:
+    """sigma_max with the ``k`` farthest outliers left out: ``distance`` (exact for what is left), the fraction it is below the
+    full set's, and the points left out (in the order they were taken)."""
+
+    k: int
+    distance: float
+    drop: float
+    removed: tuple[int, ...]
+    pair: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "removed": list(self.removed), "pair": list(self.pair)}
+
+
+def diameter_without_outliers(points, ks=(1, 10, 100), *, scale: float = 1.0, method: str = "pruned", device: str = "cpu",
+                              full: FarthestPair | None = None, progress: ProgressCallback | None = None) -> list[OutlierDrop]:
+    """How much sigma_max (Technique 1) drops when the k farthest outliers are left out, for each k in ``ks``.
+
+    Greedy and exact at every step: the farthest pair of what is left is found exactly (:func:`max_pairwise_distance`),
+    and of its two points the one farther from the data's centre is taken out (the outlier of the two); after k steps the
+    exact diameter of the rest is reported. A set whose diameter rests on a few stray images drops a lot; one whose
+    extremes are many drops little. ``full``: the whole set's result, if computed already."""
+    x = as_point_matrix(points)
+    n = int(x.shape[0])
+    wanted = sorted({int(k) for k in ks if 0 < int(k) < n - 1})
+    if not wanted:
+        return []
+    full = full or max_pairwise_distance(x, scale=scale, method=method, device=device)
+    centre = sample_centre(x)
+    removed: list[int] = []
+    current, out = full, []
+    for step in range(1, wanted[-1] + 1):
+        i, j = current.pair
+        rows = as_float64(take(x, np.array([i, j], dtype=np.int64))) - centre
+        removed.append(i if float(rows[0] @ rows[0]) >= float(rows[1] @ rows[1]) else j)
+        current = max_pairwise_distance(x, scale=scale, method=method, device=device, exclude=removed)
+        if step in wanted:
+            out.append(OutlierDrop(step, current.distance, 1.0 - current.distance / full.distance, tuple(removed), current.pair))
+        if progress is not None:
+            progress(step, wanted[-1], "outliers left out")
+    return out

@@ -18,7 +18,8 @@ from ..tuning.advice import chain_ratio_warning
 from ..tuning.schedule import keep_derived_schedule
 from ..tuning.steps import whole_chain_ratios
 from .app import main
-from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data, schedule_options, stack
+from .options import (data_options, force_option, given_from, json_option, parse_counts, parse_steps, path_option, read_data,
+                      schedule_options, stack)
 from .render import Report, fmt
 
 A = AnalysisConfig
@@ -80,10 +81,12 @@ def schedule_rows(s: dict) -> list[list[str]]:
               "data in another range: 0.02 in [-1, 1]].")
 @click.option("--overlap", "target_overlap", type=float, help=f"Target overlap C of adjacent scales [default: {A.target_overlap}].")
 @click.option("--num-scales", type=int, help="Use L scales instead of the equation's L; the overlap they achieve is reported.")
+@click.option("--outliers", help="With --data: also sigma_max with the k farthest outliers left out, for each k given (e.g. 1,10,100): "
+              "exact, greedy (the farther-from-centre point of the farthest pair, k times).")
 @path_option("--output", help=f"Schedule file to write, .json or .yaml [default: WORKDIR/{SCHEDULE_FILE}].")
 @force_option
 @json_option
-def sigmas(output, force, as_json, **opts):
+def sigmas(output, force, as_json, outliers, **opts):
     """Techniques 1 and 2: sigma_max (exact), gamma, the number of scales L and the schedule.
 
     \b
@@ -96,13 +99,27 @@ def sigmas(output, force, as_json, **opts):
     with report.progress() as progress:
         schedule = derive_schedule(given_from(opts, data), progress=progress)
     keep_derived_schedule(path, schedule, force)
+    dropped = outlier_drops(report, data, schedule, outliers)
     schedule.save(path)
-    summary = schedule_summary(schedule, path, opts["target_overlap"])
+    summary = {**schedule_summary(schedule, path, opts["target_overlap"]), **({"outliers": [d.to_dict() for d in dropped]} if outliers else {})}
     report.result(summary)
     if not as_json:
         report.table("Noise schedule (Song & Ermon 2020, Techniques 1-2)", ["quantity", "value", "how"], schedule_rows(summary), (1,))
+        for d in dropped:
+            report.line(f"Without the {d.k} farthest outlier{'s' if d.k > 1 else ''}: sigma_max {d.distance:.6f} ({d.drop:.1%} lower; exact "
+                        f"for the rest, pair {d.pair})")
         report.line(f"Saved the schedule to {path}")
         report.command(f"ncsn-tune step-size --M {A.steps_per_scale}")
+
+
+def outlier_drops(report: Report, data, schedule: NoiseSchedule, outliers: str | None) -> list:
+    """``--outliers 1,10,100``: :func:`ncsn_tune.tuning.schedule.outlier_drops` for the counts given."""
+    if outliers is None:
+        return []
+    from ..tuning.schedule import outlier_drops as drops
+
+    with report.progress() as progress:
+        return drops(data, schedule, parse_counts(outliers, "--outliers"), progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------ step-size

@@ -68,6 +68,14 @@ schedule_options = stack(
 )
 
 
+def parse_counts(text: str, option: str) -> list[int]:
+    """'1,10,100' -> [1, 10, 100] (whole numbers separated by commas)."""
+    try:
+        return [int(part.strip()) for part in str(text).split(",")]
+    except ValueError:
+        raise NcsnTuneError(f"{option} takes whole numbers separated by commas (e.g. 1,10,100), got {text!r}") from None
+
+
 def parse_steps(text: str) -> list[int]:
     """'5' or '1,3,5,10' -> [5] or [1, 3, 5, 10]."""
     values = []

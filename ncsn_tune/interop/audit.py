@@ -4,9 +4,10 @@ For each technique: what the configuration has, what the technique gives (for th
 given diameter and dimension), and a verdict with its consequence in words and numbers:
 
 - T1: sigma_max against the data's diameter (in the configuration's pixel convention). Below it, chains
-  cannot travel between training images farther apart than about sigma_max, so modes can be missed.
+  cannot travel between training images farther apart than about sigma_max, so modes can be missed; above sqrt(D)
+  times the pixel range's width (the largest distance any two images can have) it is impossible for any data.
 - T2: the overlap of adjacent scales that its L reaches, against the target; more scales than the
-  equation needs cost sampling time, fewer leave gaps the sampler must jump.
+  equation needs cost sampling time, fewer leave gaps the sampler must jump (below 0.01 the levels are disjoint).
 - T4: for the sampler it runs, the s^2/sigma^2 its step (eps or snr) and M reach, against the optimum for that M
   (Proposition 3 for annealed Langevin dynamics; the loop's single-Gaussian chain for predictor-corrector
   samplers); "no Langevin steps" for an ODE or a predictor-only sampler.
@@ -62,8 +63,19 @@ class Audit:
                 "findings": [f.to_dict() for f in self.findings], "notes": list(self.notes)}
 
 
-def check_t1(c: ToolConfig, diameter: float | None) -> Finding:
+#: Adjacent levels sharing less than this much mass are disjoint for a sampler: it cannot move from one to the next.
+COLLAPSED_OVERLAP = 0.01
+
+
+def check_t1(c: ToolConfig, diameter: float | None, dim: int | None = None) -> Finding:
     have = f"sigma_max {c.sigma_max:g} (pixels in {c.pixel_range.label})"
+    largest = math.sqrt(dim) * c.pixel_range.width if dim else None  # no two images in the pixel range are farther apart
+    if largest is not None and c.sigma_max > largest:
+        return Finding("T1", "problem", have, f"at most sqrt(D) x {c.pixel_range.width:g} = {largest:.4g} (D = {dim}): the largest "
+                       "distance any two images in the pixel range can have", f"sigma_max is {c.sigma_max / largest:.2f} times the largest "
+                       f"distance two {dim:,}-value images can have: impossible for any data; the scales above {largest:.4g} add "
+                       "sampling time and reach nothing (Technique 1 measures the data's own diameter, smaller still)",
+                       {"sigma_max": c.sigma_max, "largest_possible_distance": largest, "diameter": diameter})
     if diameter is None:
         return Finding("T1", "not checked", have, "sigma_max = the largest distance between two training images",
                        "give the data (or its diameter) to check it", {"sigma_max": c.sigma_max})
@@ -101,6 +113,9 @@ def check_t2(c: ToolConfig, dim: int | None, target: float) -> Finding:
     numbers = {"num_scales": c.num_scales, "ratio": ratio, "overlap": reached, "target_overlap": target, "gamma": gamma,
                "equation_num_scales": needed}
     paper = f"overlap {target:g} in D = {dim}: gamma {gamma:.7f}, L = {needed}"
+    if reached < COLLAPSED_OVERLAP:
+        return Finding("T2", "problem", have, paper, f"adjacent levels overlap by {reached:.2g} in D = {dim:,}: they are disjoint, so a "
+                       f"sampler cannot move from one to the next; {needed:,} levels would reach the target {target:g}", numbers)
     if c.num_scales < needed:
         return Finding("T2", "warning", have, paper, f"L {c.num_scales} reaches overlap {reached:.3f}, below the target {target:g}: "
                        f"adjacent noise levels share too little mass for the sampler to move between them; {needed} scales would "
@@ -200,7 +215,7 @@ def audit_config(config: ToolConfig, *, diameter: float | None = None, dim: int 
         validate_dim(dim)
     validate_overlap_target(target_overlap)
     dim = dim or config.dim
-    findings = (check_t1(config, diameter), check_t2(config, dim, target_overlap), check_t4(config), check_t5(config))
+    findings = (check_t1(config, diameter, dim), check_t2(config, dim, target_overlap), check_t4(config), check_t5(config))
     return Audit(config, findings, diameter, dim, target_overlap)
 
 

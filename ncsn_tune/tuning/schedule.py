@@ -245,3 +245,21 @@ def keep_derived_schedule(path: Path, schedule: NoiseSchedule, force: bool) -> N
         raise ScheduleError(f"{path} holds the schedule derived from {old.data.get('name')} (sigma_max {old.sigma_max:.6g}, L = "
                             f"{old.num_scales}), which step-size and train read next; this one comes from numbers: write it elsewhere "
                             "(--output FILE) or replace that one (--force)", fields=("output", "force"))
+
+
+def outlier_drops(data: Dataset | None, schedule: NoiseSchedule, ks, progress=None) -> list:
+    """sigma_max with the k farthest outliers left out, for each k in ``ks``, for the data the schedule's Technique 1 read
+    (:func:`ncsn_tune.analysis.initial_noise_scale.diameter_without_outliers`, reusing the schedule's own result)."""
+    from ..analysis.initial_noise_scale import FarthestPair, diameter_without_outliers
+
+    src = schedule.source
+    if data is None or src.get("pair") is None:
+        raise ScheduleError("leaving outliers out reads the data Technique 1 measures: give the data (not sigma_max)",
+                            fields=("outliers", "data"))
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1 or max(ks) > data.num_points - 2:
+        raise ScheduleError(f"outlier counts run from 1 to {data.num_points - 2:,} (the points less two), got {ks}", fields="outliers")
+    full = FarthestPair(src["distance"], tuple(src["pair"]), src["num_points"], src["dim"], src["pairs_evaluated"], src["pairs_total"],
+                        src["pairs_rechecked"], src["method"], src["seconds"])
+    return diameter_without_outliers(data.points(), ks, scale=data.scale, method=src["method"].split(" ")[0], full=full,
+                                     progress=progress)
