@@ -214,3 +214,52 @@ def test_streamed_image_folder_equals_loaded(tmp_path):
     a = max_pairwise_distance(loaded.points(), scale=loaded.scale, block_size=4)
     b = max_pairwise_distance(streamed.points(), scale=streamed.scale, block_size=4, chunk_rows=5, memory_budget=0)
     assert (a.distance, a.pair) == (b.distance, b.pair)
+
+
+def test_a_large_image_folder_is_decoded_once_into_the_cache(tmp_path, monkeypatch):
+    """Issue 31: a folder of many images is decoded in parallel once into a uint8 array in the user's cache and memory-mapped
+    from then on; another file, or a changed one, makes another copy."""
+    from PIL import Image
+
+    from ncsn_tune.data import image_folder, load_dataset
+
+    monkeypatch.setattr(image_folder, "CACHE_FROM", 40)  # the rule of 1,024 images, at a size a test writes quickly
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (45, 6, 6, 3), dtype=np.uint8)
+    for k, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{k:03d}.png")
+    first = load_dataset(str(folder))
+    assert isinstance(first.values, np.memmap) and any("decoded once into" in n for n in first.notes)
+    np.testing.assert_array_equal(np.asarray(first.values), pixels.transpose(0, 3, 1, 2))
+    cached = list((tmp_path / "cache" / "image_folders").glob("*.npy"))
+    assert len(cached) == 1
+    decode = image_folder.decode_images
+    monkeypatch.setattr(image_folder, "decode_images", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = load_dataset(str(folder))
+    assert again.fingerprint() == first.fingerprint() and not again.notes
+    monkeypatch.setattr(image_folder, "decode_images", decode)
+    Image.fromarray(pixels[0][::-1].copy()).save(folder / "000.png")  # one image changed
+    changed = load_dataset(str(folder))
+    assert changed.fingerprint() != first.fingerprint() and len(list((tmp_path / "cache" / "image_folders").glob("*.npy"))) == 2
+
+
+def test_decoding_into_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from PIL import Image
+
+    from ncsn_tune.data import image_folder, load_dataset
+    from ncsn_tune.errors import DataError
+
+    monkeypatch.setattr(image_folder, "CACHE_FROM", 3)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(4):
+        Image.new("RGB", (16, 16), (k, 0, 0)).save(folder / f"{k}.png")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10_000, 9_000, 1_000))
+    with pytest.raises(DataError, match=r"takes 0.00 GB .* which has 0.00 GB free"):
+        load_dataset(str(folder))

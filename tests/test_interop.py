@@ -133,10 +133,14 @@ def test_every_official_config_is_audited(real_configs, name):
     size, sigma_begin, num_classes, step_lr, n_steps = OFFICIAL[name]
     assert out["dim"] == 3 * size**2 and out["config"]["sigma_max"] == sigma_begin and out["config"]["num_scales"] == num_classes
     assert out["config"]["step_size"] == step_lr and out["config"]["steps_per_scale"] == n_steps
-    assert f["T1"]["verdict"] == "not checked" and f["T2"]["verdict"] in ("ok", "warning") and f["T4"]["verdict"] in ("ok", "warning")
+    # church.yml's sigma_max 140 is above any distance of two 64 px images (issue 31); the others need the data to judge T1
+    assert f["T1"]["verdict"] == ("problem" if name == "church" else "not checked")
+    assert f["T2"]["verdict"] in ("ok", "warning", "problem") and f["T4"]["verdict"] in ("ok", "warning")
     assert out["config"]["pixel_range"] == "0,1" and out["config"]["sampler"]["name"] == "ald"
-    if name == "ncsn_original":  # NCSN's original settings: EMA off, sigma_max 1, 10 scales, a step far from the optimum
-        assert f["T5"]["verdict"] == "warning" and f["T4"]["verdict"] == "warning" and f["T2"]["verdict"] == "warning"
+    if name == "ncsn_original":  # NCSN's original settings: EMA off, sigma_max 1, 10 scales (disjoint in D = 3072), a step far off
+        assert f["T5"]["verdict"] == "warning" and f["T4"]["verdict"] == "warning" and f["T2"]["verdict"] == "problem"
+    else:
+        assert f["T2"]["verdict"] in ("ok", "warning")
 
 
 def test_a_step_far_from_the_optimum_is_flagged_with_what_it_costs(tmp_path, real_configs):

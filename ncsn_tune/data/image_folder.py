@@ -1,4 +1,6 @@
-"""Folders of PNG/JPEG images: decoded by one process per core into shared memory, or streamed when too large."""
+"""Folders of PNG/JPEG images: decoded by one process per core into shared memory; a folder of :data:`CACHE_FROM` images or
+more is decoded once into a uint8 array in the user's cache and memory-mapped from then on (:func:`cached_folder_array`),
+keyed by every file's path, size and modification time; or streamed when asked."""
 
 from __future__ import annotations
 
@@ -237,6 +239,68 @@ def _scan_headers(files: list[Path]) -> Counter:
     return modes
 
 
+#: Folders with at least this many images are decoded once into a cached array (smaller ones decode in a moment).
+CACHE_FROM = 1024
+#: Images decoded per pass into the cached array (one pool of workers per pass).
+CACHE_CHUNK = 16384
+
+
+def folder_key(files: list[Path]) -> str:
+    """SHA-256 of every file's path, size and modification time: another image, or one changed, is another key."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in files:
+        st = path.stat()
+        digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_folder_array(folder: Path, files: list[Path], mode: str, shape: tuple[int, int, int],
+                        progress: Progress | None = None) -> tuple[np.ndarray, list[str]]:
+    """The images of ``files`` as a read-only memory-mapped uint8 (N, C, H, W) array in the user's cache: decoded once (in
+    parallel, :data:`CACHE_CHUNK` at a time, with progress; the disk space checked first, and written atomically), then
+    mapped on every later load. Returns the array and notes (what was done, how big)."""
+    import shutil
+
+    from ..files import cache_dir, stale_temporaries
+
+    n = len(files)
+    need = n * int(np.prod(shape))
+    key = folder_key(files)
+    folder_cache = cache_dir() / "image_folders"
+    target = folder_cache / f"{Path(folder).name}_{key[:16]}_{mode}_{'x'.join(map(str, shape))}.npy"
+    if target.is_file():
+        try:
+            values = np.load(target, mmap_mode="r")
+            if values.shape == (n, *shape) and values.dtype == np.uint8:
+                return values, []  # the decoded copy, memory-mapped: nothing to say
+        except (OSError, ValueError):
+            pass  # a damaged copy is decoded again
+    folder_cache.mkdir(parents=True, exist_ok=True)
+    stale_temporaries(folder_cache, remove=True)
+    free = shutil.disk_usage(folder_cache).free
+    if need > 0.95 * free:
+        raise DataError(f"decoding {n:,} images of {'x'.join(map(str, shape))} once takes {need / 1e9:,.2f} GB in {folder_cache}, which has "
+                        f"{free / 1e9:,.2f} GB free; free space there or set NCSN_TUNE_CACHE to a disk that has it", fields="data")
+    import os
+
+    tmp = folder_cache / f".{target.name}.{os.getpid()}.decode.tmp"
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *shape))
+        for start in range(0, n, CACHE_CHUNK):
+            stop = min(n, start + CACHE_CHUNK)
+            part = (lambda done, total, what, start=start: progress(start + done, n, "decoding images once")) if progress else None
+            out[start:stop] = decode_images(files[start:stop], mode, shape, progress=part)[0]
+        out.flush()
+        del out
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return np.load(target, mmap_mode="r"), [f"{n:,} images decoded once into {target} ({need / 1e9:.2f} GB; later loads map it)"]
+
+
 def load_image_folder(folder: Path, progress: Progress | None = None, stream: bool | None = None, memory_limit: int = 4 << 30) -> Dataset:
     """Every PNG/JPEG below ``folder`` as uint8 (N, C, H, W); all must share one size.
 
@@ -257,6 +321,16 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise DataError(f"{files[0]} is not a readable image ({err})") from None
     rgb_shape = (3, height, width)
+    if stream is None and len(files) >= CACHE_FROM:  # decoded once into the cache, memory-mapped after
+        modes = _scan_headers(files)
+        mode = "L" if set(modes) <= {"L", "1"} else "RGB"
+        shape = (1, height, width) if mode == "L" else rgb_shape
+        try:
+            values, notes = cached_folder_array(folder, files, mode, shape, progress)
+        except OSError as err:  # no cache to write: decoded when read instead
+            values, notes = ImageFolderArray(files, mode, shape), [f"images decoded when read (no cache: {err.strerror or err})"]
+        notes += _mode_notes(modes, folder) if mode == "RGB" else []
+        return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=notes)
     if stream is None:
         stream = len(files) * int(np.prod(rgb_shape)) > memory_limit
     if stream:
