@@ -38,7 +38,7 @@ def tiny_run(tmp_path):
 # ------------------------------------------------------------------------------------------------ 1-4: workflow
 
 
-def test_1_runs_record_absolute_data_paths_and_evaluate_from_anywhere(tmp_path, monkeypatch):
+def test_runs_record_absolute_data_paths_and_evaluate_from_anywhere(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     (tmp_path / "a").mkdir()
     npy(tmp_path / "a" / "imgs.npy")
@@ -53,7 +53,7 @@ def test_1_runs_record_absolute_data_paths_and_evaluate_from_anywhere(tmp_path, 
     assert r.exit_code == 0, r.output
 
 
-def test_2_step_size_says_what_it_saved(tmp_path):
+def test_step_size_says_what_it_saved(tmp_path):
     r = run("step-size", "--M", "1,3,5,10", "--sigma-max", 50, "--num-scales", 232)
     assert r.exit_code == 0 and "no step size saved; give one M to save it" in r.stdout
     assert not (tmp_path / "work" / "step_size.json").exists()
@@ -61,7 +61,7 @@ def test_2_step_size_says_what_it_saved(tmp_path):
     assert "Saved the step size for M = 3" in r.stdout and (tmp_path / "work" / "step_size.json").exists()
 
 
-def test_3_evaluate_says_when_there_is_no_held_out_split(tmp_path):
+def test_evaluate_says_when_there_is_no_held_out_split(tmp_path):
     pytest.importorskip("torch")
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -76,7 +76,7 @@ def test_3_evaluate_says_when_there_is_no_held_out_split(tmp_path):
     assert out["held_out"] is False
 
 
-def test_4_inputs_are_checked_before_any_long_work(tmp_path):
+def test_inputs_are_checked_before_any_long_work(tmp_path):
     pytest.importorskip("torch")
     # the checkpoint does not exist either: the samples file is what is checked first
     one_line_error(run("evaluate", "--checkpoint", tmp_path / "nowhere", "--samples", tmp_path / "nonexist.npz"), "does not exist",
@@ -95,7 +95,7 @@ def test_4_inputs_are_checked_before_any_long_work(tmp_path):
     ["simulate", "--sigma-max", 2, "--num-scales", 3, "--dim", 10, "--chains", 2, "--output", "OUT/f.png"],
     ["train", "--data", "DATA", "--output", "OUT/run", "--steps", 1, *TINY],
 ])
-def test_5_unwritable_output_is_one_line(tmp_path, monkeypatch, args):
+def test_unwritable_output_is_one_line(tmp_path, monkeypatch, args):
     if args[0] == "train":
         pytest.importorskip("torch")
     npy(tmp_path / "d.npy")
@@ -108,14 +108,14 @@ def test_5_unwritable_output_is_one_line(tmp_path, monkeypatch, args):
     one_line_error(run(*args), "permission denied", "choose a folder you can write to")
 
 
-def test_5_a_file_where_a_folder_is_needed(tmp_path, monkeypatch):
+def test_a_file_where_a_folder_is_needed(tmp_path, monkeypatch):
     (tmp_path / "afile.txt").write_text("mine")
     one_line_error(run("sigmas", "--sigma-max", 50, "--dim", 3072, "--output", tmp_path / "afile.txt" / "s.json"), "is a file, not a folder")
     monkeypatch.setenv("NCSN_TUNE_WORKDIR", str(tmp_path / "afile.txt"))
     one_line_error(run("sigmas", "--sigma-max", 50, "--dim", 3072), "NCSN_TUNE_WORKDIR", "is a file")
 
 
-def test_5_other_tracebacks_are_one_line(tmp_path):
+def test_other_tracebacks_are_one_line(tmp_path):
     pytest.importorskip("torch")
     one_line_error(run("train", "--architecture", "foo", "--dry-run"), "unknown architecture 'foo'", "--architecture")
     np.savez(tmp_path / "x.npz", float=np.zeros((2, 3, 8, 8), np.float32))
@@ -124,7 +124,7 @@ def test_5_other_tracebacks_are_one_line(tmp_path):
     one_line_error(run("step-size", "--M", "1000000000000000000", "--ratio", 1.04), "beyond any sampling budget", "--M")
 
 
-def test_5_four_pixel_images_train_and_resume(tmp_path):
+def test_four_pixel_images_train_and_resume(tmp_path):
     pytest.importorskip("torch")
     data = npy(tmp_path / "four.npy", n=10, size=4)
     assert run("train", "--data", data, "--output", tmp_path / "run", "--steps", 2, *TINY).exit_code == 0
@@ -135,7 +135,7 @@ def test_5_four_pixel_images_train_and_resume(tmp_path):
 # ------------------------------------------------------------------------------------------------ 6: true messages
 
 
-def test_6_coincident_points_empty_npz_and_truncated_checkpoint(tmp_path, tiny_run):
+def test_coincident_points_empty_npz_and_truncated_checkpoint(tmp_path, tiny_run):
     np.save(tmp_path / "same.npy", np.full((3, 4, 4, 3), 9, np.uint8))
     one_line_error(run("sigmas", "--data", tmp_path / "same.npy"), "all 3 points coincide", "Technique 1 gives no sigma_max")
     np.save(tmp_path / "one.npy", np.zeros((1, 4, 4, 3), np.uint8))
@@ -149,7 +149,7 @@ def test_6_coincident_points_empty_npz_and_truncated_checkpoint(tmp_path, tiny_r
     assert r.stderr.strip().endswith(")")  # a whole sentence, not one cut mid-word
 
 
-def test_6_values_that_used_to_pass_or_mislead(tmp_path):
+def test_values_that_used_to_pass_or_mislead(tmp_path):
     one_line_error(run("step-size", "--M", 5, "--sigma-max", 50, "--num-scales", 232, "--step-size", 1), "below sigma_min^2")
     one_line_error(run("sigmas", "--sigma-max", "1e300", "--dim", 3072), "outside [1e-18, 1e+18]", "float32")
     one_line_error(run("sigmas", "--sigma-max", 50, "--dim", 3072, "--num-scales", 100000000), "more than ncsn_tune accepts")
@@ -159,14 +159,14 @@ def test_6_values_that_used_to_pass_or_mislead(tmp_path):
     one_line_error(run("train", "--config", tmp_path / "bad.yaml", "--dry-run"), "is not valid YAML", "line")
 
 
-def test_6_gmm_labels_follow_the_numbers():
+def test_gmm_labels_follow_the_numbers():
     out = json.loads(run("simulate", "--toy", "gmm", "--small-sigma-max", 100, "--samples", 50, "--json").stdout)
     assert "not below the diameter" in out["results"][0]["label"]
     out = json.loads(run("simulate", "--toy", "gmm", "--small-sigma-max", 1, "--samples", 50, "--json").stdout)
     assert "below the diameter" in out["results"][0]["label"] and "not below" not in out["results"][0]["label"]
 
 
-def test_6_compared_schedules_get_their_own_eps(tmp_path):
+def test_compared_schedules_get_their_own_eps(tmp_path):
     run("sigmas", "--sigma-max", 50, "--dim", 3072, "--num-scales", 100, "--output", tmp_path / "b.json")
     r = run("plot", "schedule", "--sigma-max", 50, "--num-scales", 232, "--dim", 3072, "--compare", tmp_path / "b.json",
             "--output", tmp_path / "s.png", "--json")
@@ -181,7 +181,7 @@ def test_6_compared_schedules_get_their_own_eps(tmp_path):
 # ------------------------------------------------------------------------------------------------ 7: files
 
 
-def test_7_a_file_ncsn_tune_did_not_write_is_never_replaced_silently(tmp_path):
+def test_a_file_ncsn_tune_did_not_write_is_never_replaced_silently(tmp_path):
     mine = tmp_path / "notes.json"
     mine.write_text('{"my": "notes"}')
     one_line_error(run("sigmas", "--sigma-max", 50, "--dim", 3072, "--output", mine), "was not written by ncsn-tune", "--force")
@@ -196,7 +196,7 @@ def test_7_a_file_ncsn_tune_did_not_write_is_never_replaced_silently(tmp_path):
     one_line_error(run("plot", "overlap", "--dim", 3072, "--output", fig), "was not written by ncsn-tune")
 
 
-def test_7_files_take_the_users_umask_and_the_suffixs_format(tmp_path, tiny_run):
+def test_files_take_the_users_umask_and_the_suffixs_format(tmp_path, tiny_run):
     old = os.umask(0o022)
     try:
         run("sigmas", "--sigma-max", 50, "--dim", 3072, "--output", tmp_path / "s.yaml")
@@ -213,7 +213,7 @@ def test_7_files_take_the_users_umask_and_the_suffixs_format(tmp_path, tiny_run)
 # ------------------------------------------------------------------------------------------------ 8: truncated checkpoints
 
 
-def test_8_a_truncated_newest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, tiny_run):
+def test_a_truncated_newest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, tiny_run):
     r = run("train", "--output", tiny_run, "--resume", "--steps", 4)
     assert r.exit_code == 0, r.output
     newest = sorted(tiny_run.glob("checkpoint_*.pt"))[-1]
@@ -231,7 +231,7 @@ def test_8_a_truncated_newest_checkpoint_falls_back_to_the_newest_valid_one(tmp_
 # ------------------------------------------------------------------------------------------------ 9: --json everywhere
 
 
-def test_9_every_command_gives_one_json_document(tmp_path, tiny_run):
+def test_every_command_gives_one_json_document(tmp_path, tiny_run):
     cases = [
         ["sigmas", "--sigma-max", 50, "--dim", 3072],
         ["step-size", "--M", 5],
@@ -256,7 +256,7 @@ def test_9_every_command_gives_one_json_document(tmp_path, tiny_run):
 # ------------------------------------------------------------------------------------------------ 10: visible long work
 
 
-def test_10_piped_sample_prints_progress_lines(tmp_path, tiny_run):
+def test_piped_sample_prints_progress_lines(tmp_path, tiny_run):
     env = {**os.environ, "NCSN_TUNE_PROGRESS_EVERY": "0"}
     r = subprocess.run([sys.executable, "-m", "ncsn_tune", "sample", "--checkpoint", str(tiny_run), "--num", "2", "--output",
                         str(tmp_path / "s.png"), "--device", "cpu", "--json"], capture_output=True, text=True, env=env)
@@ -266,7 +266,7 @@ def test_10_piped_sample_prints_progress_lines(tmp_path, tiny_run):
     json.loads(r.stdout)
 
 
-def test_10_tables_keep_long_paths_and_commands_whole(tmp_path):
+def test_tables_keep_long_paths_and_commands_whole(tmp_path):
     deep = tmp_path / ("a_rather_long_folder_name_" * 4) / "data"
     deep.mkdir(parents=True)
     data = npy(deep / "images_with_a_long_name.npy")
@@ -280,7 +280,7 @@ def test_10_tables_keep_long_paths_and_commands_whole(tmp_path):
 # ------------------------------------------------------------------------------------------------ 11: said once
 
 
-def test_11_colour_conversions_are_said(tmp_path):
+def test_colour_conversions_are_said(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "a.png")
@@ -291,7 +291,7 @@ def test_11_colour_conversions_are_said(tmp_path):
     assert "1 grayscale image(s)" in r.stderr and "converted to RGB" in r.stderr and "alpha channel" in r.stderr
 
 
-def test_11_cpu_training_says_what_it_does_not_do(tmp_path):
+def test_cpu_training_says_what_it_does_not_do(tmp_path):
     pytest.importorskip("torch")
     npy(tmp_path / "d.npy")
     r = run("train", "--data", tmp_path / "d.npy", "--output", tmp_path / "run", "--steps", 1, *TINY)

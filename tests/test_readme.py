@@ -1,4 +1,4 @@
-"""The README stays true to the repository: its layout matches the tree, and every file it names exists."""
+"""The README stays true to the repository: every file it names exists; the layout in DEVELOPERS.md matches the tree."""
 
 import re
 
@@ -8,7 +8,7 @@ README = (REPO / "README.md").read_text()
 
 
 def layout_block() -> str:
-    section = README.split("## Layout", 1)[1]
+    section = (REPO / "DEVELOPERS.md").read_text().split("## Layout", 1)[1]
     return re.search(r"```\n(.*?)```", section, re.S).group(1)
 
 
@@ -16,8 +16,8 @@ def test_layout_lists_every_module_and_only_existing_ones():
     block = layout_block()
     listed = set(re.findall(r"([\w]+\.py)", block))
     actual = {p.name for p in (REPO / "ncsn_tune").rglob("*.py") if p.name != "__main__.py"}
-    assert actual - listed == set(), f"modules missing from the README's layout: {sorted(actual - listed)}"
-    assert listed - actual == set(), f"the README's layout names modules that do not exist: {sorted(listed - actual)}"
+    assert actual - listed == set(), f"modules missing from the layout in DEVELOPERS.md: {sorted(actual - listed)}"
+    assert listed - actual == set(), f"the layout in DEVELOPERS.md names modules that do not exist: {sorted(listed - actual)}"
     for folder in re.findall(r"^\s*([\w/]+)/\s", block, re.M):
         assert (REPO / folder).is_dir() or (REPO / "ncsn_tune" / folder).is_dir() or any((REPO / "ncsn_tune").glob(f"*/{folder}")), folder
 
