@@ -197,3 +197,43 @@ def test_a_bad_value_in_a_file_is_blamed_on_the_file(tmp_path, real_configs, rea
         r = run(*args)
         one_line_error(r, "bad.yml", "(option --config)")
         assert "--sigma-min" not in r.stderr
+
+
+def test_precompile_never_writes_through_links_planted_in_the_run_folder(tmp_path):
+    """Issue 29: the background compile's spec and log were written with plain open() through whatever stood there."""
+    pytest.importorskip("torch")
+    from ncsn_tune.model.accel.precompile import ScoreSpec, log_path, start
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = ScoreSpec(3, 8, 4, "ncsnv2", 4, 2, str(run_dir))
+    (run_dir / "precompile_score_spec.json").symlink_to(victim)
+    log_path(run_dir, "score").symlink_to(victim)
+    proc = start(spec, run_dir)
+    proc.kill()
+    proc.wait()
+    assert victim.read_text() == "keep me"
+    assert not (run_dir / "precompile_score_spec.json").is_symlink() and not log_path(run_dir, "score").is_symlink()
+
+
+def test_fid_stands_when_its_statistics_cannot_be_kept(tmp_path, monkeypatch):
+    """Issue 29: evaluate lost its FID when the reference statistics could not be written to the cache."""
+    torch = pytest.importorskip("torch")
+    from ncsn_tune.data import as_dataset
+    from ncsn_tune.model import fid as fid_module
+    from ncsn_tune.model.evaluate import fid_of_samples
+    from ncsn_tune.model.inception import FIDInceptionV3
+
+    def no_room(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fid_module.FeatureStatistics, "save", no_room)
+    network = FIDInceptionV3().eval()  # the distance's arithmetic is what is checked here, not the published weights
+    rng = np.random.default_rng(0)
+    reference = as_dataset(rng.random((3, 3, 16, 16)).astype(np.float32))
+    samples = rng.random((3, 3, 16, 16)).astype(np.float32)
+    out = fid_of_samples(samples, ("weights", network, "sha", []), (reference, tmp_path / "cache" / "stats"), None, torch.device("cpu"))
+    assert np.isfinite(out["fid"]) and out["reference_statistics"] is None
+    assert any("not saved" in n and "No space left" in n for n in out["notes"])

@@ -302,6 +302,10 @@ class Trainer:
             raise Interrupted(f"stopped at once by a second {name} at step {self.step}; the last checkpoint written is intact "
                               "and the run can continue from it", signum)
         self.stop_requested, self.stop_signal = name, int(signum)
+        try:  # said at once (a CPU step can take seconds): os.write, safe inside a signal handler
+            os.write(2, f"{name}: stopping after this step, with a checkpoint; {name} again stops at once\n".encode())
+        except OSError:
+            pass
 
     def _check_stop(self, info=None) -> None:
         if self.stop_requested is not None:
