@@ -238,7 +238,7 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_
     ncsn-tune evaluate --checkpoint runs/cifar10
     ncsn-tune evaluate --checkpoint runs/cifar10 --fid --fid-split test        (the fid extra ships the FID network)
     """
-    from ..model.evaluate import check_evaluation_outputs, evaluate_checkpoint, write_evaluation
+    from ..model.evaluate import FID_SAMPLES, check_evaluation_outputs, evaluate_checkpoint, write_evaluation
     from .analysis import typed
 
     report = Report(as_json)
@@ -265,7 +265,7 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_
         report.line(f"Nearest training images: median distance {fmt(d['median_distance'], 4)}, smallest {fmt(d['min_distance'], 4)} "
                     f"(exact); pairs in {output_dir / 'nearest_neighbours.png'}")
     if result.chain is not None:
-        which = "The FID samples' chains" if result.chain_of == "FID samples" else "A short sampling chain"
+        which = "The FID samples' chains" if result.chain_of == FID_SAMPLES else "A short sampling chain"
         report.line(f"{which} ({result.chain_images} images, the run's schedule, M and eps):")
         render_verdict(report, result.chain["verdict"])
     if result.fid is not None:

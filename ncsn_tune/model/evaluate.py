@@ -110,6 +110,10 @@ def evaluation_data(ckpt: Checkpoint, data: str | None = None, data_root: str | 
     return dataset, held_out, f"{what}: {dataset.identity().describe()}"
 
 
+#: Which chains an evaluation's verdict judged: a short chain check of its own, or the chains of the samples drawn for FID.
+CHAIN_CHECK, FID_SAMPLES = "chain check", "FID samples"
+
+
 @dataclass
 class Evaluation:
     """What ``ncsn-tune evaluate`` reports."""
@@ -128,7 +132,7 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     chain: dict | None = None  # a sampling chain's diagnostics and verdict
     chain_images: int = 0
-    chain_of: str = "chain check"  # which chains: the chain check's, or "FID samples" (those drawn for FID)
+    chain_of: str = CHAIN_CHECK  # which chains: the chain check's, or FID_SAMPLES (those drawn for FID)
 
     @property
     def loss(self) -> float:
@@ -206,7 +210,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
         drawn = sample_checkpoint(ckpt, num=fid_num, seed=seed, device=device, compile=compile, ema=ema, model=model, progress=progress)
         sample_array = np.clip(drawn.samples.numpy(), 0.0, 1.0)
         result.notes.append(f"FID of {fid_num:,} samples drawn here (seed {seed}, the run's schedule, M and eps)")
-        result.chain, result.chain_images, result.chain_of = drawn.diagnostics.summary(), fid_num, "FID samples"
+        result.chain, result.chain_images, result.chain_of = drawn.diagnostics.summary(), fid_num, FID_SAMPLES
     elif chain_check:
         from .generate import sample_checkpoint
 

@@ -72,6 +72,13 @@ class Diagnostics:
         }
 
 
+def check_counts(num: int, batch_size: int | None) -> None:
+    """At least one sample, and a batch of at least one (None: the device's)."""
+    if num < 1 or (batch_size is not None and batch_size < 1):
+        raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
+                            fields=("num", "batch_size"))
+
+
 def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, step_size: float | None = None, num: int,
              batch_size: int | None = None, seed: int = 0, denoise: bool = True, score=None, progress=None,
              diagnostics: Diagnostics | None = None, trace_chain: bool = False, sampler: Sampler | None = None,
@@ -86,9 +93,7 @@ def generate(model: NCSNv2, schedule: NoiseSchedule, *, steps_per_scale: int, st
     CUDA graph on a GPU). ``progress(done, total, unit)`` is called after every scale; ``diagnostics`` collects
     per-scale norms and, with ``trace_chain``, about 16 frames of the first chain.
     """
-    if num < 1 or (batch_size is not None and batch_size < 1):
-        raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
-                            fields=("num", "batch_size"))
+    check_counts(num, batch_size)
     pc = sampler is not None and sampler.name == "pc"
     device = next(model.parameters()).device
     shape = (model.channels, model.image_size, model.image_size)
@@ -192,9 +197,7 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
     before it starts."""
     from ..tuning import Given, resolve_sampling
 
-    if num < 1 or (batch_size is not None and batch_size < 1):
-        raise NcsnTuneError(f"the number of samples and the batch size must be at least 1, got {num} and {batch_size}",
-                            fields=("num", "batch_size"))
+    check_counts(num, batch_size)
     pc = sampler is not None and sampler.name == "pc"
     if sampler is not None and sampler.name == "diffusers":
         raise NcsnTuneError("the bundled model samples with ald (NCSNv2's loop) or pc (score_sde's; diffusers' pipeline runs the same "
