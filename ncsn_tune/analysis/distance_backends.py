@@ -16,17 +16,15 @@ at about 950-1,000 TOPS against about 52 TFLOP/s for float32.
 from __future__ import annotations
 
 import math
-
 from contextlib import contextmanager
 
 import numpy as np
 
 
-class NumpyBackend:
-    """CPU arithmetic with NumPy and its BLAS."""
+class _Float32Blocks:
+    """Blocks as float32 (raw - centre) / unit: estimates within a rounding bound, re-checked in float64."""
 
-    name = "cpu"
-    exact = False  # float32 estimates within a rounding bound, re-checked in float64
+    exact = False
 
     def block_values(self, raw, centre: np.ndarray, unit: float):
         """The values a block's products are taken of: float32 (raw - centre) / unit."""
@@ -34,6 +32,12 @@ class NumpyBackend:
 
     def block_norms(self, values):
         return self.squared_norms(values)
+
+
+class NumpyBackend(_Float32Blocks):
+    """CPU arithmetic with NumPy and its BLAS."""
+
+    name = "cpu"
 
     def asarray(self, raw) -> np.ndarray:
         return np.asarray(raw)
@@ -94,16 +98,8 @@ class NumpyBackend:
         pass
 
 
-class TorchBackend:
+class TorchBackend(_Float32Blocks):
     """GPU (or CPU) arithmetic with torch; rows are copied to ``device`` block by block."""
-
-    exact = False
-
-    def block_values(self, raw, centre: np.ndarray, unit: float):
-        return self.scaled_difference(raw, centre, unit)
-
-    def block_norms(self, values):
-        return self.squared_norms(values)
 
     def __init__(self, device: str = "cuda") -> None:
         import torch

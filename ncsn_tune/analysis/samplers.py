@@ -71,6 +71,9 @@ from .step_size import (
 SAMPLERS = ("ald", "pc", "diffusers")
 PREDICTORS = ("reverse_diffusion", "ancestral_sampling", "euler_maruyama", "none")
 CORRECTORS = ("langevin", "ald", "none")
+#: The predictors and correctors the bundled model's loop runs (score_sde's names; no Euler-Maruyama there).
+MODEL_PREDICTORS = ("reverse_diffusion", "ancestral_sampling", "none")
+MODEL_CORRECTORS = CORRECTORS
 #: score_sde's end time for VE samplers (run_lib.py:98) and diffusers' ScoreSdeVeScheduler default.
 SAMPLING_EPS = 1e-5
 #: The snr searched for an optimum: above about 0.7 a Langevin step overshoots the smallest scale.

@@ -87,8 +87,7 @@ def sharded_max_pairwise_distance(shard, offset: int, *, scale: float = 1.0, met
         visiting, holder = incoming, holder_next
     everyone = [None] * world
     dist.all_gather_object(everyone, (best[0], best[1], evaluated), group=group)
-    top = max(everyone, key=lambda e: (e[0], tuple(-v for v in e[1])))
-    d2 = top[0]
+    d2 = max(e[0] for e in everyone)
     pair = min(e[1] for e in everyone if e[0] == d2)  # ties: the first pair, as the single-process search keeps it
     n = sum(counts)
     return FarthestPair(math.sqrt(max(d2, 0.0)) * scale, pair, n, dim, sum(e[2] for e in everyone), n * (n - 1) // 2, 0,

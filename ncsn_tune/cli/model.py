@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..analysis.samplers import SAMPLING_EPS
+from ..analysis.samplers import MODEL_CORRECTORS, MODEL_PREDICTORS, SAMPLING_EPS
 from ..config import MAX_SEED, TrainConfig, workdir
 from ..data import SPLITS
 from ..errors import NcsnTuneError
@@ -134,9 +134,9 @@ def render_setup(report: Report, setup, num_parameters: int) -> None:
 @click.option("--sampler", type=click.Choice(["ald", "pc"]), default="ald", show_default=True,
               help="ald: NCSNv2's annealed Langevin dynamics; pc: score_sde's predictor-corrector loop with this network as the score "
               "(prior N(0, sigma_max^2 I); --M corrector steps per level [default 1], --snr).")
-@click.option("--predictor", type=click.Choice(["reverse_diffusion", "ancestral_sampling", "none"]),
+@click.option("--predictor", type=click.Choice(MODEL_PREDICTORS),
               help="pc: score_sde's sampling.predictor [default: reverse_diffusion].")
-@click.option("--corrector", type=click.Choice(["langevin", "ald", "none"]), help="pc: score_sde's sampling.corrector [default: langevin].")
+@click.option("--corrector", type=click.Choice(MODEL_CORRECTORS), help="pc: score_sde's sampling.corrector [default: langevin].")
 @click.option("--snr", type=float, help="The step as score_sde's snr (ald: eps = 2 (snr sigma_min)^2) [default for pc: the resolver's, "
               "which the notes explain].")
 @path_option("--schedule", help="Sample with this schedule file instead of the run's.")

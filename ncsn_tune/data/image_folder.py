@@ -283,8 +283,6 @@ def cached_folder_array(folder: Path, files: list[Path], mode: str, shape: tuple
     if need > 0.95 * free:
         raise DataError(f"decoding {n:,} images of {'x'.join(map(str, shape))} once takes {need / 1e9:,.2f} GB in {folder_cache}, which has "
                         f"{free / 1e9:,.2f} GB free; free space there or set NCSN_TUNE_CACHE to a disk that has it", fields="data")
-    import os
-
     tmp = folder_cache / f".{target.name}.{os.getpid()}.decode.tmp"
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *shape))

@@ -94,9 +94,8 @@ def empirical_step_size(checkpoint, *, steps_per_scale: int | None = None, facto
         raise ScheduleError("no step size to try below sigma_min^2", fields="step_size")
     warm = exact_score_ratios(schedule.sigmas, m, best.step_size, read_after=m) >= NOISE_LEVEL_BAND[0]
     judged_from = min(int(np.argmax(warm)) if warm.any() else 0, schedule.num_scales - 1)
-    from .accel import score_batch_size
-
     from ..devices import torch_device
+    from .accel import score_batch_size
 
     dev = torch_device(device)
     most = 4 * score_batch_size(ckpt.image_shape, dev)  # the chains run as one batch of the network

@@ -169,9 +169,8 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         if not saved.is_file():
             raise RunError(f"{output} has no config.yaml: it is not a run folder to continue", fields="output")
         base = load_train_config(saved)
-        if not list_checkpoints(output):  # stopped before its first checkpoint: nothing to continue, so it starts again
-            pass
-        else:
+        # a run stopped before its first checkpoint has nothing to continue, so it starts again
+        if list_checkpoints(output):
             ckpt = load_checkpoint(output)
             bad = (non_finite_tensor(ckpt.model) or non_finite_tensor(ckpt.ema)
                    or non_finite_tensor(dict(optimizer_tensors(ckpt.optimizer))))

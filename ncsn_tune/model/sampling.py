@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from ..analysis.samplers import MODEL_CORRECTORS, MODEL_PREDICTORS
 from ..checks import is_whole
 
 
@@ -77,11 +78,6 @@ def sample_annealed_langevin(
     return x
 
 
-#: The predictors and correctors :func:`sample_predictor_corrector` runs (score_sde's names).
-PC_PREDICTORS = ("reverse_diffusion", "ancestral_sampling", "none")
-PC_CORRECTORS = ("langevin", "ald", "none")
-
-
 def corrector_step_size(corrector: str, snr: float, sigma: torch.Tensor, z: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """The step of score_sde's correctors for a VE model (``alpha`` = 1):
 
@@ -134,10 +130,10 @@ def sample_predictor_corrector(
     with ``i``, ``sigma``, ``x`` and ``score`` (the network's output at that x, the one the predictor uses), and
     ``denoised=True`` with the result and ``without_denoising`` (the last x, what ``denoise=False`` returns).
     """
-    if predictor not in PC_PREDICTORS:
-        raise ValueError(f"predictor must be one of {', '.join(PC_PREDICTORS)}, got {predictor!r}")
-    if corrector not in PC_CORRECTORS:
-        raise ValueError(f"corrector must be one of {', '.join(PC_CORRECTORS)}, got {corrector!r}")
+    if predictor not in MODEL_PREDICTORS:
+        raise ValueError(f"predictor must be one of {', '.join(MODEL_PREDICTORS)}, got {predictor!r}")
+    if corrector not in MODEL_CORRECTORS:
+        raise ValueError(f"corrector must be one of {', '.join(MODEL_CORRECTORS)}, got {corrector!r}")
     if not is_whole(corrector_steps) or corrector_steps < (1 if corrector != "none" else 0):
         raise ValueError(f"corrector_steps must be a whole number >= 1, got {corrector_steps!r}")
     if predictor == "none" and corrector == "none":
