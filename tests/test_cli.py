@@ -187,14 +187,16 @@ def test_train_runs_and_resumes(tmp_path):
     "args,message",
     [
         (["train", "--output", "nowhere", "--resume"], "not a run folder"),
-        (["train", "--resume"], "needs its folder (option --output)"),
+        (["train", "--resume"], "runs/cifar10 has no config.yaml: it is not a run folder to continue (where a run on this data "
+                                 "trains without --output; name the run's folder with --output)"),
         (["train", "--lr", 0, "--dry-run"], "lr must be a positive number"),
         (["train", "--batch-size", 0, "--dry-run"], "batch_size must be at least 1"),
         (["train", "--config", "/nonexistent.yml"], "does not exist"),
     ],
 )
-def test_train_errors(args, message, tmp_path):
+def test_train_errors(args, message, tmp_path, monkeypatch):
     pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)  # an empty folder: no runs/ of anyone's
     r = run(*args)
     assert r.exit_code == 2, r.output
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ncsn_tune.data import cifar10 as data_mod
-from ncsn_tune.data import load_cifar10, load_dataset
+from ncsn_tune.data import data_name, load_cifar10, load_dataset
 from ncsn_tune.errors import DataError
 
 
@@ -21,6 +21,24 @@ def test_real_subset(real_subset):
     np.testing.assert_allclose(means, [0.494, 0.485, 0.449], atol=1e-3)
     assert load_cifar10(real_subset, "test", download=False).num_points == 1017
     assert load_cifar10(real_subset / "cifar-10-batches-py", "all", download=False).num_points == 6102
+
+
+def test_data_name_is_the_name_loading_gives(fake_cifar, tmp_path, monkeypatch):
+    """data_name (the default run folder runs/<name> of a continued run) is what load_dataset names the same data, for
+    every kind of spec, without reading it; a link is named as typed, as the loader names it."""
+    monkeypatch.chdir(tmp_path)
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "faces.npy", images)
+    np.savez(tmp_path / "pets.npz", images=images)
+    (tmp_path / "linked.npy").symlink_to(tmp_path / "faces.npy")
+    (tmp_path / "church").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "church" / f"{i}.png")
+    monkeypatch.setenv("NCSN_TUNE_DATA", str(fake_cifar))
+    specs = ["cifar10", "CIFAR-10", str(fake_cifar), str(tmp_path / "faces.npy"), "pets.npz", "linked.npy", "church", "church/"]
+    names = [data_name(spec) for spec in specs]
+    assert names == [load_dataset(spec, download=False).name for spec in specs]
+    assert names == ["cifar10", "cifar10", "cifar10", "faces", "pets", "linked", "church", "church"]
 
 
 def test_cifar_layout_is_channel_first(fake_cifar):

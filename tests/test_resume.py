@@ -257,3 +257,30 @@ def test_a_checkpoint_write_that_fails_on_a_full_disk_is_one_line(npy, tmp_path,
     one_line_error(run("train", "--data", npy, "--output", run_dir, *TINY, "--steps", 4, "--resume"), "the disk is full")
     monkeypatch.undo()
     assert ckpt.load_checkpoint(run_dir).step == 2 and not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("kind", ["cifar10 from the saved schedule", "npy on the line"])
+def test_the_same_line_again_with_resume_continues_in_the_default_run_folder(kind, tmp_path, fake_cifar, monkeypatch):
+    """From an empty folder, a run started without --output trains in runs/<data name>; the same line again with --resume
+    and more --steps refused with 'continuing a run needs its folder'. It continues the run in that same folder."""
+    monkeypatch.chdir(tmp_path)
+    if kind.startswith("cifar10"):
+        r = run("sigmas", "--data", "cifar10", "--data-root", fake_cifar)
+        assert r.exit_code == 0, r.output
+        line, folder = ["train", "--ngf", 4, "--batch-size", 4, "--checkpoint-every", 2, "--sample-every", 1000, "--eval-every", 1000,
+                        "--device", "cpu"], tmp_path / "runs" / "cifar10"
+    else:
+        line, folder = ["train", "--data", make_data("npy", tmp_path, fake_cifar), *TINY], tmp_path / "runs" / "d"
+    r = run(*line, "--steps", 2)
+    assert r.exit_code == 0 and load_checkpoint(folder).step == 2, r.output
+    r = run(*line, "--steps", 4, "--resume")
+    assert r.exit_code == 0 and "Resuming from" in r.output and load_checkpoint(folder).step == 4, r.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [folder.name]  # the same run, not a second folder
+    r = run(*line, "--steps", 4, "--resume")
+    assert r.exit_code == 0 and "nothing to do" in r.output, r.output
+
+
+def test_resume_without_a_run_in_the_default_folder_says_which_folder_it_looked_in(tmp_path, fake_cifar, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    npy = make_data("npy", tmp_path, fake_cifar)
+    one_line_error(run("train", "--data", npy, *TINY, "--steps", 4, "--resume"), str(os.path.join("runs", "d")), "--output")

@@ -63,7 +63,8 @@ class TrainEvents:
 @config_options(TrainConfig, {"steps_per_scale": ["--M"]})
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<data name>].")
 @path_option("--config", "config_file", help="YAML configuration: ours, or an official NCSNv2 config (e.g. configs/cifar10.yml).")
-@click.option("--resume", is_flag=True, help="Continue the run in --output from its newest checkpoint (--steps is the total to reach).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output (default: runs/<data name>, where the same line without --resume trains) from its "
+              "newest checkpoint (--steps is the total to reach).")
 @click.option("--overwrite", is_flag=True, help="Start afresh in a run folder that holds a run, deleting that run's files.")
 @path_option("--init-from", help="Start from the weights (and EMA) of an official NCSNv2 checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Resolve and print the configuration and the parameter count; do not train.")

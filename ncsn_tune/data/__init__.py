@@ -22,7 +22,7 @@ from .dataset import SPLITS, DataIdentity, Dataset, Progress, as_dataset, pixel_
 from .image_folder import load_image_folder
 from .pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 
-__all__ = ["SPLITS", "DataIdentity", "Dataset", "PixelRange", "as_dataset", "find_cifar10", "in_pixel_range", "load_array",
+__all__ = ["SPLITS", "DataIdentity", "Dataset", "PixelRange", "as_dataset", "data_name", "find_cifar10", "in_pixel_range", "load_array",
            "load_cifar10", "load_dataset", "load_image_folder", "pixel_scale"]
 
 
@@ -45,6 +45,17 @@ def load_dataset(
     the same images in [-1, 1] are twice as far apart.
     """
     return in_pixel_range(_load(str(spec), data_root, split, download, rescale, progress, stream), pixel_range)
+
+
+def data_name(spec: str | os.PathLike) -> str:
+    """The name :func:`load_dataset` gives the training data ``spec`` names, found without reading it: ``cifar10`` for
+    CIFAR-10 (by name, or a folder holding its batches), a folder's own name, an array file's stem."""
+    if str(spec).lower() in ("cifar10", "cifar-10"):
+        return "cifar10"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "cifar10" if _cifar_folder_in(path, "train") is not None else path.name
+    return path.stem
 
 
 def in_pixel_range(dataset: Dataset, pixel_range: PixelRange | str) -> Dataset:

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import TrainConfig, save_config
+from ..data import data_name
 from ..interop.ncsnv2_yaml import load_train_config, read_train_config, required_data
 from ..errors import CheckpointError, NcsnTuneError, RunError
 from ..tuning import TrainingPlan, plan_training
-from ..tuning.training import check_cpu_training_time
+from ..tuning.training import check_cpu_training_time, resolve_data
 from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_official_weights, non_finite_tensor
 
 #: Settings a continued run may not change: they are part of the trained model or its schedule. Its data may not change
@@ -139,6 +140,12 @@ def optimizer_tensors(state) -> list[tuple[str, "object"]]:
     return out
 
 
+def default_run_folder(name: str) -> Path:
+    """Where a run on the data called ``name`` trains when no folder is given, a new run and a continued one alike:
+    runs/<name>, below the folder the command runs in."""
+    return Path("runs") / name
+
+
 def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
               init_from: Path | None = None, overwrite: bool = False, workdir: Path | None = None, progress=None,
               main_process: bool = True, dry_run: bool = False) -> RunSetup:
@@ -153,6 +160,9 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         raise CheckpointError("initial weights and continuing a run exclude each other", fields=("init_from", "resume"))
     if overwrite and resume:
         raise RunError("continuing a run and starting it afresh exclude each other", fields=("overwrite", "resume"))
+    defaulted = resume and output is None
+    if defaulted:  # the same line that started the run without --output continues it where it trained
+        output = default_run_folder(data_name(resolve_data(given.get("data"), given.get("data_root"), workdir=workdir).spec))
     if output is not None:
         check_run_folder(Path(output))
         if main_process:
@@ -163,11 +173,10 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
         raise RunError("a run continues with the configuration it recorded (config.yaml in its folder): leave --config out, or "
                        "start a new run from it", fields=("config", "resume"))
     if resume:
-        if output is None:
-            raise RunError("continuing a run needs its folder", fields="output")
         saved = Path(output) / "config.yaml"
         if not saved.is_file():
-            raise RunError(f"{output} has no config.yaml: it is not a run folder to continue", fields="output")
+            where = " (where a run on this data trains without --output; name the run's folder with --output)" if defaulted else ""
+            raise RunError(f"{output} has no config.yaml: it is not a run folder to continue{where}", fields="output")
         base = load_train_config(saved)
         # a run stopped before its first checkpoint has nothing to continue, so it starts again
         if list_checkpoints(output):
@@ -217,7 +226,7 @@ def setup_run(settings: dict, *, output: Path | None = None, config_file: Path |
     slow = check_cpu_training_time(plan.config, plan.train.image_shape, resolve_device(plan.config.device),
                                    plan.config.steps - (ckpt.step if ckpt is not None else 0), refuse=not dry_run)
     file_notes += [slow] if slow else []
-    run_dir = Path(output) if output is not None else check_run_folder(Path("runs") / plan.train.name)
+    run_dir = Path(output) if output is not None else check_run_folder(default_run_folder(plan.train.name))
     if ckpt is not None and (ckpt.step > plan.config.steps or (ckpt.step == plan.config.steps and changed)):
         what = f" (--steps {plan.config.steps})" if ckpt.step > plan.config.steps else \
             " and a change applies only to the steps still to train (" + ", ".join(changed) + ")"
