@@ -16,8 +16,9 @@ from .app import main
 from .options import config_options, force_option, json_option, path_option
 from .render import Report, fmt
 
-checkpoint_option = click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
-                                 help="A run folder (its newest checkpoint) or a checkpoint file.")
+checkpoint_option = click.option("--checkpoint", type=click.Path(path_type=Path),
+                                 help="A run folder (its newest checkpoint) or a checkpoint file [default: the newest in "
+                                 "runs/<data name>, where train without --output trains on the saved schedule's data].")
 device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                            help="Random seed, 0 to 2^63 - 1 (the same seed gives the same result).")

@@ -22,8 +22,9 @@ from ..analysis.nearest_neighbours import Neighbours, nearest_neighbours
 from ..checks import is_whole
 from ..data import DataIdentity, Dataset, load_dataset
 from ..errors import CheckpointError, DataError, NcsnTuneError
-from .checkpoint import Checkpoint, load_checkpoint, load_model
+from .checkpoint import Checkpoint, load_model
 from .loss import held_out_loss
+from .runs import open_checkpoint
 
 
 def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_dir: Path | None, *, seed: int = 0,
@@ -152,12 +153,13 @@ class Evaluation:
         return out
 
 
-def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str | None = None, split: str | None = None,
+def evaluate_checkpoint(checkpoint=None, *, data: str | None = None, data_root: str | None = None, split: str | None = None,
                         images: int = 1000, samples: Path | None = None, fid: bool = False, inception_weights: Path | None = None,
                         fid_reference: Path | None = None, fid_images: int | None = None, fid_num: int = 1000, fid_split: str = "train",
                         chain_check: int = 16, ema: bool = True, device: str = "auto", seed: int = 0, compile: bool | None = None,
                         progress=None) -> Evaluation:
-    """Held-out DSM loss per scale of a checkpoint, and a sampling chain's verdict (``chain_check`` images, 0: none; or the
+    """Held-out DSM loss per scale of a checkpoint (``checkpoint``: a run folder, a checkpoint file or a :class:`Checkpoint`; None: the newest of the run
+    ``train`` makes without a folder, :func:`~ncsn_tune.model.runs.open_checkpoint`), and a sampling chain's verdict (``chain_check`` images, 0: none; or the
     chains of the ``fid_num`` samples drawn for FID);
     with ``samples`` their exact nearest training images; with ``fid`` the FID of those samples (or of ``fid_num`` drawn
     here with the run's settings and ``seed``) against the ``fid_split`` split of the run's data (or ``fid_reference``:
@@ -180,7 +182,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
         weights_path = find_inception_weights(inception_weights)
         inception = (weights_path, *load_fid_inception(weights_path, torch.device("cpu")))
         given = read_fid_reference(fid_reference, data_root, progress) if fid_reference is not None else None
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint)
     if fid and given is None and fid_split != "train":
         reference_data = run_data(ckpt, fid_split)
         if reference_data.split != fid_split:
@@ -201,7 +203,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, data_root: str |
     if not np.isfinite(by_scale).all():
         raise CheckpointError(f"{ckpt.path}: the loss is not finite at {int((~np.isfinite(by_scale)).sum())} scale(s); the weights "
                               "give NaN or infinite scores there")
-    result = Evaluation(str(ckpt.path), ckpt.step, described, held_out, n, ckpt.schedule.sigmas.tolist(), by_scale, notes=notes)
+    result = Evaluation(str(ckpt.path), ckpt.step, described, held_out, n, ckpt.schedule.sigmas.tolist(), by_scale,
+                        notes=ckpt.notes + notes)
     if not held_out:
         result.notes.append("the loss is on training images: this data has no held-out split (give one as data to measure generalisation)")
     if fid and sample_array is None:  # their chains give the verdict too: no chain check beside them

@@ -22,8 +22,9 @@ from ..errors import NcsnTuneError
 from ..tuning import Tuning
 from ..units import duration
 from .accel import fast_score, score_batch_size, score_network
-from .checkpoint import Checkpoint, load_checkpoint, load_model
+from .checkpoint import Checkpoint, load_model
 from .network import NCSNv2
+from .runs import open_checkpoint
 from .sampling import sample_annealed_langevin, sample_predictor_corrector
 
 
@@ -183,12 +184,13 @@ MAX_IMAGE_EVALUATIONS = 10**9
 GPU_EVALUATIONS_PER_S, CPU_EVALUATIONS_PER_S = 20_000, 30
 
 
-def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = None, seed: int = 0, schedule_file: Path | None = None,
+def sample_checkpoint(checkpoint=None, *, num: int = 64, batch_size: int | None = None, seed: int = 0, schedule_file: Path | None = None,
                       num_scales: int | None = None, steps_per_scale: int | None = None, step_size: float | None = None,
                       sampler: Sampler | None = None, snr: float | None = None, denoise: bool = True, ema: bool = True,
                       device: str = "auto", compile: bool | None = None, trace_chain: bool = False, progress=None,
                       model: NCSNv2 | None = None, say=None) -> SampleRun:
-    """Samples from a checkpoint with the run's schedule, M and eps, or overrides (a changed schedule or M gets
+    """Samples from a checkpoint (``checkpoint``: a run folder, a checkpoint file or a :class:`Checkpoint`; None: the newest of the run
+    ``train`` makes without a folder, :func:`~ncsn_tune.model.runs.open_checkpoint`) with the run's schedule, M and eps, or overrides (a changed schedule or M gets
     Technique 4's eps; :func:`ncsn_tune.tuning.resolve_sampling` decides and says why). ``sampler``: None or ald for
     NCSNv2's annealed Langevin dynamics, pc for score_sde's predictor-corrector loop with this network (M corrector steps
     per level, default 1; ``snr`` default from the resolver). ``batch_size`` None: 1,000 CIFAR-10 images at a time on a
@@ -206,7 +208,7 @@ def sample_checkpoint(checkpoint, *, num: int = 64, batch_size: int | None = Non
         raise NcsnTuneError(f"{sampler.describe()} takes its step as snr, not eps: give snr", fields=("step_size", "snr"))
     if not pc and snr is not None and step_size is not None:
         raise NcsnTuneError("give the step as eps or as snr, not both", fields=("step_size", "snr"))
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint)
     dim = int(np.prod(ckpt.image_shape))
     tuning = resolve_sampling(Given(schedule_file=schedule_file, num_scales=num_scales, steps_per_scale=steps_per_scale,
                                     step_size=step_size, snr=snr, dim=dim, run=ckpt), sampler)

@@ -146,6 +146,30 @@ def default_run_folder(name: str) -> Path:
     return Path("runs") / name
 
 
+def open_checkpoint(checkpoint=None, *, workdir: Path | None = None) -> Checkpoint:
+    """``checkpoint`` read and checked (a :class:`Checkpoint` as it is, a checkpoint file, or a run folder: its newest).
+    Without one, the newest checkpoint of the run the chain's ``train`` line makes without a folder: runs/<data name>
+    for the data it trains on (:func:`~ncsn_tune.tuning.training.resolve_data`: the saved schedule's, else CIFAR-10),
+    with a note saying which file that is and why."""
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint)
+    choice = resolve_data(None, None, workdir=workdir)
+    name = data_name(choice.spec)
+    folder = default_run_folder(name)
+    if not list_checkpoints(folder):
+        others = sorted(str(p) for p in folder.parent.glob("*") if p != folder and p.is_dir() and list_checkpoints(p))
+        elsewhere = f"; {folder.parent} holds the run(s) {', '.join(others[:5])}: give one with --checkpoint" if others else ""
+        raise CheckpointError(f"no checkpoint given, and {folder} (where 'ncsn-tune train' trains on {name} without --output) holds "
+                              f"no checkpoint: train first, or give the checkpoint (a run folder or a checkpoint file){elsewhere}",
+                              fields="checkpoint")
+    ckpt = load_checkpoint(folder)
+    ckpt.notes.insert(0, f"checkpoint {ckpt.path} (step {ckpt.step}): the newest in {folder}, where 'ncsn-tune train' trains on "
+                         f"{name} without --output ({'; '.join(choice.notes)})")
+    return ckpt
+
+
 def setup_run(settings: dict, *, output: Path | None = None, config_file: Path | None = None, resume: bool = False,
               init_from: Path | None = None, overwrite: bool = False, workdir: Path | None = None, progress=None,
               main_process: bool = True, dry_run: bool = False) -> RunSetup:
