@@ -13,6 +13,7 @@ check compares both paths with a float64 brute force on small random sets of awk
 lengths that are not multiples of 8, more than 2**16 coordinates).
 
     PYTHONPATH=. python benchmarks/sigma_max_scale.py            # on a GPU; --quick for a few-second CPU run of the same code
+    PYTHONPATH=. python benchmarks/sigma_max_scale.py --only ffhq256,compare      # some of the runs, in that order
 """
 
 from __future__ import annotations
@@ -88,7 +89,15 @@ def timed(x, device: str, integer: bool, label: str, target: float | None) -> di
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    r = max_pairwise_distance(x, scale=1 / 255, device=device, integer=integer)
+    last = [t0]
+
+    def progress(done, total, what):  # a line every 15 s, so a cut-off run still says how far it got
+        now = time.perf_counter()
+        if what == "blocks of pairs" and now - last[0] > 15:
+            last[0] = now
+            print(f"  {label}: {done}/{total} block rows after {now - t0:.0f} s", flush=True)
+
+    r = max_pairwise_distance(x, scale=1 / 255, device=device, integer=integer, progress=progress)
     seconds = time.perf_counter() - t0
     check = recheck(x, r.pair)
     row = {"data": label, "points": r.num_points, "dim": r.dim, "path": r.method, "sigma_max": r.distance, "pair": list(r.pair),
@@ -106,29 +115,41 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="small sizes (a CPU run of the same code: --device torch:cpu)")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--only", default="imagenet64,ffhq256,compare",
+                   help="which runs, in this order: imagenet64, ffhq256, compare (the two paths on one set)")
+    p.add_argument("--skip-checks", action="store_true", help="leave out the small checks against a float64 brute force")
     args = p.parse_args()
     import torch
 
     device = args.device
     where = "cpu" if device == "torch:cpu" else device
     print(f"machine: {machine()}", flush=True)
-    checks = small_checks(device)
-    print(f"small checks: {len(checks)} runs of both paths equal to a float64 brute force (value and pair)", flush=True)
-    sizes = ([(2000, (3, 16, 16), 60.0, "2k x 3x16x16"), (300, (3, 64, 64), 30.0, "300 x 3x64x64")] if args.quick else
-             [(1_281_167, (3, 64, 64), 60.0, "ImageNet-64 size, 1,281,167 x 3x64x64"),
-              (70_000, (3, 256, 256), 30.0, "FFHQ-256 size, 70,000 x 3x256x256")])
+    checks = [] if args.skip_checks else small_checks(device)
+    if checks:
+        print(f"small checks: {len(checks)} runs of both paths equal to a float64 brute force (value and pair)", flush=True)
+    sizes = {"imagenet64": (2000, (3, 16, 16), 60.0, "2k x 3x16x16") if args.quick else
+             (1_281_167, (3, 64, 64), 60.0, "ImageNet-64 size, 1,281,167 x 3x64x64"),
+             "ffhq256": (300, (3, 64, 64), 30.0, "300 x 3x64x64") if args.quick else
+             (70_000, (3, 256, 256), 30.0, "FFHQ-256 size, 70,000 x 3x256x256")}
     rows = []
-    for k, (n, shape, target, label) in enumerate(sizes):
-        x = synthetic(n, shape, where, seed=k)
-        rows.append(timed(x, device, True, label, target))
+    for k, name in enumerate(args.only.split(",")):
+        if name == "compare":
+            n = 3000 if args.quick else 100_000
+            x = synthetic(n, (3, 64, 64), where, seed=11)
+            for integer in (True, False):
+                rows.append(timed(x, device, integer, f"{n:,} x 3x64x64, both paths", None))
+            print(f"integer path {rows[-1]['seconds'] / rows[-2]['seconds']:.1f}x faster than float32 on {n:,} x 3x64x64", flush=True)
+        else:
+            n, shape, target, label = sizes[name]
+            t0 = time.perf_counter()
+            x = synthetic(n, shape, where, seed=k)
+            if where.startswith("cuda"):
+                torch.cuda.synchronize()
+            print(f"{label}: built on {where} in {time.perf_counter() - t0:.1f} s", flush=True)
+            rows.append(timed(x, device, True, label, target))
         del x
         if where.startswith("cuda"):
             torch.cuda.empty_cache()
-    n = 3000 if args.quick else 100_000
-    x = synthetic(n, (3, 64, 64), where, seed=11)
-    for integer in (True, False):
-        rows.append(timed(x, device, integer, f"{n:,} x 3x64x64, both paths", None))
-    print(f"integer path {rows[-1]['seconds'] / rows[-2]['seconds']:.1f}x faster than float32 on {n:,} x 3x64x64")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "small_checks": checks, "rows": rows}, f, indent=1)

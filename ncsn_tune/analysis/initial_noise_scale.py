@@ -26,7 +26,8 @@ The reported value is the float64 sum of the winning pair; pairs that tie are
 ordered by index, so the pair is the one a float64 brute force that keeps the
 first maximum finds. Memory: the source is read ``chunk_rows`` rows at a time
 (memory-mapped arrays and image folders stay on disk), the blocks of candidate
-points are kept while they fit in ``memory_budget`` bytes (re-read otherwise),
+points are kept while they fit in ``memory_budget`` bytes (default: the backend's, 2 GiB on a CPU, a quarter of
+a GPU's free memory; re-read beyond it),
 and two ``block_size``**2 float32 blocks are alive at once.
 """
 
@@ -209,7 +210,7 @@ def max_pairwise_distance(
     device: str = "cpu",
     block_size: int | None = None,
     chunk_rows: int | None = None,
-    memory_budget: int = 2 << 30,
+    memory_budget: int | None = None,
     integer: bool | None = None,
     exclude=None,
     progress: ProgressCallback | None = None,
@@ -266,7 +267,8 @@ def max_pairwise_distance(
             if kept < 2:
                 return FarthestPair(0.0, (0, 0), kept, dim, 0, 0, 0, label, time.perf_counter() - t0)
         bound = radii[order] / unit  # radii (rounded up) in units, in scan order
-        blocks = _Blocks(x, backend, order, block_size, centre, unit, memory_budget)
+        budget = backend.block_cache_budget() if memory_budget is None else memory_budget
+        blocks = _Blocks(x, backend, order, block_size, centre, unit, budget)
         firsts = [bound[k * block_size] for k in range(len(blocks.ids))]
         best = _Best()
         evaluated = rechecked = 0

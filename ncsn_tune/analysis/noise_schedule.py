@@ -268,21 +268,28 @@ class NoiseSchedule:
 
     @classmethod
     def from_data(cls, dataset, *, sigma_min: float | None = None, target_overlap: float = TARGET_OVERLAP, num_scales: int | None = None,
-                  method: str = "pruned", device: str = "auto", progress=None) -> "NoiseSchedule":
+                  method: str = "pruned", device: str = "auto", distributed: bool = False, progress=None) -> "NoiseSchedule":
         """Techniques 1 and 2 for a data set: sigma_max is its exact diameter, then the overlap equation.
 
         ``dataset``: a :class:`ncsn_tune.data.Dataset` (``ncsn_tune.load_dataset``) or an
         array of points (N, ...) whose pixels are scaled to [0, 1] as the loader
         would. ``sigma_min``: by default the paper's 0.01 in the data's pixel range
         (:func:`default_sigma_min`). With ``num_scales`` the schedule has that many
-        scales instead of the equation's L. ``device``: where T1 runs (cpu, cuda, auto).
+        scales instead of the equation's L. ``device``: where T1 runs (cpu, cuda, auto). ``distributed``: every process of
+        the torch.distributed group (torchrun) searches its shard of the data
+        (:func:`~ncsn_tune.analysis.sharded_diameter.group_max_pairwise_distance`; the group's own devices).
         """
         from ..data import as_dataset
         from .initial_noise_scale import max_pairwise_distance
 
         dataset = as_dataset(dataset)
         sigma_min = default_sigma_min(dataset.pixel_range) if sigma_min is None else sigma_min
-        found = max_pairwise_distance(dataset.points(), scale=dataset.scale, method=method, device=device, progress=progress)
+        if distributed:
+            from .sharded_diameter import group_max_pairwise_distance
+
+            found = group_max_pairwise_distance(dataset.points(), scale=dataset.scale, method=method)
+        else:
+            found = max_pairwise_distance(dataset.points(), scale=dataset.scale, method=method, device=device, progress=progress)
         if found.distance == 0:
             what = "it holds one point" if found.num_points == 1 else f"all {found.num_points:,} points coincide"
             raise ScheduleError(

@@ -99,3 +99,22 @@ def shard_of(num_points: int, world: int, rank: int) -> slice:
     per, extra = divmod(num_points, world)
     start = rank * per + min(rank, extra)
     return slice(start, start + per + (rank < extra))
+
+
+def group_max_pairwise_distance(points, *, scale: float = 1.0, method: str = "pruned", integer: bool | None = None,
+                                group=None) -> FarthestPair:
+    """Technique 1 by every process of the torch.distributed ``group`` together (torchrun; ``ncsn-tune sigmas --gpus N``):
+    each process is given the whole set ``points`` (as each loads it, memory-mapped where the source allows), keeps its
+    shard (:func:`shard_of`) and searches it with the others (:func:`sharded_max_pairwise_distance`) on its GPU under
+    NCCL, or on its CPU (torch) under gloo. Every process returns the same exact result."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise DataError("the search over several processes runs under torch.distributed: start it with torchrun "
+                        "(ncsn-tune sigmas --gpus N does)")
+    x = as_point_matrix(points)
+    rows = shard_of(int(x.shape[0]), dist.get_world_size(group), dist.get_rank(group))
+    device = "torch:cpu" if dist.get_backend(group) == "gloo" else f"cuda:{torch.cuda.current_device()}"
+    return sharded_max_pairwise_distance(x[rows], rows.start, scale=scale, method=method, device=device, integer=integer,
+                                         group=group)

@@ -43,7 +43,7 @@ def run() -> None:
 
 
 def _group():
-    from . import analysis, interop, model, simulate  # noqa: F401  (registers the commands)
+    from . import analysis, interop, model, plot, simulate  # noqa: F401  (registers the commands)
     from .app import main as group
 
     return group

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
 
-from ..analysis.noise_schedule import NoiseSchedule, default_sigma_min, solve_gamma
+from ..analysis.noise_schedule import NoiseSchedule, default_sigma_min
 from ..analysis.samplers import CORRECTORS, PREDICTORS, SAMPLERS, SAMPLING_EPS, Sampler, sampler_step
 from ..analysis.step_size import StepSize, optimal_step_size
 from ..config import SCHEDULE_FILE, STEP_SIZE_FILE, AnalysisConfig, workdir
+from ..devices import resolve_device
 from ..errors import NcsnTuneError
 from ..files import MAPPING_SUFFIXES, check_output
 from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
@@ -19,7 +22,7 @@ from ..tuning.schedule import keep_derived_schedule
 from ..tuning.steps import whole_chain_ratios
 from .app import main
 from .options import (data_options, force_option, given_from, json_option, parse_counts, parse_steps, path_option, read_data,
-                      schedule_options, stack)
+                      require_schedule, schedule_options, stack)
 from .render import Report, fmt
 
 A = AnalysisConfig
@@ -55,8 +58,10 @@ def schedule_rows(s: dict) -> list[list[str]]:
     rows.append(["dimension D", fmt(s["dim"]), "C*H*W"])
     t1 = s["t1"]
     if t1 and "pair" in t1:
+        work = (f"{t1['pairs_evaluated']:,} of {t1['pairs_total']:,} pairs" if t1["pairs_evaluated"] <= t1["pairs_total"] else
+                f"{t1['pairs_evaluated']:,} pair distances for {t1['pairs_total']:,} pairs (pairs within a visiting shard are searched again)")
         rows.append(["sigma_max", f"{s['sigma_max']:.6f}", f"T1: exact max distance, pair {tuple(t1['pair'])}; {t1['method']}: "
-                     f"{t1['pairs_evaluated']:,} of {t1['pairs_total']:,} pairs in {t1['seconds']:.2f} s"])
+                     f"{work} in {t1['seconds']:.2f} s"])
     else:
         rows.append(["sigma_max", f"{s['sigma_max']:.6g}", "given"])
     rows.append(["sigma_min", fmt(s["sigma_min"]), "paper default" + ("" if pixels == DEFAULT_PIXEL_RANGE else f" for {pixels.label}")
@@ -85,19 +90,60 @@ def schedule_rows(s: dict) -> list[list[str]]:
               "exact, greedy (the farther-from-centre point of the farthest pair, k times).")
 @path_option("--output", help=f"Schedule file to write, .json or .yaml [default: WORKDIR/{SCHEDULE_FILE}].")
 @force_option
+@click.option("--gpus", type=click.IntRange(min=1), help="Technique 1 on N GPUs (N CPU processes with --device cpu), each holding a "
+              "shard of the data: runs torchrun --nproc_per_node N -m ncsn_tune sigmas ...")
 @json_option
-def sigmas(output, force, as_json, outliers, **opts):
+def sigmas(output, force, as_json, outliers, gpus, **opts):
     """Techniques 1 and 2: sigma_max (exact), gamma, the number of scales L and the schedule.
 
     \b
     ncsn-tune sigmas --data cifar10
+    ncsn-tune sigmas --data ~/data/imagenet64 --gpus 8
     ncsn-tune sigmas --sigma-max 50 --dim 3072 --num-scales 232
     """
-    report = Report(as_json)
+    if gpus is not None:
+        check_processes(gpus, opts, outliers)
+        if gpus > 1 and "WORLD_SIZE" not in os.environ:
+            from ..model.distributed import relaunch_under_torchrun
+
+            return relaunch_under_torchrun(sys.argv[1:], gpus)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from ..model.distributed import Distributed
+
+        group = Distributed.from_env("cuda" if resolve_device(opts["device"]).startswith("cuda") else "cpu")
+        try:
+            return derive_and_save(Report(as_json, quiet=not group.main), opts, output, force, outliers, as_json, group)
+        finally:
+            group.close()
+    return derive_and_save(Report(as_json), opts, output, force, outliers, as_json)
+
+
+def check_processes(gpus: int, opts: dict, outliers: str | None) -> None:
+    """``--gpus N`` shares Technique 1's search of the data; it needs data, and N GPUs where the device is a GPU."""
+    if opts.get("data") is None:
+        raise NcsnTuneError("--gpus shares Technique 1's search of the data between processes: give --data (a sigma_max given as "
+                            "a number needs no search)")
+    if outliers is not None and gpus > 1:
+        raise NcsnTuneError("--outliers runs in one process: leave out --gpus (or compute the outliers in a second command)")
+    device = resolve_device(opts["device"])
+    if device.startswith("cuda") and "WORLD_SIZE" not in os.environ:
+        import torch
+
+        if torch.cuda.device_count() < gpus:
+            raise NcsnTuneError(f"--gpus {gpus}: this machine has {torch.cuda.device_count()} GPU(s); give at most that many, "
+                                "or --device cpu for CPU processes")
+
+
+def derive_and_save(report: Report, opts: dict, output, force: bool, outliers: str | None, as_json: bool, group=None) -> None:
+    """Techniques 1 and 2 on the data (by every process of ``group`` together, when given), then the schedule saved and
+    shown by the first process."""
+    main_process = group is None or group.main
     path = check_output(output or workdir() / SCHEDULE_FILE, MAPPING_SUFFIXES, force=force)
     data = read_data(report, opts)
     with report.progress() as progress:
-        schedule = derive_schedule(given_from(opts, data), progress=progress)
+        schedule = derive_schedule(given_from(opts, data, distributed=group is not None), progress=progress)
+    if not main_process:
+        return
     keep_derived_schedule(path, schedule, force)
     dropped = outlier_drops(report, data, schedule, outliers)
     schedule.save(path)
@@ -323,128 +369,3 @@ def sampler_step_size(report: Report, loop: Sampler, choice: ScheduleChoice, ste
                 "approximation for real data). No closed form: the loop's variance recursion, checked by Monte Carlo in the tests.")
     report.line(f"Saved the recommended step for M = {steps[0]} to {saved}" if saved else
                 f"Several values of M ({', '.join(map(str, steps))}): nothing saved; give one M to save it.")
-
-
-# ------------------------------------------------------------------------------------------------ plot
-
-
-@main.group()
-def plot():
-    """Figures (PNG or PDF by the --output suffix): step-size, schedule, overlap."""
-
-
-figure_output = stack(path_option("--output", required=True, help="The figure to write: .png or .pdf."), force_option)
-FIGURE_SUFFIXES = (".png", ".pdf")
-
-
-def check_figure(output: Path | None, force: bool) -> None:
-    if output is not None:
-        check_output(output, FIGURE_SUFFIXES, force=force)
-
-
-def save_figure(report: Report, fig, output: Path) -> Path:
-    from ..images import save_figure as write
-
-    write(fig, output, close=True)
-    report.line(f"Wrote {output}")
-    return output
-
-
-@plot.command("step-size")
-@step_size_options("1,3,5,10")
-@sampler_options
-@measured_options
-@figure_output
-@json_option
-def plot_step_size_cmd(steps_per_scale, step_size, snr, sampler, predictor, corrector, sampling_eps, checkpoint, chains, output, force,
-                       as_json, **opts):
-    """s^2/sigma^2 against eps (or snr, for another tool's loop) for several M, each optimum marked (Technique 4); takes what
-    step-size takes. With --checkpoint: s^2/sigma^2 measured on the trained model at every scale, for each eps tried."""
-    from ..plots import plot_measured_step, plot_sampler_step, plot_step_size
-
-    report = Report(as_json)
-    check_figure(output, force)
-    if checkpoint is not None:
-        result = measure_step_on(report, checkpoint, steps_per_scale, chains, opts, allowed=("output", "force"))
-        save_figure(report, plot_measured_step(result), output)
-        render_measured_step(report, result, checkpoint, figure=str(output))
-        return
-    loop = chosen_sampler(sampler, predictor, corrector, sampling_eps)
-    steps = parse_steps(steps_per_scale)
-    choice = choose_schedule(report, opts)
-    if loop.name == "ald":
-        fig = plot_step_size(choice.ratio, choice.sigma_min, steps, given_step_size(step_size, snr, choice.sigma_min))
-    elif step_size is not None:
-        raise NcsnTuneError(f"{loop.describe()} takes its step as snr, not eps: give --snr", fields=("step_size", "snr"))
-    else:
-        fig = plot_sampler_step(loop, require_schedule(choice), steps, snr)
-    save_figure(report, fig, output)
-    given = [] if snr is None or loop.name == "ald" else [sampler_step(loop, o.sigma_max, o.sigma_min, o.num_scales, o.steps_per_scale, snr)
-                                                          for o in fig.optima]
-    report.result({"figure": output, "optima": [o.to_dict() for o in fig.optima], "given": [g.to_dict() for g in given],
-                   "notes": list(choice.notes)})
-    for k, o in enumerate(fig.optima):
-        report.line(f"M = {o.steps_per_scale}: " + (f"eps = {o.step_size:.6e}" if loop.name == "ald" else f"the criterion's optimum snr = "
-                    f"{o.snr:.5f}") + f", s^2/sigma^2 = {o.variance_ratio:.6f}"
-                    + (f"; at the given snr {snr:g}: {given[k].variance_ratio:.6f}" if given else ""))
-
-
-@plot.command("schedule")
-@schedule_options
-@path_option("--compare", "compare_file", help="A second schedule file, drawn beside with its own eps.")
-@click.option("--compare-num-scales", type=int, help="A second schedule with the same ends and this many scales (e.g. 232).")
-@click.option("--M", "steps_per_scale", type=int, default=A.steps_per_scale, show_default=True, help="M for each schedule's eps.")
-@click.option("--step-size", type=float, help="One eps for every schedule [default: each schedule's Technique 4 optimum for M].")
-@figure_output
-@json_option
-def plot_schedule_cmd(compare_file, compare_num_scales, steps_per_scale, step_size, output, force, as_json, **opts):
-    """Noise scales against their index with alpha_i and the overlap; several schedules side by side."""
-    from ..plots import plot_schedule
-
-    report = Report(as_json)
-    check_figure(output, force)
-    schedule = require_schedule(choose_schedule(report, opts))
-    schedules = [schedule]
-    if compare_file is not None:
-        schedules.append(NoiseSchedule.load(compare_file))
-    if compare_num_scales is not None:
-        schedules.append(schedule.with_num_scales(compare_num_scales))
-    eps = [step_size if step_size is not None else s.step_size(steps_per_scale).step_size for s in schedules]
-    labels = [f"L = {s.num_scales}" for s in schedules]
-    save_figure(report, plot_schedule(schedules, eps, labels), output)
-    rows = [{"num_scales": s.num_scales, "ratio": s.ratio, "overlap": s.overlap if s.dim else None, "step_size": e}
-            for s, e in zip(schedules, eps)]
-    report.result({"figure": output, "schedules": rows})
-    for r in rows:
-        report.line(f"L = {r['num_scales']}: ratio {r['ratio']:.6f}, overlap {fmt(r['overlap'], 4)}, eps {r['step_size']:.4g}")
-
-
-def require_schedule(choice: ScheduleChoice) -> NoiseSchedule:
-    if choice.schedule is None:
-        raise NcsnTuneError("this needs a schedule, not a bare ratio", fields="ratio")
-    return choice.schedule
-
-
-@plot.command("overlap")
-@schedule_options
-@figure_output
-@json_option
-def plot_overlap_cmd(output, force, as_json, **opts):
-    """The overlap C against gamma for the data's dimension, the chosen gamma marked (Technique 2)."""
-    from ..plots import plot_overlap
-
-    report = Report(as_json)
-    check_figure(output, force)
-    target = opts["target_overlap"] or A.target_overlap
-    only_dim = opts["dim"] is not None and not any(opts[k] for k in ("sigma_max", "num_scales", "data", "schedule"))
-    if only_dim:
-        dim, gamma = opts["dim"], solve_gamma(opts["dim"], target)
-    else:
-        schedule = require_schedule(choose_schedule(report, opts))
-        if schedule.dim is None:
-            raise NcsnTuneError("the overlap depends on the data dimension D", fields=("dim", "data"))
-        dim, gamma = schedule.dim, schedule.gamma or schedule.ratio
-        target = schedule.target_overlap or target
-    save_figure(report, plot_overlap(dim, gamma, target), output)
-    report.result({"figure": output, "dim": dim, "gamma": gamma, "target_overlap": target})
-    report.line(f"gamma = {gamma:.8f}")

@@ -11,12 +11,12 @@ from ..defaults import TARGET_OVERLAP
 from ..errors import NcsnTuneError
 from ..files import check_output
 from ..analysis.noise_schedule import default_sigma_min
-from ..analysis.samplers import SAMPLING_EPS
 from ..interop.export import FORMATS
 from ..data.pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
-from .analysis import check_figure, chosen_sampler, sampler_options, save_figure, step_size_options, typed
+from .analysis import chosen_sampler, sampler_options, step_size_options, typed
 from .app import main
-from .options import data_options, force_option, given_from, json_option, parse_steps, path_option, read_data
+from .options import (check_figure, data_options, force_option, given_from, json_option, parse_steps, path_option, read_data,
+                      save_figure)
 from .render import Report
 
 

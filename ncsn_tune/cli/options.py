@@ -13,11 +13,13 @@ from typing import Any
 
 import click
 
+from ..analysis.noise_schedule import NoiseSchedule
 from ..config import AnalysisConfig, help_of
 from ..data import SPLITS, Dataset, load_dataset
 from ..errors import NcsnTuneError
+from ..files import check_output
 from ..data.pixel_range import CHOICES as PIXEL_RANGE_CHOICES, DEFAULT as DEFAULT_PIXEL_RANGE
-from ..tuning import Given
+from ..tuning import Given, ScheduleChoice
 from .render import Report
 
 A = AnalysisConfig
@@ -142,3 +144,28 @@ def config_options(cls, aliases: dict[str, list[str]] | None = None):
         return f
 
     return decorate
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+figure_output = stack(path_option("--output", required=True, help="The figure to write: .png or .pdf."), force_option)
+FIGURE_SUFFIXES = (".png", ".pdf")
+
+
+def check_figure(output: Path | None, force: bool) -> None:
+    if output is not None:
+        check_output(output, FIGURE_SUFFIXES, force=force)
+
+
+def save_figure(report: Report, fig, output: Path) -> Path:
+    from ..images import save_figure as write
+
+    write(fig, output, close=True)
+    report.line(f"Wrote {output}")
+    return output
+
+
+def require_schedule(choice: ScheduleChoice) -> NoiseSchedule:
+    if choice.schedule is None:
+        raise NcsnTuneError("this needs a schedule, not a bare ratio", fields="ratio")
+    return choice.schedule

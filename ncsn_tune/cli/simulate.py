@@ -10,9 +10,10 @@ from ..analysis.samplers import Sampler
 from ..config import MAX_SEED, AnalysisConfig, workdir
 from ..errors import NcsnTuneError
 from ..tuning import resolve, resolve_schedule
-from .analysis import check_figure, chosen_sampler, require_schedule, sampler_options, save_figure
+from .analysis import chosen_sampler, sampler_options
 from .app import main
-from .options import force_option, given_from, json_option, path_option, read_data, schedule_options
+from .options import (check_figure, force_option, given_from, json_option, path_option, read_data, require_schedule, save_figure,
+                      schedule_options)
 from .render import Report, fmt
 
 A = AnalysisConfig

@@ -17,7 +17,7 @@ import torch
 
 from ..analysis.noise_level import chain_verdict
 from ..analysis.noise_schedule import NoiseSchedule
-from ..analysis.samplers import Sampler, SamplerStep
+from ..analysis.samplers import Sampler
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
 from ..units import duration

@@ -41,6 +41,7 @@ class Given:
     run: Any = None
     method: str = DEFAULTS.distance_method
     device: str = DEFAULTS.device
+    distributed: bool = False  # Technique 1 by every process of the torch.distributed group (torchrun), each on its shard
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class ScheduleChoice:
 
 def _derive(given: Given, sigma_min: float, target_overlap: float, progress) -> NoiseSchedule:
     return NoiseSchedule.from_data(given.data, sigma_min=sigma_min, target_overlap=target_overlap, method=given.method,
-                                   device=given.device, progress=progress)
+                                   device=given.device, distributed=given.distributed, progress=progress)
 
 
 def _derived_note(schedule: NoiseSchedule) -> str:
@@ -228,7 +229,8 @@ def derive_schedule(given: Given, *, progress=None) -> NoiseSchedule:
             raise ScheduleError("give data (Technique 1 computes sigma_max from it), or sigma_max as a number with the dimension D",
                                 fields=("data", "sigma_max", "dim"))
         return NoiseSchedule.from_data(data, sigma_min=sigma_min, target_overlap=target, num_scales=given.num_scales,
-                                       method=given.method, device=given.device, progress=progress)
+                                       method=given.method, device=given.device, distributed=given.distributed,
+                                       progress=progress)
     return _from_numbers(given, dim, sigma_min, target)
 
 
