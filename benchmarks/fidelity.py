@@ -123,7 +123,7 @@ def run_official(args) -> None:
     from official import import_official
 
     from ncsn_tune.data import load_cifar10
-    from ncsn_tune.model.train import BatchSampler, DeviceImages
+    from ncsn_tune.model.batches import BatchSampler, DeviceImages
 
     device = torch.device(args.device)
     work = one_work(args)

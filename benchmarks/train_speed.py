@@ -35,7 +35,7 @@ from ncsn_tune.model.accel import SpeedSwitches
 from ncsn_tune.model.ema import EMA
 from ncsn_tune.model.network import NCSNv2
 from ncsn_tune.model.step import TrainStep, build_optimizer
-from ncsn_tune.model.train import BatchSampler, DeviceImages
+from ncsn_tune.model.batches import BatchSampler, DeviceImages
 
 
 def official_step(official_dir: Path, init_state: dict, sigmas: torch.Tensor, device):

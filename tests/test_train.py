@@ -13,7 +13,8 @@ from ncsn_tune.config import TrainConfig  # noqa: E402
 from ncsn_tune.errors import NcsnTuneError  # noqa: E402
 from ncsn_tune.model import checkpoint as ckpt  # noqa: E402
 from ncsn_tune.model.network import NCSNv2  # noqa: E402
-from ncsn_tune.model.train import BatchSampler, Trainer  # noqa: E402
+from ncsn_tune.model.batches import BatchSampler  # noqa: E402
+from ncsn_tune.model.train import Trainer  # noqa: E402
 
 
 def tiny_config(**overrides):

@@ -21,12 +21,13 @@ import torch
 
 from ..analysis.noise_schedule import NoiseSchedule
 from ..config import TrainConfig
-from ..data import Dataset, as_dataset
+from ..data import as_dataset
 from ..devices import torch_device
 from ..errors import CheckpointError, Interrupted, RunError
 from ..images import image_grid, save_image
 from .accel.policy import TRAIN_COSTS
 from .accel.precompile import BackgroundCompiles, plan_compiles
+from .batches import BatchSampler, DeviceImages
 from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
 from .distributed import Distributed
 from .ema import EMA
@@ -36,61 +37,45 @@ from .run_log import RunLog
 from .sampling import sample_annealed_langevin
 from .step import TrainStep, build_model, build_optimizer, speed_switches
 
-class BatchSampler:
-    """Batches in epochs (each image once per epoch, in a random order), flips chosen by the same generator.
-
-    Its whole state (generator, permutation, position) goes into checkpoints,
-    so a resumed run draws the same batches.
-    """
-
-    def __init__(self, num_points: int, batch_size: int, seed: int, flip: bool) -> None:
-        self.n, self.batch_size, self.flip = num_points, batch_size, flip
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(num_points, generator=self.generator)
-        self.pos = 0
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        parts, need = [], self.batch_size
-        while need:
-            take = self.perm[self.pos : self.pos + need]
-            parts.append(take)
-            need -= len(take)
-            self.pos += len(take)
-            if self.pos >= self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
-        flips = torch.rand(self.batch_size, generator=self.generator) < 0.5 if self.flip else torch.zeros(self.batch_size, dtype=torch.bool)
-        return torch.cat(parts), flips
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels where asked (slower; cuDNN's autotuning off), else cuDNN's autotuning on a GPU."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
-class DeviceImages:
-    """A data set's images kept on the device (uint8 where they are uint8) and turned into [0, 1] batches there."""
+@dataclasses.dataclass
+class LossWindow:
+    """The losses of the steps since the last log line, kept on the device (read back only when logged), and when the
+    window opened."""
 
-    def __init__(self, dataset: Dataset, device: torch.device) -> None:
-        values, scale, offset = dataset.values, dataset.scale, dataset.offset
-        array = np.ascontiguousarray(np.asarray(values))
-        if not array.flags.writeable:  # memory-mapped files: torch wants memory of its own
-            array = array.copy()
-        if array.dtype == np.uint8:
-            self.values = torch.from_numpy(array).to(device)
-        else:
-            self.values = torch.from_numpy(array.astype(np.float32)).to(device)
-        self.scale, self.offset = float(scale), float(offset)
+    losses: torch.Tensor
+    filled: int = 0
+    opened: float = dataclasses.field(default_factory=time.perf_counter)
 
-    def __len__(self) -> int:
-        return int(self.values.shape[0])
+    @classmethod
+    def of(cls, size: int, device: torch.device) -> "LossWindow":
+        return cls(torch.zeros(size, device=device))
 
-    def batch(self, indices: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.values[indices.to(self.values.device)].float() * self.scale + self.offset
-        if flips is not None:
-            x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
-        return x
+    def add(self, loss: torch.Tensor) -> None:
+        self.losses[self.filled] = loss
+        self.filled += 1
+
+    @property
+    def full(self) -> bool:
+        return self.filled == len(self.losses)
+
+    def values(self) -> torch.Tensor:
+        return self.losses[: self.filled]
+
+    def reopen(self, *, keep: bool = False) -> None:
+        """A new window from now (``keep``: the losses so far stay, only the clock restarts, after side work)."""
+        self.filled = self.filled if keep else 0
+        self.opened = time.perf_counter()
 
 
 class Trainer:
@@ -114,9 +99,14 @@ class Trainer:
         ``resume`` continues a run from its checkpoint exactly."""
         from ..tuning import DEFAULTS  # the one place the defaults of the tuning live
 
+        # Settings: the configuration checked; the schedule, and the M and eps of the sample grids.
         self.config, self.schedule, self.step_size, self.run_dir = config.validate(), schedule, float(step_size), Path(run_dir)
         self.steps_per_scale = config.steps_per_scale or DEFAULTS.steps_per_scale
         self.callback = callback or (lambda event: None)
+        self.step = 0
+        self.stop_requested, self.stop_signal = None, None
+
+        # Device: this process's GPU (its rank's under torchrun, where only rank 0 reports), the speed switches, the seed.
         requested = torch_device(config.device)
         self.dist = Distributed.from_env(requested.type)
         self.device = self.dist.device(requested)
@@ -126,42 +116,41 @@ class Trainer:
                 self.callback = lambda event: None
         self.switches = speed_switches(config, self.device, self.dist.active)
         torch.manual_seed(config.seed)
-        if config.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        set_determinism(config.deterministic, self.device)
+
+        # Data: the training and held-out images on the device; batches in seeded epochs, the global batch on every rank.
         self.train_data = as_dataset(train)
         self.images = DeviceImages(self.train_data, self.device)
         test = as_dataset(test) if test is not None else None
         self.test_images = DeviceImages(test, self.device) if test is not None and test.num_points else None
         self.image_shape = tuple(int(s) for s in self.images.values.shape[1:])
+        self.sampler = BatchSampler(len(self.images), config.batch_size, config.seed, config.random_flip)
+
+        # Model: NCSNv2 conditioned on the schedule's sigmas, its EMA (Technique 5) and Adam; or an official checkpoint's
+        # weights and EMA to start from, with this run's schedule.
         self.sigmas = torch.tensor(schedule.sigmas, dtype=torch.float32, device=self.device)
         self.model = build_model(config, self.image_shape, schedule.sigmas).to(self.device)
         if self.switches.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, config.ema_rate)
-        self.optimizer = build_optimizer(self.model, config, self.switches)
-        self.sampler = BatchSampler(len(self.images), config.batch_size, config.seed, config.random_flip)  # the global batch
-        self.step = 0
         if init_weights is not None:
-            weights, ema_weights = init_weights
-            weights = {**weights, "sigmas": self.model.sigmas}  # keep this run's schedule
-            load_model_weights(self.model, weights, "the initial weights")
-            self.ema = EMA(self.model, config.ema_rate)
-            if ema_weights is not None:
-                try:
-                    self.ema.load_state_dict(ema_weights)
-                except KeyError as err:
-                    raise CheckpointError(f"the EMA weights of the initial checkpoint do not fit this model: {err}",
-                                          fields="init_from") from None
+            load_model_weights(self.model, {**init_weights[0], "sigmas": self.model.sigmas}, "the initial weights")
+        self.ema = EMA(self.model, config.ema_rate)
+        if init_weights is not None and init_weights[1] is not None:
+            try:
+                self.ema.load_state_dict(init_weights[1])
+            except KeyError as err:
+                raise CheckpointError(f"the EMA weights of the initial checkpoint do not fit this model: {err}",
+                                      fields="init_from") from None
+        self.optimizer = build_optimizer(self.model, config, self.switches)
+        self.num_parameters = count_parameters(self.model)
+
+        # Resume: weights, EMA, Adam, the batch order and the random states exactly as saved; then this configuration's
+        # optimiser and EMA settings (a continued run may change them).
         if resume is not None:
             self._restore(resume)
             self._apply_settings()
-        self.num_parameters = count_parameters(self.model)
-        self.stop_requested, self.stop_signal = None, None
+
+        # Compiling (GPU only): what is worth compiling for the steps left, the artefacts to load, the background compiles.
         self.compile_cache, self.compile_note, self.compiles = None, None, None
         if self.device.type == "cuda":
             plan = plan_compiles(config, self.model, self.run_dir, self.device, config.batch_size // self.dist.world,
@@ -311,17 +300,18 @@ class Trainer:
         if self.stop_requested is not None:
             raise _StopWork
 
-    def _log(self, log, window, filled, t_window, t_start, last_saved) -> None:
-        values = self.dist.mean(window[:filled]).cpu().numpy()
+    def _log(self, log, window: LossWindow, t_start: float, last_saved: int | None) -> None:
+        values = self.dist.mean(window.values()).cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            bad_step = self.step - filled + int(bad[0]) + 1
+            bad_step = self.step - window.filled + int(bad[0]) + 1
             kept = (f"the last good checkpoint is the one from step {last_saved} in {self.run_dir}" if last_saved is not None
                     else "no checkpoint had been written yet, so the run must start again")
             raise RunError(f"the loss became {values[bad[0]]} at step {bad_step}; training stopped and {kept}. Try a lower "
                            "learning rate or check the data", fields="lr")
         now = time.perf_counter()
-        record = {"step": self.step, "loss": float(values.mean()), "it_per_s": filled / max(now - t_window, 1e-9), "time": now - t_start}
+        record = {"step": self.step, "loss": float(values.mean()), "it_per_s": window.filled / max(now - window.opened, 1e-9),
+                  "time": now - t_start}
         if log is not None:
             log.record(record, {"loss": record["loss"], "it_per_s": record["it_per_s"]})
         self.callback({"event": "log", **record})
@@ -359,26 +349,29 @@ class Trainer:
             self.callback({"event": "start", "step": self.step, "steps": config.steps, "setup_seconds": time.perf_counter() - t_start,
                            "num_parameters": self.num_parameters, "switches": dataclasses.asdict(self.switches),
                            "device": str(self.device), "processes": self.dist.world})
-            window, filled, t_window = torch.zeros(config.log_every, device=self.device), 0, time.perf_counter()
-            last_saved, stop = (self.step if self.step > 0 else None), False
+            window = LossWindow.of(config.log_every, self.device)
+            last_saved = self.step if self.step > 0 else None
+            stop = False
             while self.step < config.steps and not stop:
                 indices, flips = self.sampler.next()
                 x = self.images.batch(indices[shard], flips[shard]).contiguous(memory_format=self.switches.memory_format)
-                window[filled], filled, self.step = step_fn(x), filled + 1, self.step + 1
+                window.add(step_fn(x))
+                self.step += 1
                 step_fn = self._next_step_fn(step_fn, log)
                 due = {name: self.step % getattr(config, f"{name}_every") == 0 for name in ("log", "eval", "sample", "checkpoint")}
-                at_log = filled == config.log_every or self.step >= config.steps or any(due.values())
+                at_log = window.full or self.step >= config.steps or any(due.values())
                 stop = self._agree_on_stop(at_log)
                 if at_log or stop:
-                    self._log(log, window, filled, t_window, t_start, last_saved)
-                    filled, t_window = 0, time.perf_counter()
+                    self._log(log, window, t_start, last_saved)
+                    window.reopen()
                 if not stop and (due["eval"] or due["sample"]):
                     self._side_work(log, due)
-                    t_window = time.perf_counter()
+                    window.reopen(keep=True)
                 stop = stop or (not self.dist.active and self.stop_requested is not None)  # a request during the side work
                 if due["checkpoint"] or stop or self.step >= config.steps:
                     self.save()
-                    last_saved, t_window = self.step, time.perf_counter()
+                    last_saved = self.step
+                    window.reopen(keep=True)
             if stop:
                 self.callback({"event": "stopped", "step": self.step, "signal": self.stop_requested or "SIGTERM (another rank)"})
         finally:
