@@ -166,7 +166,7 @@ def test_evaluate_with_fid_samples_once_and_judges_the_chains_it_drew(tmp_path, 
     real = generate.sample_checkpoint
     monkeypatch.setattr(generate, "sample_checkpoint", lambda *a, **k: drawn.append(k["num"]) or real(*a, **k))
     monkeypatch.setattr(evaluate, "fid_of_samples", lambda samples, *a, **k: {"fid": 1.0, "num_samples": len(samples)})
-    result = evaluate.evaluate_checkpoint(trained_run, fid=True, fid_num=6, chain_check=4, images=8, device="cpu")
+    result = evaluate.evaluate_checkpoint(trained_run, fid=evaluate.FidSettings(num=6), chain_check=4, images=8, device="cpu")
     assert drawn == [6] and result.chain_images == 6 and isinstance(result.chain["verdict"]["within"], bool)
     assert result.to_dict()["chain"]["of"] == "FID samples" and result.to_dict()["chain"]["images"] == 6
     drawn.clear()

@@ -240,7 +240,7 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_
     ncsn-tune evaluate --checkpoint runs/cifar10
     ncsn-tune evaluate --checkpoint runs/cifar10 --fid --fid-split test        (the fid extra ships the FID network)
     """
-    from ..model.evaluate import FID_SAMPLES, check_evaluation_outputs, evaluate_checkpoint, write_evaluation
+    from ..model.evaluate import FID_SAMPLES, FidSettings, check_evaluation_outputs, evaluate_checkpoint, write_evaluation
     from .analysis import typed
 
     report = Report(as_json)
@@ -250,10 +250,10 @@ def evaluate(checkpoint, data, data_root, split, images, samples, with_fid, fid_
                             "computes none: add --fid, or leave them out", fields=("with_fid", *unused))
     check_evaluation_outputs(output_dir, force)
     with report.progress() as progress:
-        result = evaluate_checkpoint(checkpoint, data=data, data_root=data_root, split=split, images=images, samples=samples, fid=with_fid,
-                                     inception_weights=inception_weights, fid_reference=fid_reference, fid_images=fid_images,
-                                     fid_num=fid_num, fid_split=fid_split, chain_check=chain_check, ema=not no_ema, device=device, seed=seed,
-                                     compile=use_compile, progress=progress)
+        fid = FidSettings(fid_num, fid_split, fid_reference, fid_images, inception_weights) if with_fid else None
+        result = evaluate_checkpoint(checkpoint, data=data, data_root=data_root, split=split, images=images, samples=samples, fid=fid,
+                                     chain_check=chain_check, ema=not no_ema, device=device, seed=seed, compile=use_compile,
+                                     progress=progress)
     written = write_evaluation(result, output_dir)
     report.result({**result.to_dict(), "files": written})
     if as_json:

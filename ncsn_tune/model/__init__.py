@@ -34,6 +34,7 @@ _EXPORTS = {
     "held_out_loss": "loss",
     "evaluate_checkpoint": "evaluate",
     "Evaluation": "evaluate",
+    "FidSettings": "evaluate",
 }
 
 __all__ = sorted(_EXPORTS)

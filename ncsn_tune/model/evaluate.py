@@ -153,46 +153,59 @@ class Evaluation:
         return out
 
 
+@dataclass(frozen=True)
+class FidSettings:
+    """How FID is computed: of the samples given, else of ``num`` drawn with the run's schedule, M and eps; against the
+    ``split`` split of the run's data (its statistics kept in the run folder), or ``reference`` (a statistics .npz, or any
+    data set :func:`~ncsn_tune.data.load_dataset` reads, its statistics cached); ``reference_images``: at most that many of
+    the reference (default all); ``inception_weights``: the FID network (default the fid extra's,
+    :func:`~ncsn_tune.model.inception.find_inception_weights`)."""
+
+    num: int = 1000
+    split: str = "train"
+    reference: Path | str | None = None
+    reference_images: int | None = None
+    inception_weights: Path | None = None
+
+    def check(self, samples_given: bool) -> None:
+        if self.reference_images is not None and self.reference_images < 2:
+            raise NcsnTuneError(f"FID needs at least 2 reference images, got {self.reference_images}", fields="fid_images")
+        if not samples_given and (not is_whole(self.num) or self.num < 2):
+            raise NcsnTuneError(f"FID needs at least 2 samples, got {self.num!r}", fields="fid_num")
+
+
 def evaluate_checkpoint(checkpoint=None, *, data: str | None = None, data_root: str | None = None, split: str | None = None,
-                        images: int = 1000, samples: Path | None = None, fid: bool = False, inception_weights: Path | None = None,
-                        fid_reference: Path | None = None, fid_images: int | None = None, fid_num: int = 1000, fid_split: str = "train",
+                        images: int = 1000, samples: Path | None = None, fid: FidSettings | bool | None = None,
                         chain_check: int = 16, ema: bool = True, device: str = "auto", seed: int = 0, compile: bool | None = None,
                         progress=None) -> Evaluation:
-    """Held-out DSM loss per scale of a checkpoint (``checkpoint``: a run folder, a checkpoint file or a :class:`Checkpoint`; None: the newest of the run
-    ``train`` makes without a folder, :func:`~ncsn_tune.model.runs.open_checkpoint`), and a sampling chain's verdict (``chain_check`` images, 0: none; or the
-    chains of the ``fid_num`` samples drawn for FID);
-    with ``samples`` their exact nearest training images; with ``fid`` the FID of those samples (or of ``fid_num`` drawn
-    here with the run's settings and ``seed``) against the ``fid_split`` split of the run's data (or ``fid_reference``:
-    a statistics .npz, or any data set, its statistics computed once and cached).
+    """Held-out DSM loss per scale of a checkpoint, on ``images`` images of ``data`` (default: the run's held-out split),
+    and a sampling chain's verdict (``chain_check`` images, 0: none); with ``samples`` (an .npz) their exact nearest
+    training images; with ``fid`` (:class:`FidSettings`, or True for its defaults) the FID of those samples, or of
+    ``fid.num`` drawn here with the run's settings and ``seed``, whose chains then give the verdict.
+
+    ``checkpoint``: a run folder, a checkpoint file or a :class:`Checkpoint`; None: the newest of the run ``train`` makes
+    without a folder (:func:`~ncsn_tune.model.runs.open_checkpoint`). Every input is read and checked before the long work.
 
     On a GPU the loss pass runs the network as sampling does (bf16, channels_last, a CUDA graph, at batches of up
-    to 1,000 CIFAR-10 images: the same graph as ``sample``'s on 1,000 or more, so they share compiled artefacts), with torch.compile
-    decided from the image evaluations to do unless ``compile`` says."""
+    to 1,000 CIFAR-10 images: the same graph as ``sample``'s on 1,000 or more, so they share compiled artefacts), with
+    torch.compile decided from the image evaluations to do unless ``compile`` says."""
+    fid = FidSettings() if fid is True else (fid or None)
+    # Inputs: every one read and checked before the long work.
     if not is_whole(images) or images < 1:
         raise NcsnTuneError(f"the number of evaluation images must be at least 1, got {images!r}", fields="images")
-    if fid_images is not None and fid_images < 2:
-        raise NcsnTuneError(f"FID needs at least 2 reference images, got {fid_images}", fields="fid_images")
-    if fid and samples is None and (not is_whole(fid_num) or fid_num < 2):
-        raise NcsnTuneError(f"FID needs at least 2 samples, got {fid_num!r}", fields="fid_num")
+    if fid is not None:
+        fid.check(samples_given=samples is not None)
     sample_array = read_samples(samples) if samples is not None else None
-    inception = given = None
-    if fid:  # every FID input is read and checked here, before the long work
-        from .inception import find_inception_weights, load_fid_inception
-
-        weights_path = find_inception_weights(inception_weights)
-        inception = (weights_path, *load_fid_inception(weights_path, torch.device("cpu")))
-        given = read_fid_reference(fid_reference, data_root, progress) if fid_reference is not None else None
+    inception, reference = fid_inputs(fid, data_root, progress) if fid is not None else (None, None)
     ckpt = open_checkpoint(checkpoint)
-    if fid and given is None and fid_split != "train":
-        reference_data = run_data(ckpt, fid_split)
-        if reference_data.split != fid_split:
-            raise NcsnTuneError(f"the run's data ({reference_data.identity().describe()}) has no {fid_split} split: use --fid-split train, "
-                                "or give the reference data or statistics with --fid-reference", fields="fid_split")
-        given = (reference_data, Path(ckpt.run_dir) / f"fid_reference_{fid_split}_{reference_data.content_digest(progress)[:16]}")
+    if fid is not None and reference is None and fid.split != "train":
+        reference = split_reference(ckpt, fid.split, progress)
     if sample_array is not None and tuple(sample_array.shape[1:]) != ckpt.image_shape:
         raise NcsnTuneError(f"the samples have shape {sample_array.shape[1:]} but the model's images {ckpt.image_shape}", fields="samples")
     model = load_model(ckpt, device=device, ema=ema)
     dev = next(model.parameters()).device
+
+    # The loss: each evaluation image noised at every scale.
     dataset, held_out, described = evaluation_data(ckpt, data, data_root, split, progress)
     if dataset.image_shape != ckpt.image_shape:
         raise NcsnTuneError(f"the data has shape {dataset.image_shape} but the model was trained on {ckpt.image_shape}", fields="data")
@@ -207,18 +220,20 @@ def evaluate_checkpoint(checkpoint=None, *, data: str | None = None, data_root: 
                         notes=ckpt.notes + notes)
     if not held_out:
         result.notes.append("the loss is on training images: this data has no held-out split (give one as data to measure generalisation)")
-    if fid and sample_array is None:  # their chains give the verdict too: no chain check beside them
-        from .generate import sample_checkpoint
 
-        drawn = sample_checkpoint(ckpt, num=fid_num, seed=seed, device=device, compile=compile, ema=ema, model=model, progress=progress)
+    # Chains: the FID samples drawn here (their chains give the verdict), else a short chain check.
+    from .generate import sample_checkpoint
+
+    if fid is not None and sample_array is None:
+        drawn = sample_checkpoint(ckpt, num=fid.num, seed=seed, device=device, compile=compile, ema=ema, model=model, progress=progress)
         sample_array = np.clip(drawn.samples.numpy(), 0.0, 1.0)
-        result.notes.append(f"FID of {fid_num:,} samples drawn here (seed {seed}, the run's schedule, M and eps)")
-        result.chain, result.chain_images, result.chain_of = drawn.diagnostics.summary(), fid_num, FID_SAMPLES
+        result.notes.append(f"FID of {fid.num:,} samples drawn here (seed {seed}, the run's schedule, M and eps)")
+        result.chain, result.chain_images, result.chain_of = drawn.diagnostics.summary(), fid.num, FID_SAMPLES
     elif chain_check:
-        from .generate import sample_checkpoint
-
         check = sample_checkpoint(ckpt, num=chain_check, seed=seed, device=device, compile=False, ema=ema, model=model, progress=progress)
         result.chain, result.chain_images = check.diagnostics.summary(), chain_check
+
+    # Samples: their exact nearest training images, and FID against the reference (default: the training images).
     if sample_array is not None:
         recorded = DataIdentity.from_dict(ckpt.data)
         same = recorded is not None and recorded.same_data(dataset.identity())  # evaluated on the training images: read once
@@ -227,11 +242,30 @@ def evaluate_checkpoint(checkpoint=None, *, data: str | None = None, data_root: 
         result.samples = sample_array
         result.nearest = nearest_neighbours(queries, train.points(), scale=train.scale, progress=progress)
         result.nearest_images = train.unit_float32(result.nearest.indices)
-        if fid:
-            if given is None:  # the training images themselves
-                given = (train, Path(ckpt.run_dir) / f"fid_reference_{train.split or 'data'}_{train.content_digest(progress)[:16]}")
-            result.fid = fid_of_samples(sample_array, inception, given, fid_images, dev, progress)
+        if fid is not None:
+            reference = reference or (train, Path(ckpt.run_dir) / f"fid_reference_{train.split or 'data'}_"
+                                                                  f"{train.content_digest(progress)[:16]}")
+            result.fid = fid_of_samples(sample_array, inception, reference, fid.reference_images, dev, progress)
     return result
+
+
+def fid_inputs(fid: FidSettings, data_root=None, progress=None) -> tuple[tuple, object]:
+    """The FID network (its path, the network and its description, on the CPU until used) and the given reference
+    (:func:`read_fid_reference`; None when it is the run's own data), read and checked."""
+    from .inception import find_inception_weights, load_fid_inception
+
+    weights_path = find_inception_weights(fid.inception_weights)
+    inception = (weights_path, *load_fid_inception(weights_path, torch.device("cpu")))
+    return inception, read_fid_reference(fid.reference, data_root, progress) if fid.reference is not None else None
+
+
+def split_reference(ckpt: Checkpoint, split: str, progress=None) -> tuple[Dataset, Path]:
+    """The ``split`` split of the run's data as the FID reference, with the stem of its statistics in the run folder."""
+    data = run_data(ckpt, split)
+    if data.split != split:
+        raise NcsnTuneError(f"the run's data ({data.identity().describe()}) has no {split} split: use --fid-split train, "
+                            "or give the reference data or statistics with --fid-reference", fields="fid_split")
+    return data, Path(ckpt.run_dir) / f"fid_reference_{split}_{data.content_digest(progress)[:16]}"
 
 
 def read_fid_reference(reference: Path, data_root=None, progress=None):
