@@ -119,9 +119,9 @@ def test_a_score_sde_config_that_exits_is_one_line(tmp_path, real_configs):
 
 
 def test_a_huge_simulation_is_refused_with_its_estimate():
-    one_line_error(run("simulate", "--toy", "gmm", "--samples", 10**9), "GiB")
-    one_line_error(run("simulate", "--sigma-max", 50, "--num-scales", 232, "--dim", 3072, "--chains", 10**8), "hours")
-    one_line_error(run("simulate", "--sigma-max", 50, "--num-scales", 232, "--dim", 3072, "--M", 10**8), "hours")
+    one_line_error(run("simulate", "mixture", "--samples", 10**9), "GiB")
+    one_line_error(run("simulate", "step-size", "--sigma-max", 50, "--num-scales", 232, "--dim", 3072, "--chains", 10**8), "hours")
+    one_line_error(run("simulate", "step-size", "--sigma-max", 50, "--num-scales", 232, "--dim", 3072, "--M", 10**8), "hours")
 
 
 def test_a_progress_interval_that_is_not_a_number_is_said(monkeypatch):
@@ -155,7 +155,7 @@ def test_garbage_and_foreign_torch_files_are_named_as_such(tmp_path):
 
 
 def test_mixture_weights_are_printed_as_numbers():
-    r = run("simulate", "--toy", "gmm", "--weights", "0,1")
+    r = run("simulate", "mixture", "--weights", "0,1")
     one_line_error(r, "[0.0, 1.0]")
     assert "np.float64" not in r.stderr
 

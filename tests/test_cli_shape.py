@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from ncsn_tune.cli import main
@@ -65,5 +66,26 @@ def test_library_errors_name_the_option_to_change():
     assert r.exit_code == 2 and "below sigma_min^2" in r.stderr and "(option --step-size)" in r.stderr
     r = CliRunner().invoke(main, ["sigmas", "--sigma-max", "50", "--dim", "10", "--device", "tpu"])
     assert r.exit_code == 0  # no data: T1 does not run, so the device is never asked for
-    r = CliRunner().invoke(main, ["simulate", "--sigma-max", "2", "--num-scales", "5", "--dim", "10", "--device", "tpu"])
+    r = CliRunner().invoke(main, ["simulate", "step-size", "--sigma-max", "2", "--num-scales", "5", "--dim", "10", "--device", "tpu"])
     assert r.exit_code == 2 and "unknown device 'tpu'" in r.stderr and "(option --device)" in r.stderr
+
+
+@pytest.mark.parametrize("old, new", [
+    (["--toy", "gmm", "--toy-dim", "3"], "ncsn-tune simulate mixture --dim 3"),
+    (["--sampler", "pc", "--chains", "3"], "ncsn-tune simulate sampler --sampler pc --chains 3"),
+    (["--M", "5", "--sweep"], "ncsn-tune simulate step-size --M 5 --sweep"),
+])
+def test_simulate_is_three_commands_and_the_old_single_line_is_told_its_new_spelling(old, new):
+    from cli_run import one_line_error, run
+
+    one_line_error(run("simulate", *old), new)
+    for experiment in ("step-size", "sampler", "mixture"):
+        assert run("simulate", experiment, "--help").exit_code == 0
+
+
+@pytest.mark.parametrize("group", ["plot", "simulate"])
+def test_a_group_typed_alone_shows_its_commands(group):
+    from cli_run import run
+
+    r = run(group)
+    assert r.exit_code == 2 and "Commands:" in r.stderr and "\n" in r.stderr.strip() and "Error" not in r.stderr

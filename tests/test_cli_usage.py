@@ -92,7 +92,7 @@ def test_inputs_are_checked_before_any_long_work(tmp_path):
     ["sigmas", "--sigma-max", 50, "--dim", 3072],
     ["step-size", "--sigma-max", 50, "--num-scales", 232],
     ["plot", "step-size", "--sigma-max", 50, "--num-scales", 232, "--output", "OUT/f.png"],
-    ["simulate", "--sigma-max", 2, "--num-scales", 3, "--dim", 10, "--chains", 2, "--output", "OUT/f.png"],
+    ["simulate", "step-size", "--sigma-max", 2, "--num-scales", 3, "--dim", 10, "--chains", 2, "--output", "OUT/f.png"],
     ["train", "--data", "DATA", "--output", "OUT/run", "--steps", 1, *TINY],
 ])
 def test_unwritable_output_is_one_line(tmp_path, monkeypatch, args):
@@ -153,16 +153,16 @@ def test_values_that_used_to_pass_or_mislead(tmp_path):
     one_line_error(run("step-size", "--M", 5, "--sigma-max", 50, "--num-scales", 232, "--step-size", 1), "below sigma_min^2")
     one_line_error(run("sigmas", "--sigma-max", "1e300", "--dim", 3072), "outside [1e-18, 1e+18]", "float32")
     one_line_error(run("sigmas", "--sigma-max", 50, "--dim", 3072, "--num-scales", 100000000), "more than ncsn_tune accepts")
-    r = run("simulate", "--sigma-max", 2, "--num-scales", 3, "--dim", 10, "--sim-dim", 0)
+    r = run("simulate", "step-size", "--sigma-max", 2, "--num-scales", 3, "--dim", 10, "--sim-dim", 0)
     assert r.exit_code == 2 and "--sim-dim" in r.stderr
     (tmp_path / "bad.yaml").write_text("lr: [1,\nngf: 3\n  x: 1\n")
     one_line_error(run("train", "--config", tmp_path / "bad.yaml", "--dry-run"), "is not valid YAML", "line")
 
 
 def test_gmm_labels_follow_the_numbers():
-    out = json.loads(run("simulate", "--toy", "gmm", "--small-sigma-max", 100, "--samples", 50, "--json").stdout)
+    out = json.loads(run("simulate", "mixture", "--small-sigma-max", 100, "--samples", 50, "--json").stdout)
     assert "not below the diameter" in out["results"][0]["label"]
-    out = json.loads(run("simulate", "--toy", "gmm", "--small-sigma-max", 1, "--samples", 50, "--json").stdout)
+    out = json.loads(run("simulate", "mixture", "--small-sigma-max", 1, "--samples", 50, "--json").stdout)
     assert "below the diameter" in out["results"][0]["label"] and "not below" not in out["results"][0]["label"]
 
 
@@ -239,8 +239,8 @@ def test_every_command_gives_one_json_document(tmp_path, tiny_run):
         ["plot", "step-size", "--output", tmp_path / "a.png"],
         ["plot", "schedule", "--output", tmp_path / "b.png"],
         ["plot", "overlap", "--output", tmp_path / "c.png"],
-        ["simulate", "--chains", 2, "--M", 1],
-        ["simulate", "--toy", "gmm", "--samples", 20],
+        ["simulate", "step-size", "--chains", 2, "--M", 1],
+        ["simulate", "mixture", "--samples", 20],
         ["train", "--data", tmp_path / "imgs.npy", "--dry-run", *TINY],
         ["train", "--output", tiny_run, "--resume", "--steps", 3],
         ["sample", "--checkpoint", tiny_run, "--num", 1, "--output", tmp_path / "s.png", "--device", "cpu"],

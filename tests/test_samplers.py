@@ -109,7 +109,7 @@ def test_a_saved_pc_step_is_not_taken_for_annealed_langevin(tmp_path):
 
 
 def test_simulate_runs_a_loop_against_its_model():
-    out = json.loads(run("simulate", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--chains", 8, "--json").stdout)
+    out = json.loads(run("simulate", "sampler", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--chains", 8, "--json").stdout)
     assert abs(out["z"]) < 4 and out["snr"] == 0.16  # the recommended snr (tuning.advice), its chain checked by particles
-    r = run("simulate", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--sweep")
+    r = run("simulate", "sampler", "--sampler", "pc", "--sigma-max", 50, "--num-scales", 80, "--dim", 3072, "--sweep")
     assert r.exit_code == 2 and "--sweep" in r.stderr

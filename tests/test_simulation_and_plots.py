@@ -109,7 +109,7 @@ def test_cli_plots(tmp_path):
 
 
 def test_cli_simulate_json(tmp_path):
-    r = run("simulate", "--sigma-max", 2.0, "--sigma-min", 0.5, "--num-scales", 5, "--dim", 100, "--chains", 200, "--M", 3,
+    r = run("simulate", "step-size", "--sigma-max", 2.0, "--sigma-min", 0.5, "--num-scales", 5, "--dim", 100, "--chains", 200, "--M", 3,
             "--json", "--output", tmp_path / "sim.png")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -121,12 +121,12 @@ def test_cli_simulate_json(tmp_path):
 
 
 def test_cli_gmm(tmp_path):
-    r = run("simulate", "--toy", "gmm", "--samples", 300, "--json", "--output", tmp_path / "gmm.png")
+    r = run("simulate", "mixture", "--samples", 300, "--json", "--output", tmp_path / "gmm.png")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert len(out["results"]) == 2 and out["results"][1]["total_variation"] < out["results"][0]["total_variation"]
     assert_image(tmp_path / "gmm.png")
-    bad = run("simulate", "--toy", "gmm", "--weights", "1")
+    bad = run("simulate", "mixture", "--weights", "1")
     assert bad.exit_code == 2 and "two positive" in bad.stderr
 
 

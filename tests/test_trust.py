@@ -33,7 +33,7 @@ def test_a_work_folder_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, phrase", [
-    (["simulate", "--seed", -1], "--seed"),
+    (["simulate", "step-size", "--seed", -1], "--seed"),
     (["train", "--data", "IMGS", "--output", "OUT/run", "--steps", 1, "--seed", 2**70, "--device", "cpu"], "seed must lie between"),
 ])
 def test_seeds_out_of_range_are_refused_before_any_file(args, phrase, imgs, tmp_path):

@@ -1,4 +1,4 @@
-"""The analysis commands (no torch): sigmas, step-size, plot, simulate."""
+"""The analysis commands (no torch): sigmas and step-size (plot and simulate: plot.py, simulate.py)."""
 
 from __future__ import annotations
 

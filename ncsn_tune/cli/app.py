@@ -71,6 +71,9 @@ class Group(click.Group):
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             fail("Aborted", "", 130)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a group typed alone (plot, simulate): its help, as written
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+            sys.exit(2)
         except click.ClickException as exc:
             fail("Error", one_line(exc.format_message()), 2, exc)
         except NcsnTuneError as exc:
