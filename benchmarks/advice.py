@@ -152,7 +152,7 @@ def sample(args) -> None:
     import torch
 
     from ncsn_tune.analysis.samplers import Sampler
-    from ncsn_tune.model.accel import score_network
+    from ncsn_tune.model.compile_policy import score_network
     from ncsn_tune.model.checkpoint import load_checkpoint, load_model
     from ncsn_tune.model.generate import Diagnostics, generate, network_calls
     from ncsn_tune.tuning import Given, resolve_sampling

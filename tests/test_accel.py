@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ncsn_tune.model import accel
-from ncsn_tune.model.accel import SAMPLE_COSTS, FastScore, SpeedSwitches, decide_compile, fast_score
+from ncsn_tune.model.accel import FastScore, SpeedSwitches, fast_score
+from ncsn_tune.model.compile_policy import SAMPLE_COSTS, decide_compile
 from ncsn_tune.model.accel.cache import artefact_dir
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -105,7 +106,9 @@ def test_the_first_calls_run_on_the_cuda_graph_while_the_compiler_is_imported(co
     import sys
     import threading
 
-    from ncsn_tune.model.accel import SwitchingScore, calls_while_importing
+    from ncsn_tune.model.accel import SwitchingScore
+
+    from ncsn_tune.model.compile_policy import calls_while_importing
 
     imported, built = [], []
     monkeypatch.setattr(accel.cache, "compiler_imported", lambda: False)
@@ -156,7 +159,8 @@ def test_a_warm_compile_does_not_start_torchs_pool_of_compile_workers(monkeypatc
 
 
 def test_a_graph_built_on_this_machine_is_not_loaded_again(monkeypatch, tmp_path):
-    from ncsn_tune.model.accel import CompileCache, decide_score_compile, score_cache
+    from ncsn_tune.model.accel import CompileCache, score_cache
+    from ncsn_tune.model.compile_policy import decide_score_compile
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     model = Scaled()
@@ -271,8 +275,9 @@ def test_fast_score_serves_smaller_batches_and_times_cudnn():
 def test_the_background_compile_leaves_what_sample_loads(tmp_path):
     """What a training run compiles beside itself (precompile.ScoreSpec) is the graph sample and evaluate build:
     same key, found in the run folder, and this machine's compile cache is used without loading it again."""
-    from ncsn_tune.model.accel import precompile
-    from ncsn_tune.model.accel import decide_score_compile, score_cache
+    from ncsn_tune.model import precompile
+    from ncsn_tune.model.accel import score_cache
+    from ncsn_tune.model.compile_policy import decide_score_compile
     from ncsn_tune.model.network import NCSNv2
 
     run = tmp_path / "run"
@@ -326,3 +331,17 @@ def test_compile_caches_stay_in_the_user_cache_after_torch_chose_tmp(monkeypatch
     assert os.environ["TRITON_CACHE_DIR"] == str(ours / "triton")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert use_persistent_cache() == tmp_path / "mine"  # a folder the user chose stands
+
+
+def test_regional_compilation_compiles_the_blocks_the_network_names_also_inside_a_wrapper():
+    """compile_scope "blocks" compiles each block NCSNv2 names in _repeated_blocks (accel knows no network class), and finds
+    them inside a wrapper (as DistributedDataParallel wraps the network) that names none itself."""
+    from ncsn_tune.model.network import NCSNv2
+
+    switches = SpeedSwitches(compile=True, compile_scope="blocks")
+    for wrap in (lambda m: m, torch.nn.Sequential):
+        model = NCSNv2(3, 32, ngf=4)
+        out = switches.compiled(wrap(model))
+        compiled = {type(sub).__name__ for sub in model.modules() if getattr(sub, "_compiled_call_impl", None) is not None}
+        assert compiled == {"ResidualBlock", "RefineBlock"} and out is not None
+        assert getattr(model, "_compiled_call_impl", None) is None  # the blocks, not the whole network

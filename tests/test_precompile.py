@@ -12,7 +12,7 @@ from test_train import losses, make_trainer  # noqa: E402
 
 
 def test_compile_decisions_follow_the_planned_work():
-    from ncsn_tune.model.accel import SAMPLE_COSTS, TRAIN_COSTS, decide_compile
+    from ncsn_tune.model.compile_policy import SAMPLE_COSTS, TRAIN_COSTS, decide_compile
 
     assert decide_compile(2000, False, TRAIN_COSTS, "steps")[0] == "off"  # a short run never waits for a cold compile
     assert decide_compile(2000, False, TRAIN_COSTS, "steps", background=True)[0] == "off"  # nor switches too late to pay
@@ -44,7 +44,7 @@ class FinishedProcess:
 
 
 def test_switching_to_the_compiled_step_mid_run_leaves_the_run_as_it_was(tmp_path, monkeypatch):
-    from ncsn_tune.model.accel import precompile
+    from ncsn_tune.model import precompile
     from ncsn_tune.model.accel import SpeedSwitches
 
     make_trainer(tmp_path, "straight", steps=60, log_every=5, checkpoint_every=1000).run()
@@ -71,7 +71,7 @@ class Started(FinishedProcess):
 
 
 def score_spec():
-    from ncsn_tune.model.accel.precompile import ScoreSpec
+    from ncsn_tune.model.precompile import ScoreSpec
 
     return ScoreSpec(3, 16, 8, "auto", 10, 100, "run")
 
@@ -87,7 +87,7 @@ def notes_of(events):
 
 
 def test_the_sampling_network_is_compiled_beside_the_run(tmp_path, monkeypatch):
-    from ncsn_tune.model.accel import precompile
+    from ncsn_tune.model import precompile
 
     started, events = [], []
     monkeypatch.setattr(precompile, "start", lambda spec, folder, threads=None: Started(started, spec, 2, threads))
@@ -117,7 +117,7 @@ def test_the_sampling_network_is_compiled_beside_the_run(tmp_path, monkeypatch):
 
 def test_the_sampling_network_compiles_after_the_training_step(tmp_path, monkeypatch):
     """One background compile at a time: the sampling network's starts once the training step's is done."""
-    from ncsn_tune.model.accel import precompile
+    from ncsn_tune.model import precompile
     from ncsn_tune.model.accel import SpeedSwitches
 
     started, events = [], []
@@ -133,7 +133,7 @@ def test_the_sampling_network_compiles_after_the_training_step(tmp_path, monkeyp
 
 def test_which_sampling_network_a_run_compiles(tmp_path):
     from ncsn_tune.model.accel import score_cache
-    from ncsn_tune.model.accel.precompile import plan_compiles, plan_score
+    from ncsn_tune.model.precompile import plan_compiles, plan_score
 
     trainer = make_trainer(tmp_path, steps=10)
     spec, _ = plan_score(trainer.model, trainer.run_dir, trainer.device)  # planned on a GPU; on a CPU the batch is the CPU's
@@ -156,7 +156,7 @@ def test_which_sampling_network_a_run_compiles(tmp_path):
 
 
 def test_background_compiles_are_told_what_to_build(tmp_path, monkeypatch):
-    from ncsn_tune.model.accel import precompile
+    from ncsn_tune.model import precompile
 
     started, built = [], []
     monkeypatch.setattr(precompile.subprocess, "Popen", lambda command, **kw: started.append((command, kw)) or "process")
@@ -165,7 +165,7 @@ def test_background_compiles_are_told_what_to_build(tmp_path, monkeypatch):
     score = precompile.ScoreSpec(3, 32, 128, "cifar10", 232, 1000, str(tmp_path))
     assert precompile.start(score, tmp_path, threads=6) == "process"
     command, kw = started[-1]
-    assert kw["env"]["TORCHINDUCTOR_COMPILE_THREADS"] == "6" and command[1:3] == ["-m", "ncsn_tune.model.accel.precompile"]
+    assert kw["env"]["TORCHINDUCTOR_COMPILE_THREADS"] == "6" and command[1:3] == ["-m", "ncsn_tune.model.precompile"]
     precompile.main(command[-1])
     step = precompile.StepSpec(3, 32, 128, "cifar10", 232, 128, {"bf16": True}, str(tmp_path / "train_key.bin"))
     precompile.start(step, tmp_path)
@@ -182,7 +182,7 @@ def test_a_step_compiled_on_this_machine_before_makes_compiling_pay_for_a_short_
     from ncsn_tune.model.accel import CompileCache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    from ncsn_tune.model.accel.precompile import plan_compiles
+    from ncsn_tune.model.precompile import plan_compiles
 
     trainer = make_trainer(tmp_path, steps=2000)
 

@@ -52,6 +52,33 @@ def test_no_import_runs_back_up():
     assert not upward, upward
 
 
+#: Inside model/: the speed mechanism (accel/, which knows no other part of the model), the building blocks, what is
+#: assembled from them, and the orchestration that runs them; imports run down these tiers only.
+MODEL_TIERS = {
+    "accel": 0,
+    **dict.fromkeys(["network", "loss", "ema", "sampling", "distributed", "batches", "run_log", "fid"], 1),
+    **dict.fromkeys(["step", "checkpoint", "compile_policy", "inception"], 2),
+    **dict.fromkeys(["precompile", "empirical_step", "train", "runs", "generate", "evaluate"], 3),
+}
+
+
+def model_tier(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["ncsn_tune", "model"] or len(parts) < 3:
+        return None
+    return MODEL_TIERS[parts[2]]  # a new module of model/ must be given its tier here
+
+
+def test_inside_model_no_import_runs_back_up_and_accel_is_mechanism():
+    graph = import_graph()
+    upward = [f"{a} -> {b}" for a, deps in graph.items() if model_tier(a) is not None for b in deps
+              if model_tier(b) is not None and model_tier(b) > model_tier(a)]
+    assert not upward, upward
+    outside = [f"{a} -> {b}" for a, deps in graph.items() if a.startswith("ncsn_tune.model.accel") for b in deps
+               if b.startswith("ncsn_tune.model") and not b.startswith("ncsn_tune.model.accel")]
+    assert not outside, outside
+
+
 def test_the_import_drawing_has_no_circle():
     edges, seen, circles = import_graph(), {}, []
 

@@ -202,7 +202,7 @@ def test_a_bad_value_in_a_file_is_blamed_on_the_file(tmp_path, real_configs, rea
 def test_precompile_never_writes_through_links_planted_in_the_run_folder(tmp_path):
     """Issue 29: the background compile's spec and log were written with plain open() through whatever stood there."""
     pytest.importorskip("torch")
-    from ncsn_tune.model.accel.precompile import ScoreSpec, log_path, start
+    from ncsn_tune.model.precompile import ScoreSpec, log_path, start
 
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")

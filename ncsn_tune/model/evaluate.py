@@ -33,7 +33,8 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
     :func:`~ncsn_tune.model.accel.score_batch_size` picks, 1,000 CIFAR-10 images; torch.compile decided from the work;
     ``run_dir``'s compiled artefacts are used and kept), 250 at a time on a CPU. Returns the loss per scale and notes
     on how it was computed."""
-    from .accel import SpeedSwitches, score_batch_size, score_network
+    from .accel import score_batch_size
+    from .compile_policy import score_network
 
     dev = images.device
     n = images.shape[0]
@@ -51,8 +52,8 @@ def held_out_loss_of_run(model, images: torch.Tensor, sigmas: torch.Tensor, run_
         return held_out_loss(model, images, sigmas, batch_size=batch_size, generator=generator, callback=callback), []
     batch = (batch_size, *images.shape[1:])
     score, notes = score_network(model, batch, n * len(sigmas), compile, run_dir)
-    no_autocast = SpeedSwitches(bf16=False)  # the fast score autocasts inside itself
-    return held_out_loss(score, images, sigmas, batch_size=batch_size, generator=generator, switches=no_autocast, callback=callback), notes
+    return held_out_loss(score, images, sigmas, batch_size=batch_size, generator=generator, bf16=False,  # it autocasts inside
+                         callback=callback), notes
 
 
 def read_samples(path: Path) -> np.ndarray:

@@ -21,7 +21,8 @@ from ..analysis.samplers import Sampler
 from ..errors import NcsnTuneError
 from ..tuning import Tuning
 from ..units import duration
-from .accel import fast_score, score_batch_size, score_network
+from .accel import fast_score, score_batch_size
+from .compile_policy import score_network
 from .checkpoint import Checkpoint, load_model
 from .network import NCSNv2
 from .runs import open_checkpoint

@@ -66,17 +66,15 @@ def dsm_loss_by_scale(model, x: torch.Tensor, sigmas: torch.Tensor, samples_per_
 
 @torch.no_grad()
 def held_out_loss(model, images: torch.Tensor, sigmas: torch.Tensor, *, batch_size: int = 256, generator: torch.Generator | None = None,
-                  switches=None, callback=None):
+                  bf16: bool | None = None, callback=None):
     """The DSM loss per noise scale (L values, a NumPy array) of ``model`` on ``images`` (N, C, H, W in [0, 1]) noised at
     every scale: the validation loss of training and of ``ncsn-tune evaluate``.
 
-    Autocast as ``switches`` (:class:`~ncsn_tune.model.accel.SpeedSwitches`, default: those of the images' device: bf16 on
-    a GPU, as training runs) say; the loss is accumulated in float64. ``callback(scale_index)`` after each scale of each batch.
+    The network runs under bf16 autocast when ``bf16`` says (default: on a GPU, as training runs; False for a model that
+    autocasts inside itself); the loss is accumulated in float64. ``callback(scale_index)`` after each scale of each batch.
     """
-    from .accel.fast import SpeedSwitches
-
     device = images.device
-    switches = switches or SpeedSwitches.for_device(device)
-    with switches.autocast(device):
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         by_scale = dsm_loss_by_scale(model, images, sigmas.to(device), batch_size=batch_size, generator=generator, callback=callback)
     return by_scale.cpu().numpy()

@@ -253,6 +253,10 @@ class NCSNv2(nn.Module):
     buffer records the training schedule (the official checkpoints carry it).
     """
 
+    #: The blocks repeated through the network, compiled one by one under regional compilation (blocks of one shape share
+    #: a compiled graph), as diffusers' models name theirs.
+    _repeated_blocks = ("ResidualBlock", "RefineBlock")
+
     def __init__(self, channels: int = 3, image_size: int = 32, ngf: int = 128, architecture: str = "auto", sigmas=None) -> None:
         super().__init__()
         if architecture == "auto":

@@ -25,14 +25,14 @@ from ..data import as_dataset
 from ..devices import torch_device
 from ..errors import CheckpointError, Interrupted, RunError
 from ..images import image_grid, save_image
-from .accel.policy import TRAIN_COSTS
-from .accel.precompile import BackgroundCompiles, plan_compiles
 from .batches import BatchSampler, DeviceImages
 from .checkpoint import Checkpoint, load_model_weights, save_checkpoint
+from .compile_policy import TRAIN_COSTS
 from .distributed import Distributed
 from .ema import EMA
 from .loss import held_out_loss
 from .network import count_parameters
+from .precompile import BackgroundCompiles, plan_compiles
 from .run_log import RunLog
 from .sampling import sample_annealed_langevin
 from .step import TrainStep, build_model, build_optimizer, speed_switches
@@ -266,7 +266,7 @@ class Trainer:
         model = self.ema.averaged_model(self.model).eval()
         x = self.test_images.batch(torch.arange(min(self.config.eval_images, len(self.test_images))))
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 1)
-        by_scale = held_out_loss(model, x, self.sigmas, batch_size=256, generator=generator, switches=self.switches,
+        by_scale = held_out_loss(model, x, self.sigmas, batch_size=256, generator=generator, bf16=self.switches.bf16,
                                  callback=self._check_stop)
         return {"eval_loss": float(by_scale.mean()), "eval_loss_by_scale": by_scale.tolist()}
 

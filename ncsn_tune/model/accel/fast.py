@@ -44,15 +44,16 @@ class SpeedSwitches:
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def compiled(self, module: torch.nn.Module) -> Callable:
-        """``module`` compiled as the switches say (in place for ``blocks``), or as it is."""
+        """``module`` compiled as the switches say, or as it is. ``blocks``: in place, each submodule whose class a module
+        inside names in ``_repeated_blocks`` (a wrapper such as DistributedDataParallel names none itself) compiled on its
+        own; the whole module when none are named."""
         if not self.compile:
             return module
         use_persistent_cache()
-        if self.compile_scope == "blocks":
-            from ..network import RefineBlock, ResidualBlock
-
+        repeated = {name for sub in module.modules() for name in getattr(sub, "_repeated_blocks", ())}
+        if self.compile_scope == "blocks" and repeated:
             for sub in module.modules():
-                if isinstance(sub, (ResidualBlock, RefineBlock)):
+                if type(sub).__name__ in repeated:
                     sub.compile(mode=self.compile_mode)
             return module
         return torch.compile(module, mode=self.compile_mode)

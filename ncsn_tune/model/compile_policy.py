@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from . import cache as _cache
-from .fast import FastScore
-from . import switching as _switching
-from .switching import fast_score
+from .accel import cache as _cache
+from .accel.fast import FastScore
+from .accel import switching as _switching
+from .accel.switching import fast_score
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ compiled while the run trains, its artefacts are kept when training ends, so the
 :class:`BackgroundCompiles` owns both for a training run (one at a time, the step's first), and
 :func:`plan_compiles` decides, from the work planned and what is at hand, what the run compiles and when.
 
-    python -m ncsn_tune.model.accel.precompile SPEC.json
+    python -m ncsn_tune.model.precompile SPEC.json
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def log_path(folder: Path, kind: str) -> Path:
 def start(spec: StepSpec | ScoreSpec, folder: Path, threads: int | None = None) -> subprocess.Popen:
     """Start the background compilation (its output goes to :func:`log_path`), with at most ``threads`` compile
     workers (torch's default: one per core)."""
-    from ...files import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     spec_file = Path(folder) / f"precompile_{spec.kind}_spec.json"
     atomic_write_bytes(spec_file, json.dumps({"kind": spec.kind, **dataclasses.asdict(spec)}).encode())  # replaces a link, never follows it
@@ -82,19 +82,19 @@ def start(spec: StepSpec | ScoreSpec, folder: Path, threads: int | None = None) 
         log_file.unlink()  # a link planted where the log goes is removed, not written through
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     with os.fdopen(os.open(log_file, flags, 0o644), "w") as log:  # the child keeps its own copy of the handle
-        return subprocess.Popen([sys.executable, "-m", "ncsn_tune.model.accel.precompile", str(spec_file)], stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "ncsn_tune.model.precompile", str(spec_file)], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
 
 
 def compile_step(spec: StepSpec) -> None:
     import torch
 
-    from ...config import TrainConfig
-    from ..ema import EMA
-    from ..network import NCSNv2
-    from ..step import TrainStep, build_optimizer
-    from .cache import mark_built, save_artefacts, use_persistent_cache
-    from .fast import SpeedSwitches, use_fast_kernels
+    from ..config import TrainConfig
+    from .ema import EMA
+    from .network import NCSNv2
+    from .step import TrainStep, build_optimizer
+    from .accel.cache import mark_built, save_artefacts, use_persistent_cache
+    from .accel.fast import SpeedSwitches, use_fast_kernels
 
     use_persistent_cache()
     device = torch.device("cuda")
@@ -118,8 +118,8 @@ def compile_score(spec: ScoreSpec) -> None:
     which saves its artefacts in the user's own artefact folder."""
     import torch
 
-    from ..network import NCSNv2
-    from .switching import fast_score
+    from .network import NCSNv2
+    from .accel.switching import fast_score
 
     model = NCSNv2(spec.channels, spec.image_size, spec.ngf, spec.architecture, sigmas=[1.0] * spec.num_scales)
     model = model.to(torch.device("cuda")).eval()
@@ -148,9 +148,9 @@ def plan_compiles(config, model, run_dir: Path, device, batch: int, steps_left: 
     """On a GPU: torch.compile the training step now, in the background, or not, when the configuration leaves it open
     (:func:`~.policy.decide_compile`, from the steps to go and whether the compiled step is at hand, in the user's artefact folder
     or this machine's compile cache); and whether the sampling network is compiled beside the run (:func:`plan_score`)."""
-    from ..step import speed_switches
-    from .cache import CompileCache
-    from .policy import TRAIN_COSTS, decide_compile
+    from .step import speed_switches
+    from .accel.cache import CompileCache
+    from .compile_policy import TRAIN_COSTS, decide_compile
 
     wanted = speed_switches(config, device, distributed, compile=True)
     image_shape = (model.channels, model.image_size, model.image_size)
@@ -174,9 +174,9 @@ def plan_compiles(config, model, run_dir: Path, device, batch: int, steps_left: 
 def plan_score(model, run_dir: Path, device) -> tuple[ScoreSpec | None, float]:
     """The sampling network a run compiles beside itself (at the batch ``sample`` and ``evaluate`` use), and how long that
     takes; (None, 0) when that graph's artefacts are kept already."""
-    from .fast import score_batch_size
-    from .switching import score_cache
-    from .policy import SCORE_COMPILE_COLD_S, SCORE_COMPILE_WARM_S
+    from .accel.fast import score_batch_size
+    from .accel.switching import score_cache
+    from .compile_policy import SCORE_COMPILE_COLD_S, SCORE_COMPILE_WARM_S
 
     image_shape = (model.channels, model.image_size, model.image_size)
     batch = score_batch_size(image_shape, device)
