@@ -266,6 +266,17 @@ def test_piped_sample_prints_progress_lines(tmp_path, tiny_run):
     json.loads(r.stdout)
 
 
+def test_piped_evaluate_shows_progress_for_each_phase_that_shares_a_name(tmp_path, tiny_run):
+    """The loss pass and the chain sampled after it both count scales: the second was silent once the first had printed
+    its last line (on a GPU, a minute of evaluate --fid's sampling without a line)."""
+    env = {**os.environ, "NCSN_TUNE_PROGRESS_EVERY": "0"}
+    r = subprocess.run([sys.executable, "-m", "ncsn_tune", "evaluate", "--checkpoint", str(tiny_run), "--images", "2", "--chain-check",
+                        "2", "--output-dir", str(tmp_path / "ev"), "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    finished = [line for line in r.stderr.splitlines() if line.startswith("scales: ") and "(100%)" in line]
+    assert len(finished) == 2, r.stderr
+
+
 def test_tables_keep_long_paths_and_commands_whole(tmp_path):
     deep = tmp_path / ("a_rather_long_folder_name_" * 4) / "data"
     deep.mkdir(parents=True)

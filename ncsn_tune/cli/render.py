@@ -140,22 +140,27 @@ class Report:
 
 class ProgressLines:
     """Progress as plain lines on stderr: nothing for work shorter than :data:`PROGRESS_EVERY_S` seconds, then
-    a line at most that often per task, and a last line when the task completes."""
+    a line at most that often per task, and a last line when the task completes. A task that counts again after it
+    completed (a second phase of the same name: evaluate's loss pass, then its samples' scales) is a new task."""
 
     def __init__(self, console: Console, every: float | None = None) -> None:
         self.console, self.every, self.start = console, progress_every() if every is None else every, time.monotonic()
         self.last: dict[str, float] = {}
+        self.began: dict[str, float] = {}
 
     def __call__(self, done: int, total, what: str = "working", detail: str = "") -> None:
         now = time.monotonic()
         finished = total is not None and done >= total
         previous = self.last.get(what)
-        if previous == math.inf:  # this task has printed its last line
-            return
+        if previous == math.inf:
+            if finished:  # this task has printed its last line
+                return
+            del self.last[what]  # counting again: a new task of the same name
+            previous, self.began[what] = None, now
         if finished:
             if previous is None:  # short work: no lines at all
                 return
-        elif now - (previous if previous is not None else self.start) < self.every:
+        elif now - (previous if previous is not None else self.began.get(what, self.start)) < self.every:
             return
         self.last[what] = math.inf if finished else now
         share = f" ({100.0 * done / total:.0f}%)" if total else ""
