@@ -7,6 +7,15 @@ from click.testing import CliRunner
 from ncsn_tune.cli import main
 
 
+def tiny_train(checkpoint_every: int = 2) -> list:
+    """The options of a train run that takes a second on a CPU: a 4-channel network, 4 images a batch, 4 scales."""
+    return ["--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--log-every", 1, "--checkpoint-every", checkpoint_every,
+            "--sample-every", 1000, "--eval-every", 1000, "--device", "cpu"]
+
+
+TINY = tiny_train()
+
+
 def run(*args, **kwargs):
     """``ncsn-tune ARGS`` (each argument str()-ed), in-process; the click Result."""
     return CliRunner().invoke(main, [str(a) for a in args], **kwargs)

@@ -76,6 +76,13 @@ def fake_cifar(tmp_path):
     return tmp_path / "root"
 
 
+@pytest.fixture
+def npy(tmp_path):
+    """16 random 8x8 RGB images as a .npy file: data a tiny train run reads in a moment."""
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
+    return tmp_path / "d.npy"
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path, monkeypatch):
     """No test reads or writes the user's work folder, cache or data variable."""

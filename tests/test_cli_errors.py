@@ -9,16 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cli_run import run, one_line_error  # noqa: E402
+from cli_run import one_line_error, run, tiny_train  # noqa: E402
 
-TINY = ["--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--log-every", 1, "--checkpoint-every", 2, "--sample-every", 1000,
-        "--eval-every", 1000, "--device", "cpu"]
-
-
-@pytest.fixture
-def npy(tmp_path):
-    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
-    return tmp_path / "d.npy"
+TINY = tiny_train()
 
 
 # ------------------------------------------------------------------------------------------------ inputs never swapped or ignored

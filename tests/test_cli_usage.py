@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_run import one_line_error as _one_line_error
+from cli_run import one_line_error as _one_line_error, tiny_train
 from cli_run import run
 
 one_line_error = partial(_one_line_error, alone=True)  # here: the Error line is all of stderr
@@ -22,8 +22,7 @@ def npy(path, n=12, size=8, seed=0):
     return path
 
 
-TINY = ["--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--log-every", 1, "--checkpoint-every", 2, "--sample-every", 1000,
-        "--eval-every", 1000, "--device", "cpu"]
+TINY = tiny_train()
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ncsn_tune.model.checkpoint import load_checkpoint  # noqa: E402
-from cli_run import run, one_line_error  # noqa: E402
+from cli_run import one_line_error, run, tiny_train  # noqa: E402
 
-TINY = ["--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--log-every", 1, "--checkpoint-every", 2, "--sample-every", 1000,
-        "--eval-every", 1000, "--device", "cpu"]
+TINY = tiny_train()
 
 
 def make_data(kind: str, tmp_path, fake_cifar):
@@ -81,12 +80,6 @@ def test_resume_on_other_data_is_refused_by_what_the_data_is(tmp_path, fake_cifa
 
 
 # ------------------------------------------------------------------------------------------------ the run folder's own files
-
-
-@pytest.fixture
-def npy(tmp_path):
-    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
-    return tmp_path / "d.npy"
 
 
 def first_run(npy, tmp_path, steps=2):

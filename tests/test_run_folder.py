@@ -8,22 +8,19 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from ncsn_tune.model import checkpoint as ckpt  # noqa: E402
-from cli_run import run, one_line_error  # noqa: E402
+from cli_run import one_line_error, run, tiny_train  # noqa: E402
 
-TINY = ["--ngf", 4, "--batch-size", 4, "--num-scales", 4, "--log-every", 1, "--checkpoint-every", 3, "--sample-every", 1000,
-        "--eval-every", 1000, "--device", "cpu"]
+TINY = tiny_train(3)
 
 
 @pytest.fixture
-def data(tmp_path):
-    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
-    return tmp_path / "d.npy"
+def data(npy):
+    return npy
 
 
 def train(data, out, steps, *extra):
