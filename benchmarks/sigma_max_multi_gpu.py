@@ -33,7 +33,7 @@ def main() -> None:
 
     local = int(os.environ.get("LOCAL_RANK", 0))
     torch.cuda.set_device(local)
-    dist.init_process_group("nccl")
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local))  # each rank its GPU, named: no guessing
     rank, world = dist.get_rank(), dist.get_world_size()
     sizes = ([(20_000, (3, 32, 32), "20k x 3x32x32")] if args.quick else
              [(1_281_167, (3, 64, 64), "ImageNet-64 size, 1,281,167 x 3x64x64"), (70_000, (3, 256, 256), "FFHQ-256 size, 70,000 x 3x256x256")])

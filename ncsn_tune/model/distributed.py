@@ -49,9 +49,11 @@ class Distributed:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
             backend = "nccl" if device_type == "cuda" else "gloo"
+            device_id = None
             if device_type == "cuda":
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+                device_id = torch.device("cuda", local_rank)  # named, so NCCL never guesses a rank's GPU
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device_id)
         return cls(rank, world, local_rank)
 
     def device(self, requested: torch.device) -> torch.device:
