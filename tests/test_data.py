@@ -91,6 +91,45 @@ def test_download_checks_md5_and_unpacks(fake_cifar, tmp_path, monkeypatch):
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.parametrize("python", ["with tarfile's data filter (3.11.4+)", "without it (3.10.11, 3.11.2: Debian 12's python3)"])
+def test_download_unpacks_on_pythons_with_and_without_tarfiles_data_filter(python, fake_cifar, tmp_path, monkeypatch):
+    """A fresh venv on Debian 12's Python 3.11.2 failed with 'extractall() got an unexpected keyword argument filter'."""
+    if python.startswith("without"):
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+        plain = tarfile.TarFile.extractall
+
+        def no_filter(self, path=".", members=None, *, numeric_owner=False):  # the signature before 3.11.4
+            return plain(self, path, members, numeric_owner=numeric_owner)
+
+        monkeypatch.setattr(tarfile.TarFile, "extractall", no_filter)
+    archive = tmp_path / "served.tar.gz"
+    monkeypatch.setattr(data_mod, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(data_mod, "CIFAR10_MD5", make_archive(fake_cifar, archive))
+    assert load_cifar10().num_points == 20
+
+
+@pytest.mark.parametrize("python", ["with tarfile's data filter", "without it"])
+@pytest.mark.parametrize("evil", ["../outside", "link"])
+def test_an_archive_reaching_outside_its_folder_is_refused(python, evil, fake_cifar, tmp_path, monkeypatch):
+    if python == "without it":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    archive = tmp_path / "served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(fake_cifar / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        member = tarfile.TarInfo("cifar-10-batches-py/../../outside" if evil == "../outside" else "cifar-10-batches-py/link")
+        if evil == "link":
+            member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(member)
+        else:
+            member.size = 4
+            tar.addfile(member, io.BytesIO(b"evil"))
+    monkeypatch.setattr(data_mod, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(data_mod, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    with pytest.raises(DataError, match="unpack"):
+        load_cifar10()
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "cache" / "outside").exists()
+
+
 def test_download_with_wrong_md5_keeps_nothing(fake_cifar, tmp_path, monkeypatch):
     archive = tmp_path / "served.tar.gz"
     make_archive(fake_cifar, archive)

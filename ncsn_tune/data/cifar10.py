@@ -94,7 +94,7 @@ def download_cifar10(target: Path, progress: Progress | None = None, url: str | 
     unpack = Path(tempfile.mkdtemp(prefix=".cifar-10-unpack.", dir=target))
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(unpack, filter="data")
+            extract_data(tar, unpack)
         unpacked = unpack / CIFAR10_FOLDER
         if not unpacked.is_dir():
             raise DataError(f"the archive {archive} holds no {CIFAR10_FOLDER}/ folder; delete it and try again")
@@ -219,3 +219,20 @@ def check_cifar_batches(folder: Path, counts: dict[str, int]) -> list[str]:
     sizes = sorted(set(subsets.values()))
     each = f"{sizes[0]:,} images per batch" if len(sizes) == 1 else ", ".join(f"{k}: {v:,}" for k, v in subsets.items())
     return [f"{folder} holds a subset of CIFAR-10 ({each} instead of {CIFAR10_BATCH_IMAGES:,}): results are properties of the subset"]
+
+
+def extract_data(tar: tarfile.TarFile, folder: Path) -> None:
+    """Every member of ``tar`` into ``folder``, refusing what an archive of data has no need of: a path outside
+    ``folder`` (absolute, or through ``..``), links, devices. tarfile's own "data" filter does this on Python 3.11.4+
+    (3.10.12+); older ones (Debian 12's 3.11.2) take the same check here, files extracted without set-id bits."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(folder, filter="data")
+        return
+    root = Path(folder).resolve()
+    members = tar.getmembers()
+    for member in members:
+        inside = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or os.path.isabs(member.name) or (inside != root and root not in inside.parents):
+            raise tarfile.TarError(f"the archive holds {member.name!r}, which is not a plain file or folder inside it")
+        member.mode &= 0o755
+    tar.extractall(folder, members=members)
