@@ -240,7 +240,7 @@ def max_pairwise_distance(
     backend = make_backend(device, num_points=n, dtype=x.dtype, integer=integer)
     total = n * (n - 1) // 2
     label = f"{method} ({backend.name})"
-    on_cpu = backend.name == "cpu"
+    on_cpu = backend.name == "cpu" or str(getattr(backend, "device", "")) == "cpu"  # NumPy, or torch on the CPU
     if block_size is None:  # measured: 1024 on 2 CPU cores, larger products keep a GPU busy (int8 ones more so)
         block_size = 1024 if on_cpu else 8192 if backend.exact and backend.device.type == "cuda" else 4096
     if chunk_rows is None:  # ~3 MB of float32 per chunk stays in a CPU's cache; sources that decode (image folders) read more
