@@ -39,6 +39,9 @@ def test_data_name_is_the_name_loading_gives(fake_cifar, tmp_path, monkeypatch):
     names = [data_name(spec) for spec in specs]
     assert names == [load_dataset(spec, download=False).name for spec in specs]
     assert names == ["cifar10", "cifar10", "cifar10", "faces", "pets", "linked", "church", "church"]
+    monkeypatch.chdir(tmp_path / "church")  # the folder one is in: named, not "" (whose run folder was runs/ itself)
+    assert data_name(".") == load_dataset(".", download=False).name == "church"
+    assert data_name("../church/.") == load_dataset("../church/.", download=False).name == "church"
 
 
 def test_cifar_layout_is_channel_first(fake_cifar):

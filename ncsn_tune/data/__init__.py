@@ -19,7 +19,7 @@ from ..errors import DataError
 from .arrays import load_array
 from .cifar10 import _cifar_folder_in, find_cifar10, load_cifar10
 from .dataset import SPLITS, DataIdentity, Dataset, Progress, as_dataset, pixel_scale
-from .image_folder import load_image_folder
+from .image_folder import folder_name, load_image_folder
 from .pixel_range import DEFAULT as DEFAULT_PIXEL_RANGE, PixelRange
 
 __all__ = ["SPLITS", "DataIdentity", "Dataset", "PixelRange", "as_dataset", "data_name", "find_cifar10", "in_pixel_range", "load_array",
@@ -54,7 +54,7 @@ def data_name(spec: str | os.PathLike) -> str:
         return "cifar10"
     path = Path(spec).expanduser()
     if path.is_dir():
-        return "cifar10" if _cifar_folder_in(path, "train") is not None else path.name
+        return "cifar10" if _cifar_folder_in(path, "train") is not None else folder_name(path)
     return path.stem
 
 

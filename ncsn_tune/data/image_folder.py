@@ -16,6 +16,12 @@ from .dataset import Dataset, Progress
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def folder_name(folder: str | os.PathLike) -> str:
+    """A folder's name as typed, made absolute without resolving links: ``church/`` and ``church`` are church, and so is
+    ``.`` typed inside it (whose own name is "")."""
+    return Path(os.path.abspath(Path(folder).expanduser())).name
+
+
 def image_files(folder: Path) -> list[Path]:
     """PNG/JPEG files below ``folder``, recursively, in sorted order (one directory read per folder, no stat per file)."""
     found, pending = [], [str(folder)]
@@ -269,7 +275,7 @@ def cached_folder_array(folder: Path, files: list[Path], mode: str, shape: tuple
     need = n * int(np.prod(shape))
     key = folder_key(files)
     folder_cache = cache_dir() / "image_folders"
-    target = folder_cache / f"{Path(folder).name}_{key[:16]}_{mode}_{'x'.join(map(str, shape))}.npy"
+    target = folder_cache / f"{folder_name(folder)}_{key[:16]}_{mode}_{'x'.join(map(str, shape))}.npy"
     if target.is_file():
         try:
             values = np.load(target, mmap_mode="r")
@@ -328,16 +334,16 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
         except OSError as err:  # no cache to write: decoded when read instead
             values, notes = ImageFolderArray(files, mode, shape), [f"images decoded when read (no cache: {err.strerror or err})"]
         notes += _mode_notes(modes, folder) if mode == "RGB" else []
-        return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=notes)
+        return Dataset(folder_name(folder), values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=notes)
     if stream is None:
         stream = len(files) * int(np.prod(rgb_shape)) > memory_limit
     if stream:
         modes = _scan_headers(files)
         mode = "L" if set(modes) <= {"L", "1"} else "RGB"
         shape = (1, height, width) if mode == "L" else rgb_shape
-        return Dataset(folder.name, ImageFolderArray(files, mode, shape), 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)",
+        return Dataset(folder_name(folder), ImageFolderArray(files, mode, shape), 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)",
                        str(folder.resolve()), notes=_mode_notes(modes, folder) if mode == "RGB" else [])
     values, modes = decode_images(files, "RGB", rgb_shape, progress=progress)
     if set(modes) <= {"L", "1"}:  # all grey: one channel (the three decoded ones are equal)
-        return Dataset(folder.name, np.ascontiguousarray(values[:, :1]), 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()))
-    return Dataset(folder.name, values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=_mode_notes(modes, folder))
+        return Dataset(folder_name(folder), np.ascontiguousarray(values[:, :1]), 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()))
+    return Dataset(folder_name(folder), values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=_mode_notes(modes, folder))
