@@ -52,6 +52,13 @@ def test_runs_record_absolute_data_paths_and_evaluate_from_anywhere(tmp_path, mo
     assert r.exit_code == 0, r.output
 
 
+def test_the_schedule_table_names_only_the_techniques_that_ran(tmp_path):
+    r = run("sigmas", "--sigma-max", 50, "--dim", 3072)
+    assert r.exit_code == 0 and "Technique 2; sigma_max given" in r.stdout and "Techniques 1-2" not in r.stdout
+    r = run("sigmas", "--data", npy(tmp_path / "d.npy"))
+    assert r.exit_code == 0 and "Techniques 1-2" in r.stdout, r.output
+
+
 def test_step_size_says_what_it_saved(tmp_path):
     r = run("step-size", "--M", "1,3,5,10", "--sigma-max", 50, "--num-scales", 232)
     assert r.exit_code == 0 and "no step size saved; give one M to save it" in r.stdout

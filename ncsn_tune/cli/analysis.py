@@ -150,7 +150,9 @@ def derive_and_save(report: Report, opts: dict, output, force: bool, outliers: s
     summary = {**schedule_summary(schedule, path, opts["target_overlap"]), **({"outliers": [d.to_dict() for d in dropped]} if outliers else {})}
     report.result(summary)
     if not as_json:
-        report.table("Noise schedule (Song & Ermon 2020, Techniques 1-2)", ["quantity", "value", "how"], schedule_rows(summary), (1,))
+        measured = "pair" in (summary.get("t1") or {})  # Technique 1 ran on data; else sigma_max was given
+        report.table(f"Noise schedule (Song & Ermon 2020, {'Techniques 1-2' if measured else 'Technique 2; sigma_max given'})",
+                     ["quantity", "value", "how"], schedule_rows(summary), (1,))
         for d in dropped:
             report.line(f"Without the {d.k} farthest outlier{'s' if d.k > 1 else ''}: sigma_max {d.distance:.6f} ({d.drop:.1%} lower; exact "
                         f"for the rest, pair {d.pair})")
