@@ -277,3 +277,19 @@ def test_resume_without_a_run_in_the_default_folder_says_which_folder_it_looked_
     monkeypatch.chdir(tmp_path)
     npy = make_data("npy", tmp_path, fake_cifar)
     one_line_error(run("train", "--data", npy, *TINY, "--steps", 4, "--resume"), str(os.path.join("runs", "d")), "--output")
+
+
+def test_training_inside_the_image_folder_leaves_its_data_as_it_was(tmp_path, monkeypatch):
+    """cd into a folder of images and train on '.': the run (runs/<name>, its sample grids), the work folder and evaluate's
+    folder land inside the data. The same line again with --resume then failed ('images differ in size: ... samples_2.png');
+    the folders ncsn-tune writes are not data, and loading says it left them out."""
+    folder = make_data("folder", tmp_path, None)
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("NCSN_TUNE_WORKDIR")  # the work folder .ncsn-tune/ inside the data too
+    line = ["train", "--data", ".", *TINY, "--sample-every", 2, "--sample-count", 4]
+    assert run(*line, "--steps", 2).exit_code == 0
+    assert list(folder.glob("runs/imgs/samples_*.png"))
+    r = run(*line, "--steps", 4, "--resume")
+    assert r.exit_code == 0 and load_checkpoint(folder / "runs" / "imgs").step == 4, r.output
+    r = run("sigmas", "--data", ".")
+    assert r.exit_code == 0 and "12 " in r.stdout and "left out" in r.output and "runs/imgs" in r.output.replace("\\", "/"), r.output

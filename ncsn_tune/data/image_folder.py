@@ -22,16 +22,29 @@ def folder_name(folder: str | os.PathLike) -> str:
     return Path(os.path.abspath(Path(folder).expanduser())).name
 
 
-def image_files(folder: Path) -> list[Path]:
-    """PNG/JPEG files below ``folder``, recursively, in sorted order (one directory read per folder, no stat per file)."""
+#: A file that marks a folder ncsn-tune wrote, whose images are its outputs, not data: a run (its metrics), an evaluation.
+OUTPUT_MARKERS = ("metrics.jsonl", "evaluation.json")
+
+
+def image_files(folder: Path, left_out: list[Path] | None = None) -> list[Path]:
+    """PNG/JPEG files below ``folder``, recursively, in sorted order (one directory read per folder, no stat per file).
+    Hidden folders (``.ncsn-tune``, ``.git``) and the folders ncsn-tune writes (:data:`OUTPUT_MARKERS`: a run trained or
+    evaluated inside its own data) are not entered; those are appended to ``left_out``."""
     found, pending = [], [str(folder)]
     while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=True):
+        current = pending.pop()
+        with os.scandir(current) as entries:
+            entries = list(entries)
+        if current != str(folder) and any(e.name in OUTPUT_MARKERS for e in entries):
+            if left_out is not None:
+                left_out.append(Path(current))
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True):
+                if not entry.name.startswith("."):
                     pending.append(entry.path)
-                elif entry.is_file(follow_symlinks=True) and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                    found.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=True) and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                found.append(Path(entry.path))
     return sorted(found)
 
 
@@ -316,7 +329,8 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
     """
     from PIL import Image, UnidentifiedImageError
 
-    files = image_files(folder)
+    left_out: list[Path] = []
+    files = image_files(folder, left_out)
     if not files:
         raise DataError(f"{folder} holds no PNG or JPEG images (searched recursively)")
     try:
@@ -325,6 +339,12 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise DataError(f"{files[0]} is not a readable image ({err})") from None
     rgb_shape = (3, height, width)
+    said = ([f"left out {', '.join(str(p) for p in left_out[:3])}{' and more' if len(left_out) > 3 else ''}: folders ncsn-tune "
+             "wrote (a run or an evaluation inside its data), whose images are outputs, not data"] if left_out else [])
+
+    def dataset(values, how: str = "uint8 / 255", notes=()) -> Dataset:
+        return Dataset(folder_name(folder), values, 1.0 / 255.0, 0.0, how, str(folder.resolve()), notes=[*said, *notes])
+
     if stream is None and len(files) >= CACHE_FROM:  # decoded once into the cache, memory-mapped after
         modes = _scan_headers(files)
         mode = "L" if set(modes) <= {"L", "1"} else "RGB"
@@ -334,16 +354,16 @@ def load_image_folder(folder: Path, progress: Progress | None = None, stream: bo
         except OSError as err:  # no cache to write: decoded when read instead
             values, notes = ImageFolderArray(files, mode, shape), [f"images decoded when read (no cache: {err.strerror or err})"]
         notes += _mode_notes(modes, folder) if mode == "RGB" else []
-        return Dataset(folder_name(folder), values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=notes)
+        return dataset(values, notes=notes)
     if stream is None:
         stream = len(files) * int(np.prod(rgb_shape)) > memory_limit
     if stream:
         modes = _scan_headers(files)
         mode = "L" if set(modes) <= {"L", "1"} else "RGB"
         shape = (1, height, width) if mode == "L" else rgb_shape
-        return Dataset(folder_name(folder), ImageFolderArray(files, mode, shape), 1.0 / 255.0, 0.0, "uint8 / 255 (streamed from disk)",
-                       str(folder.resolve()), notes=_mode_notes(modes, folder) if mode == "RGB" else [])
+        return dataset(ImageFolderArray(files, mode, shape), "uint8 / 255 (streamed from disk)",
+                       _mode_notes(modes, folder) if mode == "RGB" else [])
     values, modes = decode_images(files, "RGB", rgb_shape, progress=progress)
     if set(modes) <= {"L", "1"}:  # all grey: one channel (the three decoded ones are equal)
-        return Dataset(folder_name(folder), np.ascontiguousarray(values[:, :1]), 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()))
-    return Dataset(folder_name(folder), values, 1.0 / 255.0, 0.0, "uint8 / 255", str(folder.resolve()), notes=_mode_notes(modes, folder))
+        return dataset(np.ascontiguousarray(values[:, :1]))
+    return dataset(values, notes=_mode_notes(modes, folder))
