@@ -42,6 +42,7 @@ class NumpyBackend(_Float32Blocks):
     """CPU arithmetic with NumPy and its BLAS."""
 
     name = "cpu"
+    on_cpu = True
 
     def asarray(self, raw) -> np.ndarray:
         return np.asarray(raw)
@@ -115,6 +116,10 @@ class TorchBackend(_Float32Blocks):
         self.torch = torch
         self.device = torch.device(device)
         self.name = str(self.device)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
 
     def asarray(self, raw):
         t = self.torch

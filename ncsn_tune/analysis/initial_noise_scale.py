@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -80,6 +80,11 @@ class FarthestPair:
         data = asdict(self)
         data["pair"] = list(self.pair)
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FarthestPair":
+        """What :meth:`to_dict` wrote (a schedule's ``source`` holds it, among other keys)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)} | {"pair": tuple(data["pair"])})
 
 
 def _lower_float32(value: float) -> np.float32:
@@ -240,9 +245,9 @@ def max_pairwise_distance(
     backend = make_backend(device, num_points=n, dtype=x.dtype, integer=integer)
     total = n * (n - 1) // 2
     label = f"{method} ({backend.name})"
-    on_cpu = backend.name == "cpu" or str(getattr(backend, "device", "")) == "cpu"  # NumPy, or torch on the CPU
+    on_cpu = backend.on_cpu  # NumPy, or torch on the CPU
     if block_size is None:  # measured: 1024 on 2 CPU cores, larger products keep a GPU busy (int8 ones more so)
-        block_size = 1024 if on_cpu else 8192 if backend.exact and backend.device.type == "cuda" else 4096
+        block_size = 1024 if on_cpu else 8192 if backend.exact else 4096
     if chunk_rows is None:  # ~3 MB of float32 per chunk stays in a CPU's cache; sources that decode (image folders) read more
         chunk_rows = max(1, ((3 << 20) if on_cpu else (256 << 20)) // (4 * dim), getattr(x, "preferred_chunk_rows", 1))
     if block_size < 1 or chunk_rows < 1:

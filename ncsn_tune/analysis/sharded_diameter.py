@@ -35,21 +35,36 @@ def ring_steps(world: int, rank: int) -> list[int]:
     return steps
 
 
-def sharded_max_pairwise_distance(shard, offset: int, *, scale: float = 1.0, method: str = "pruned", device: str = "cpu",
-                                  integer: bool | None = None, group=None) -> FarthestPair:
-    """The exact largest distance over the union of every rank's ``shard`` (its rows are points ``offset``,
-    ``offset + 1``, ... of the whole set), with the pair in the whole set's numbering; called by every rank of
-    ``group`` (the default process group). ``device``: where each rank computes (its GPU, or cpu / torch:cpu)."""
+def _group_device(group=None) -> str:
+    """Where the group's messages travel: the CPU under gloo, this process's GPU under NCCL; an error outside a group."""
     import torch
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
-        raise DataError("the sharded search runs under torch.distributed: start it with torchrun (or init_process_group)")
+        raise DataError("the search over several processes runs under torch.distributed: start it with torchrun "
+                        "(ncsn-tune sigmas --gpus N does), or init_process_group")
+    return "cpu" if dist.get_backend(group) == "gloo" else f"cuda:{torch.cuda.current_device()}"
+
+
+def _search_device(device: str) -> str:
+    """The search's device for a group's device: torch's CPU path on the CPU (the shards are torch tensors)."""
+    return "torch:cpu" if device == "cpu" else device
+
+
+def sharded_max_pairwise_distance(shard, offset: int, *, scale: float = 1.0, method: str = "pruned", device: str | None = None,
+                                  integer: bool | None = None, group=None) -> FarthestPair:
+    """The exact largest distance over the union of every rank's ``shard`` (its rows are points ``offset``,
+    ``offset + 1``, ... of the whole set), with the pair in the whole set's numbering; called by every rank of
+    ``group`` (the default process group). ``device``: where each rank computes (default: the group's own, its GPU
+    under NCCL, torch's CPU path under gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    comm = _group_device(group)
     t0 = time.perf_counter()
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     x = as_point_matrix(shard)
     local = torch.as_tensor(np.ascontiguousarray(np.asarray(x))) if not hasattr(x, "detach") else x.detach()
-    comm = "cpu" if dist.get_backend(group) == "gloo" else f"cuda:{torch.cuda.current_device()}"
     local = local.to(comm)
     dim = int(local.shape[1])
     sizes = [torch.zeros(3, dtype=torch.int64, device=comm) for _ in range(world)]
@@ -68,8 +83,7 @@ def sharded_max_pairwise_distance(shard, offset: int, *, scale: float = 1.0, met
             both = torch.cat([p for _, p in parts]) if t else local
             ids = np.concatenate([np.arange(len(p)) + o for o, p in parts])
             if both.shape[0] >= 2:
-                found = max_pairwise_distance(both, scale=1.0, method=method, device=device if device != "cpu" else "torch:cpu",
-                                              integer=integer)
+                found = max_pairwise_distance(both, scale=1.0, method=method, device=_search_device(device or comm), integer=integer)
                 evaluated += found.pairs_evaluated
                 i, j = sorted((int(ids[found.pair[0]]), int(ids[found.pair[1]])))
                 d2 = found.distance**2
@@ -107,14 +121,9 @@ def group_max_pairwise_distance(points, *, scale: float = 1.0, method: str = "pr
     each process is given the whole set ``points`` (as each loads it, memory-mapped where the source allows), keeps its
     shard (:func:`shard_of`) and searches it with the others (:func:`sharded_max_pairwise_distance`) on its GPU under
     NCCL, or on its CPU (torch) under gloo. Every process returns the same exact result."""
-    import torch
     import torch.distributed as dist
 
-    if not dist.is_available() or not dist.is_initialized():
-        raise DataError("the search over several processes runs under torch.distributed: start it with torchrun "
-                        "(ncsn-tune sigmas --gpus N does)")
+    _group_device(group)  # inside a group, or said so
     x = as_point_matrix(points)
     rows = shard_of(int(x.shape[0]), dist.get_world_size(group), dist.get_rank(group))
-    device = "torch:cpu" if dist.get_backend(group) == "gloo" else f"cuda:{torch.cuda.current_device()}"
-    return sharded_max_pairwise_distance(x[rows], rows.start, scale=scale, method=method, device=device, integer=integer,
-                                         group=group)
+    return sharded_max_pairwise_distance(x[rows], rows.start, scale=scale, method=method, integer=integer, group=group)

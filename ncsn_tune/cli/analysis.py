@@ -145,7 +145,7 @@ def derive_and_save(report: Report, opts: dict, output, force: bool, outliers: s
     if not main_process:
         return
     keep_derived_schedule(path, schedule, force)
-    dropped = outlier_drops(report, data, schedule, outliers)
+    dropped = outlier_drops(report, data, schedule, outliers, opts)
     schedule.save(path)
     summary = {**schedule_summary(schedule, path, opts["target_overlap"]), **({"outliers": [d.to_dict() for d in dropped]} if outliers else {})}
     report.result(summary)
@@ -160,14 +160,16 @@ def derive_and_save(report: Report, opts: dict, output, force: bool, outliers: s
         report.command(f"ncsn-tune step-size --M {A.steps_per_scale}")
 
 
-def outlier_drops(report: Report, data, schedule: NoiseSchedule, outliers: str | None) -> list:
-    """``--outliers 1,10,100``: :func:`ncsn_tune.tuning.schedule.outlier_drops` for the counts given."""
+def outlier_drops(report: Report, data, schedule: NoiseSchedule, outliers: str | None, opts: dict) -> list:
+    """``--outliers 1,10,100``: :func:`ncsn_tune.tuning.schedule.outlier_drops` for the counts given, searched as sigma_max
+    was (--method, --device)."""
     if outliers is None:
         return []
     from ..tuning.schedule import outlier_drops as drops
 
     with report.progress() as progress:
-        return drops(data, schedule, parse_counts(outliers, "--outliers"), progress=progress)
+        return drops(data, schedule, parse_counts(outliers, "--outliers"), method=opts["method"], device=opts["device"],
+                     progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------ step-size

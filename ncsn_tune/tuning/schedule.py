@@ -249,9 +249,11 @@ def keep_derived_schedule(path: Path, schedule: NoiseSchedule, force: bool) -> N
                             "(--output FILE) or replace that one (--force)", fields=("output", "force"))
 
 
-def outlier_drops(data: Dataset | None, schedule: NoiseSchedule, ks, progress=None) -> list:
+def outlier_drops(data: Dataset | None, schedule: NoiseSchedule, ks, *, method: str = DEFAULTS.distance_method,
+                  device: str = DEFAULTS.device, progress=None) -> list:
     """sigma_max with the k farthest outliers left out, for each k in ``ks``, for the data the schedule's Technique 1 read
-    (:func:`ncsn_tune.analysis.initial_noise_scale.diameter_without_outliers`, reusing the schedule's own result)."""
+    (:func:`ncsn_tune.analysis.initial_noise_scale.diameter_without_outliers`, reusing the schedule's own result), searched
+    by ``method`` on ``device`` as that was."""
     from ..analysis.initial_noise_scale import FarthestPair, diameter_without_outliers
 
     src = schedule.source
@@ -261,7 +263,5 @@ def outlier_drops(data: Dataset | None, schedule: NoiseSchedule, ks, progress=No
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1 or max(ks) > data.num_points - 2:
         raise ScheduleError(f"outlier counts run from 1 to {data.num_points - 2:,} (the points less two), got {ks}", fields="outliers")
-    full = FarthestPair(src["distance"], tuple(src["pair"]), src["num_points"], src["dim"], src["pairs_evaluated"], src["pairs_total"],
-                        src["pairs_rechecked"], src["method"], src["seconds"])
-    return diameter_without_outliers(data.points(), ks, scale=data.scale, method=src["method"].split(" ")[0], full=full,
-                                     progress=progress)
+    return diameter_without_outliers(data.points(), ks, scale=data.scale, method=method, device=device,
+                                     full=FarthestPair.from_dict(src), progress=progress)
